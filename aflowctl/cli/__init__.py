@@ -1,0 +1,101 @@
+"""The ``aflowctl`` command line: the only layer that prints or exits.
+
+Each command group lives in its own module with a ``register(app)`` function;
+``COMMAND_MODULES`` lists them. Heavy libraries (torch, litellm, transformers) are
+imported inside commands only, so ``aflowctl --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Annotated, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from aflowctl import __version__
+from aflowctl.cli._errors import report
+
+COMMAND_MODULES = [
+    "aflowctl.cli.doctor",
+    "aflowctl.cli.inspect",
+    "aflowctl.cli.plugins_cmd",
+    "aflowctl.cli.llm",
+    "aflowctl.cli.data",
+    "aflowctl.cli.evaluate",
+    "aflowctl.cli.optimize",
+    "aflowctl.cli.report",
+    "aflowctl.cli.train",
+    "aflowctl.cli.compare",
+]
+
+
+class _ErrorHandlingGroup(TyperGroup):
+    """Turns AflowctlError (and Ctrl-C) into one line and an exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except typer.Exit:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the CLI is where errors end
+            if _reraise():
+                raise
+            code = report(exc)
+            raise typer.Exit(code) from None
+        except KeyboardInterrupt as exc:
+            raise typer.Exit(report(exc)) from None
+
+
+def _reraise() -> bool:
+    import os
+
+    return os.environ.get("AFLOWCTL_RAISE_ERRORS", "") not in ("", "0")
+
+
+app = typer.Typer(
+    name="aflowctl",
+    cls=_ErrorHandlingGroup,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+    help="Design and improve agentic LLM workflows (AFlow search) and train the optimizer policy (GiGPO).",
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"aflowctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version_callback, is_eager=True, help="show the version and exit")
+    ] = None,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="more log output (-vv for debug)")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="only errors on stderr")] = False,
+) -> None:
+    from aflowctl.logging import setup_logging
+
+    setup_logging(-1 if quiet else verbose)
+
+
+for _modname in COMMAND_MODULES:
+    try:
+        _mod = importlib.import_module(_modname)
+    except ModuleNotFoundError as _exc:
+        if _exc.name == _modname:  # command group not built yet
+            continue
+        raise
+    _mod.register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt as exc:  # pragma: no cover - outside click's handling
+        sys.exit(report(exc))

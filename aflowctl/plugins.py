@@ -1,0 +1,115 @@
+"""The plugin manager: built-in plugins plus entry-point plugins of group ``aflowctl``.
+
+``AFLOWCTL_LOAD_PLUGINS`` (comma-separated distribution or entry-point names; empty
+means none) limits which installed plugins load; built-ins always load. Under tests
+(``sys._called_from_test``) installed plugins load only when that variable names them.
+A plugin that fails to import is recorded in :func:`load_errors` and never crashes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from importlib.metadata import entry_points
+from typing import Any
+
+import pluggy
+
+from aflowctl import hookspecs
+
+ENTRY_POINT_GROUP = "aflowctl"
+
+# Modules inside aflowctl that implement hooks, loaded on every start.
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "aflowctl.llm.providers.builtin",
+    "aflowctl.benchmarks.builtin",
+    "aflowctl.workflow.builtin",
+)
+
+_pm: pluggy.PluginManager | None = None
+_load_errors: dict[str, str] = {}
+_plugin_dists: dict[str, tuple[str, str]] = {}  # plugin name -> (dist name, version)
+
+
+def _wanted() -> set[str] | None:
+    env = os.environ.get("AFLOWCTL_LOAD_PLUGINS")
+    if env is None:
+        return set() if getattr(sys, "_called_from_test", False) else None
+    return {p.strip() for p in env.split(",") if p.strip()}
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    """Return the process-wide plugin manager, loading plugins on first use."""
+    global _pm
+    if _pm is not None:
+        return _pm
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for modname in DEFAULT_PLUGINS:
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as exc:
+            if exc.name == modname:  # part not built yet in this checkout
+                continue
+            raise
+        pm.register(mod, name=modname)
+    wanted = _wanted()
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep, "dist", None)
+        dist_name = dist.name if dist is not None else ep.name
+        if wanted is not None and ep.name not in wanted and dist_name not in wanted:
+            continue
+        if pm.get_plugin(ep.name) is not None:
+            continue
+        try:
+            plugin = ep.load()
+            pm.register(plugin, name=ep.name)
+            _plugin_dists[ep.name] = (dist_name, dist.version if dist is not None else "")
+        except Exception as exc:  # a broken plugin is reported, never fatal
+            _load_errors[ep.name] = f"{type(exc).__name__}: {exc}"
+    pm.check_pending()
+    _pm = pm
+    return pm
+
+
+def reset() -> None:
+    """Forget the manager (tests, or after changing AFLOWCTL_LOAD_PLUGINS)."""
+    global _pm
+    _pm = None
+    _load_errors.clear()
+    _plugin_dists.clear()
+    for mod in ("aflowctl.llm.registry", "aflowctl.benchmarks", "aflowctl.workflow.registry"):
+        m = sys.modules.get(mod)
+        if m is not None and hasattr(m, "_reset"):
+            m._reset()
+
+
+def register_plugin(plugin: Any, name: str | None = None) -> None:
+    """Register a plugin object at run time (tests and embedding applications)."""
+    pm = get_plugin_manager()
+    pm.register(plugin, name=name)
+    reset_caches = [sys.modules.get(m) for m in ("aflowctl.llm.registry", "aflowctl.benchmarks", "aflowctl.workflow.registry")]
+    for m in reset_caches:
+        if m is not None and hasattr(m, "_reset"):
+            m._reset()
+
+
+def load_errors() -> dict[str, str]:
+    get_plugin_manager()
+    return dict(_load_errors)
+
+
+def list_plugins() -> list[dict[str, Any]]:
+    """Each plugin: name, package, version, hooks implemented, load error."""
+    pm = get_plugin_manager()
+    from aflowctl import __version__
+
+    out = []
+    for name, plugin in pm.list_name_plugin():
+        hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+        dist, ver = _plugin_dists.get(name, ("aflowctl", __version__))
+        out.append({"name": name, "package": dist, "version": ver, "hooks": hooks, "error": None})
+    for name, err in _load_errors.items():
+        out.append({"name": name, "package": None, "version": None, "hooks": [], "error": err})
+    return out

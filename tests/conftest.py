@@ -1,0 +1,50 @@
+"""Test isolation: a temporary AFLOWCTL_HOME, no installed plugins, offline."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys._called_from_test = True  # plugins.py: load no installed plugins unless asked
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data" / "aflow"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch, request):
+    home = tmp_path_factory.mktemp("aflowctl_home")
+    monkeypatch.setenv("AFLOWCTL_HOME", str(home))
+    monkeypatch.delenv("AFLOWCTL_DB", raising=False)
+    monkeypatch.delenv("AFLOWCTL_LOAD_PLUGINS", raising=False)
+    if SHARED_DATA.is_dir():
+        monkeypatch.setenv("AFLOWCTL_DATA_PATH", str(SHARED_DATA))
+    # Models converted once are shared between tests (converting takes ~20 s).
+    monkeypatch.setenv("AFLOWCTL_MODELS_DIR", os.environ.get("AFLOWCTL_TEST_MODELS_DIR", str(_models_cache())))
+    from aflowctl import plugins
+    from aflowctl.store import db
+
+    plugins.reset()
+    yield home
+    db.close_all()
+    plugins.reset()
+
+
+def _models_cache() -> Path:
+    p = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "aflowctl-test-models"
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data/aflow is not present")
+    return SHARED_DATA
