@@ -40,6 +40,8 @@ class _ErrorHandlingGroup(TyperGroup):
         except typer.Exit:
             raise
         except Exception as exc:  # noqa: BLE001 - the CLI is where errors end
+            if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click's own usage errors: exit 2
+                raise
             if _reraise():
                 raise
             code = report(exc)

@@ -1,0 +1,159 @@
+"""Read API over the store, for inspect, report, compare and the trainer."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from sqlalchemy import text
+
+from aflowctl.store.db import Store
+
+
+def _rows(store: Store, sql: str, **params) -> list[dict[str, Any]]:
+    with store.read() as s:
+        res = s.connection().execute(text(sql), params)
+        return [dict(r._mapping) for r in res]
+
+
+def run_costs(store: Store, run_id: str | None = None) -> dict[str, float]:
+    """Spend per run (USD), summing known costs of non-cached calls."""
+    where = "WHERE run_id = :run_id" if run_id else ""
+    rows = _rows(
+        store,
+        f"SELECT run_id, COALESCE(SUM(CASE WHEN cached = 0 THEN cost_usd END), 0) AS cost "
+        f"FROM llm_calls {where} GROUP BY run_id",
+        run_id=run_id,
+    )
+    return {r["run_id"]: float(r["cost"]) for r in rows}
+
+
+def list_runs(store: Store, kind: str | None = None) -> list[dict[str, Any]]:
+    """Runs with their status, rounds, best validation score and spend."""
+    rows = _rows(
+        store,
+        """
+        SELECT r.id, r.kind, r.status, r.dataset, r.seed, r.created_at, r.updated_at,
+               r.budget_usd, r.message,
+               (SELECT MAX(w.round) FROM workflows w WHERE w.run_id = r.id) AS rounds,
+               (SELECT MAX(m) FROM (SELECT AVG(e.score) AS m FROM evaluations e
+                    JOIN workflows w ON w.id = e.workflow_id
+                    WHERE w.run_id = r.id AND e.split = 'validate' GROUP BY e.workflow_id)) AS best_score,
+               (SELECT COALESCE(SUM(CASE WHEN c.cached = 0 THEN c.cost_usd END), 0)
+                    FROM llm_calls c WHERE c.run_id = r.id) AS cost_usd
+        FROM runs r
+        WHERE (:kind IS NULL OR r.kind = :kind)
+        ORDER BY r.created_at
+        """,
+        kind=kind,
+    )
+    for r in rows:
+        r["rounds"] = int(r["rounds"] or 0)
+        r["cost_usd"] = float(r["cost_usd"] or 0.0)
+    return rows
+
+
+def get_run(store: Store, run_id: str) -> Optional[dict[str, Any]]:
+    rows = _rows(store, "SELECT * FROM runs WHERE id = :id", id=run_id)
+    return rows[0] if rows else None
+
+
+def list_experiences(
+    store: Store,
+    *,
+    run_id: str | None = None,
+    round: int | None = None,
+    succeeded: bool | None = None,
+    min_reward: float | None = None,
+    query: str | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    clauses, params = [], {}
+    if run_id:
+        clauses.append("run_id = :run_id")
+        params["run_id"] = run_id
+    if round is not None:
+        clauses.append("round = :round")
+        params["round"] = round
+    if succeeded is True:
+        clauses.append("valid = 1 AND reward > 0")
+    elif succeeded is False:
+        clauses.append("(valid = 0 OR reward <= 0)")
+    if min_reward is not None:
+        clauses.append("reward >= :min_reward")
+        params["min_reward"] = min_reward
+    if query:
+        clauses.append("(modification LIKE :q ESCAPE '\\' OR action_text LIKE :q ESCAPE '\\')")
+        esc = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        params["q"] = f"%{esc}%"
+    where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+    lim = f"LIMIT {int(limit)}" if limit else ""
+    rows = _rows(
+        store,
+        f"""SELECT id, run_id, round, group_id, episode_id, step, anchor, parent_workflow_id,
+                   child_workflow_id, modification, reward, score_before, score_after, valid,
+                   error, policy_version, action_text, prompt, created_at
+            FROM experiences {where} ORDER BY run_id, round, id {lim}""",
+        **params,
+    )
+    for r in rows:
+        r["valid"] = bool(r["valid"])
+    return rows
+
+
+def list_workflows(store: Store, *, run_id: str, round: int | None = None) -> list[dict[str, Any]]:
+    rows = _rows(
+        store,
+        """
+        SELECT w.id, w.run_id, w.round, w.parent_id, w.hash, w.modification, w.status, w.error,
+               w.graph_code, w.prompt_code, w.created_at,
+               (SELECT AVG(e.score) FROM evaluations e WHERE e.workflow_id = w.id AND e.split = 'validate') AS score,
+               (SELECT COUNT(*) FROM evaluations e WHERE e.workflow_id = w.id AND e.split = 'validate') AS repeats,
+               (SELECT AVG(e.score) FROM evaluations e WHERE e.workflow_id = w.id AND e.split = 'test') AS test_score
+        FROM workflows w
+        WHERE w.run_id = :run_id AND (:round IS NULL OR w.round = :round)
+        ORDER BY w.round, w.id
+        """,
+        run_id=run_id,
+        round=round,
+    )
+    return rows
+
+
+def workflow_scores(store: Store, workflow_id: int, split: str = "validate") -> list[float]:
+    rows = _rows(
+        store,
+        "SELECT score FROM evaluations WHERE workflow_id = :w AND split = :s ORDER BY repeat, id",
+        w=workflow_id,
+        s=split,
+    )
+    return [float(r["score"]) for r in rows]
+
+
+def call_totals(store: Store, run_id: str | None = None) -> list[dict[str, Any]]:
+    """Calls, tokens and spend by run, role and model."""
+    return _rows(
+        store,
+        """
+        SELECT run_id, role, provider, model, COUNT(*) AS calls,
+               SUM(cached) AS cached_calls,
+               SUM(CASE WHEN error IS NOT NULL THEN 1 ELSE 0 END) AS errors,
+               COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens,
+               COALESCE(SUM(completion_tokens), 0) AS completion_tokens,
+               COALESCE(SUM(CASE WHEN cached = 0 THEN cost_usd END), 0) AS cost_usd,
+               SUM(CASE WHEN cost_usd IS NULL AND error IS NULL AND cached = 0 THEN 1 ELSE 0 END) AS unpriced_calls,
+               AVG(latency_s) AS mean_latency_s
+        FROM llm_calls
+        WHERE (:run_id IS NULL OR run_id = :run_id)
+        GROUP BY run_id, role, provider, model
+        ORDER BY run_id, role, model
+        """,
+        run_id=run_id,
+    )
+
+
+def train_metrics(store: Store, run_id: str) -> list[dict[str, Any]]:
+    rows = _rows(
+        store, 'SELECT "update", metrics_json, created_at FROM train_metrics WHERE run_id = :r ORDER BY "update"', r=run_id
+    )
+    return [{"update": r["update"], **json.loads(r["metrics_json"]), "created_at": r["created_at"]} for r in rows]

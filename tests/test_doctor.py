@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from aflowctl.cli import app
+
+runner = CliRunner()
+
+
+def _doctor(*args):
+    r = runner.invoke(app, ["doctor", "--json", *args])
+    return r, json.loads(r.stdout)
+
+
+def test_schema_and_statuses():
+    r, checks = _doctor()
+    assert isinstance(checks, list) and checks
+    for c in checks:
+        assert set(c) == {"name", "status", "detail", "hint"}
+        assert c["status"] in {"ok", "warn", "fail"}
+        if c["status"] == "fail":
+            assert c["hint"], c
+    names = {c["name"] for c in checks}
+    for expected in ("python", "torch", "cuda", "sqlite", "sqlite json1", "sqlite fts5", "database", "database WAL",
+                     "migrations", "litellm release", "litellm_init.pth", "plugins", "local model", "free disk"):
+        assert expected in names
+    assert r.exit_code == (1 if any(c["status"] == "fail" for c in checks) else 0)
+
+
+def test_cpu_only_is_a_warning_not_a_failure():
+    import torch
+
+    _, checks = _doctor()
+    cuda = next(c for c in checks if c["name"] == "cuda")
+    assert cuda["status"] == ("ok" if torch.cuda.is_available() else "warn")
+
+
+def test_missing_credential_fails_with_hint(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[optimize]\ndataset = "gsm8k"\n[optimize.executor]\nmodel = "openai/gpt-4o-mini"\n')
+    r, checks = _doctor("--config", str(cfg))
+    c = next(c for c in checks if c["name"].startswith("model openai/gpt-4o-mini"))
+    assert c["status"] == "fail" and "OPENAI_API_KEY" in c["hint"]
+    assert r.exit_code == 1
+
+
+def test_credential_value_never_printed(tmp_path, monkeypatch):
+    secret = "sk-doctor-sentinel-0123456789abcdef"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[optimize.executor]\nmodel = "openai/gpt-4o-mini"\n')
+    r = runner.invoke(app, ["doctor", "--config", str(cfg)])
+    assert secret not in r.output
+    r2 = runner.invoke(app, ["doctor", "--json", "--config", str(cfg)])
+    assert secret not in r2.output
+
+
+def test_corrupt_database_fails(tmp_path):
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"x" * 4096)
+    r, checks = _doctor("--db", str(bad))
+    c = next(c for c in checks if c["name"] == "database")
+    assert c["status"] == "fail" and c["hint"] and r.exit_code == 1
+    assert bad.read_bytes() == b"x" * 4096
+
+
+def test_unwritable_home_fails(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv("AFLOWCTL_HOME", str(blocker / "home"))
+    r, checks = _doctor()
+    c = next(c for c in checks if c["name"] == "database")
+    assert c["status"] == "fail" and "AFLOWCTL_HOME" in c["hint"]
+    assert r.exit_code == 1
