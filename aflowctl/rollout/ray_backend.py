@@ -1,0 +1,133 @@
+"""Ray backend of the rollout pool: the same tasks, the same worker function.
+
+``RolloutConfig.executor = "ray"`` (``--executor ray --ray-address ADDR``) submits
+:func:`aflowctl.rollout.worker.run_task` as a Ray remote task. Ray pickles that
+function by reference (``aflowctl.rollout.worker.run_task``), so a Ray worker
+imports it from the aflowctl installed on its machine: no ``runtime_env`` and no
+``sys.path`` edits. Every node needs aflowctl installed (``pip install
+'aflowctl[ray]'``) and, for the executor's LLM calls to be logged, access to the
+store's file (a shared file system) - otherwise pass no database to the workers.
+
+The durable queue, the retries and the bookkeeping are the pool's
+(:class:`~aflowctl.rollout.pool.RolloutPool`); this module only submits, waits,
+and translates Ray's failures: a crashed worker is an attempt that is retried, a
+task past ``task_timeout_s`` is cancelled (``force=True`` kills its process) and
+fails.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Optional
+
+from aflowctl.config import RolloutConfig
+from aflowctl.rollout.pool import RolloutError, _Died, _Handle
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise RolloutError(
+            "the ray executor needs Ray, which is not installed", "pip install 'aflowctl[ray]', or use --executor process"
+        ) from None
+    return ray
+
+
+class RayBackend:
+    name = "ray"
+
+    def __init__(self, cfg: RolloutConfig, options: dict):
+        self.cfg = cfg
+        self.options = dict(options)
+        self.ray = _import_ray()
+        self.lock = threading.RLock()
+        self.remote: Any = None
+        self.owns_ray = False
+        self.started: dict[str, tuple[int, Optional[int], float]] = {}
+        self.killed: dict[str, str] = {}
+        self.rebuilds = 0
+        self.gen = 0
+
+    def start(self, timeout_s: float = 300.0) -> None:
+        ray = self.ray
+        with self.lock:
+            if self.remote is None:
+                if not ray.is_initialized():
+                    try:
+                        ray.init(
+                            address=self.cfg.ray_address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True
+                        )
+                    except Exception as exc:  # noqa: BLE001 - Ray raises many kinds (ConnectionError, ...)
+                        where = self.cfg.ray_address or "a local Ray instance"
+                        raise RolloutError(
+                            f"cannot connect to {where}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                            "check --ray-address (ray://HOST:10001 or HOST:6379), or start one with `ray start --head`",
+                        ) from None
+                    self.owns_ray = True
+                from aflowctl.rollout.worker import run_task
+
+                self.remote = ray.remote(max_retries=0, num_cpus=1)(run_task)
+        # Warm the workers: each imports aflowctl and initialises once.
+        refs = [self.remote.remote("aflowctl.rollout.worker:selftest", f"warmup-{i}", {}, self.options) for i in range(self.cfg.workers)]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        if len(ready) < len(refs):
+            raise RolloutError(f"Ray workers did not start within {timeout_s:g} s", "check the cluster's resources (ray status)")
+        for env in ray.get(refs):
+            import json
+
+            e = json.loads(env)
+            if not e.get("ok"):
+                raise RolloutError(f"Ray workers failed to start: {e.get('error')}", "is aflowctl installed on every node?")
+
+    def submit(self, worker: str, key: str, payload: dict) -> _Handle:
+        if self.remote is None:
+            self.start()
+        ref = self.remote.remote(worker, key, payload, self.options)
+        now = time.time()
+        # Ray does not tell when a task starts: count it as started when submitted.
+        self.started[key] = (self.gen, None, now)
+        return _Handle(key, self.gen, ref, time.monotonic())
+
+    def poll(self) -> None:
+        return None
+
+    def started_info(self, h: _Handle) -> Optional[tuple[Optional[int], float]]:
+        info = self.started.get(h.key)
+        return None if info is None else (info[1], info[2])
+
+    def wait(self, handles: list[_Handle], timeout: float) -> set[int]:
+        refs = [h.fut for h in handles]
+        ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=timeout, fetch_local=True)
+        ready_ids = {id(r) for r in ready}
+        return {i for i, h in enumerate(handles) if id(h.fut) in ready_ids}
+
+    def outcome(self, h: _Handle) -> Any:
+        ray = self.ray
+        try:
+            return ray.get(h.fut)
+        except ray.exceptions.TaskCancelledError:
+            reason = self.killed.pop(h.key, "cancelled")
+            return _Died(reason, charge=True, final=True)
+        except ray.exceptions.RayError as exc:
+            reason = self.killed.pop(h.key, None)
+            if reason:
+                return _Died(reason, charge=True, final=True)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            return _Died(f"Ray worker died ({type(exc).__name__}{': ' + first[:200] if first else ''})", charge=True)
+
+    def kill(self, h: _Handle, reason: str) -> None:
+        if h.key in self.killed:
+            return
+        self.killed[h.key] = reason
+        try:
+            self.ray.cancel(h.fut, force=True)
+        except Exception:  # noqa: BLE001 - already finished
+            pass
+
+    def close(self) -> None:
+        with self.lock:
+            if self.owns_ray and self.ray.is_initialized():
+                self.ray.shutdown()
+            self.remote = None

@@ -1,0 +1,315 @@
+"""What runs inside a rollout worker process (a spawned pool process or a Ray worker).
+
+Entry points, all plain functions of the installed package, found by import string:
+
+- :func:`evaluate` (``aflowctl.rollout.worker:evaluate``, entry point ``evaluate`` of
+  group ``aflowctl_workers``): evaluate one workflow on a batch of (repeat, problem)
+  items, problems run concurrently with asyncio.
+- :func:`selftest` (``aflowctl.rollout.worker:selftest``): sleeps, echoes, fails or
+  kills its own process on request; used by ``doctor`` and by the pool's tests.
+- :func:`init_worker`: the process initializer (logging, environment, plugins).
+- :func:`run_task`: what the pool actually submits; it resolves the worker function,
+  runs it, and returns a JSON *envelope* string. Every exception becomes an error
+  envelope (plain text), so nothing unpicklable (litellm's exceptions) ever crosses
+  the process boundary and breaks the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Optional
+
+from aflowctl.errors import AflowctlError
+
+DEFAULT_WORKER = "aflowctl.rollout.worker:evaluate"
+PREDICTION_MAX_CHARS = 2000
+ERROR_MAX_CHARS = 1000
+
+_start_queue: Any = None  # a multiprocessing SimpleQueue: (key, pid, time) when a task starts
+_initialized = False
+_worker_cache: dict[str, Any] = {}
+
+
+# --------------------------------------------------------------------------- start-up
+
+
+def init_worker(options: Optional[dict] = None, start_queue: Any = None) -> None:
+    """Initialise a worker process once: environment, logging, plugins.
+
+    ``options``: ``log_level`` (loguru level name, default WARNING), ``hf_offline``
+    (set HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE), ``load_plugins`` (value for
+    AFLOWCTL_LOAD_PLUGINS, so a worker loads the same plugins as its parent),
+    ``env`` (extra environment variables, names and values without secrets).
+    """
+    global _start_queue, _initialized
+    options = options or {}
+    _start_queue = start_queue
+    # Before anything can import litellm: never reach out for the cost map.
+    os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    if options.get("hf_offline"):
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    if options.get("load_plugins") is not None:
+        os.environ["AFLOWCTL_LOAD_PLUGINS"] = options["load_plugins"]
+    for name, value in (options.get("env") or {}).items():
+        os.environ[str(name)] = str(value)
+    from loguru import logger
+
+    from aflowctl.logging import redact
+
+    logger.remove()
+    logger.configure(patcher=lambda record: record.update(message=redact(record["message"])))
+    logger.add(sys.stderr, level=options.get("log_level", "WARNING"), format="<level>{level: <7}</level> [worker {process}] {message}")
+    # A worker that is the child of a dying parent must not ignore Ctrl-C forever.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and shuts the pool down
+
+    from aflowctl.plugins import get_plugin_manager
+
+    get_plugin_manager()  # providers, benchmarks and operators registered in this process
+    _initialized = True
+    if start_queue is not None:
+        start_queue.put(("ready", os.getpid(), time.time()))
+
+
+def _ensure_initialized(options: Optional[dict]) -> None:
+    if not _initialized:
+        init_worker(options, None)
+
+
+# --------------------------------------------------------------------------- envelope
+
+
+def run_task(worker: str, key: str, payload: dict, options: Optional[dict] = None) -> str:
+    """Run ``worker(payload)`` and return a JSON envelope.
+
+    ``{"ok": true, "result": ..., "duration_s": s, "pid": p}`` or
+    ``{"ok": false, "error": "...", "error_type": "...", "retryable": bool, ...}``.
+    An :class:`AflowctlError` (a user's mistake: bad workflow, missing data) is not
+    retryable; any other exception is.
+    """
+    _ensure_initialized(options)
+    if _start_queue is not None:
+        _start_queue.put((key, os.getpid(), time.time()))
+    t0 = time.perf_counter()
+    try:
+        fn = _worker_cache.get(worker)
+        if fn is None:
+            from aflowctl.rollout.importer import resolve_worker
+
+            fn = _worker_cache[worker] = resolve_worker(worker)
+        result = fn(payload)
+        text = json.dumps({"ok": True, "result": result, "duration_s": time.perf_counter() - t0, "pid": os.getpid()})
+        return text
+    except BaseException as exc:  # noqa: BLE001 - everything becomes an envelope
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        return json.dumps(error_envelope(exc, time.perf_counter() - t0))
+
+
+def error_envelope(exc: BaseException, duration_s: float = 0.0) -> dict:
+    from loguru import logger
+
+    logger.debug("task failed: {}", "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    return {
+        "ok": False,
+        "error": error_text(exc),
+        "error_type": type(exc).__name__,
+        "retryable": not isinstance(exc, AflowctlError),
+        "duration_s": duration_s,
+        "pid": os.getpid(),
+    }
+
+
+def error_text(exc: BaseException) -> str:
+    """One line, secrets masked, bounded length."""
+    from aflowctl.logging import redact
+
+    msg = str(exc).strip().replace("\n", " ")
+    text = msg if isinstance(exc, AflowctlError) else f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+    text = redact(text)
+    return text if len(text) <= ERROR_MAX_CHARS else text[: ERROR_MAX_CHARS - 3] + "..."
+
+
+# --------------------------------------------------------------------------- selftest
+
+
+def selftest(payload: dict) -> dict:
+    """A worker that does what it is told; for ``doctor`` and the pool's tests.
+
+    Keys (all optional): ``echo`` (returned as is); ``sleep`` (seconds);
+    ``log`` (a file path: one line "<pid> <tag>" appended per execution, to count
+    executions); ``crash``: ``"raise"`` (RuntimeError), ``"error"`` (an
+    AflowctlError), ``"exit"`` (``os._exit(3)``), ``"kill"`` (SIGKILL of this
+    process); ``crash_once``: a file path; the crash happens only if the file does
+    not exist yet (the file is created first), so a retry succeeds.
+    """
+    if payload.get("log"):
+        with open(payload["log"], "a") as fh:
+            fh.write(f"{os.getpid()} {payload.get('tag', '')}\n")
+    crash = payload.get("crash")
+    once = payload.get("crash_once")
+    if crash and once:
+        marker = Path(once)
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.close(fd)
+        except FileExistsError:
+            crash = None
+    if payload.get("sleep"):
+        time.sleep(float(payload["sleep"]))
+    if crash == "raise":
+        raise RuntimeError("selftest asked to raise")
+    if crash == "error":
+        raise AflowctlError("selftest asked to fail", "this is a test")
+    if crash == "exit":
+        os._exit(3)
+    if crash == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(10)
+    return {"pid": os.getpid(), "echo": payload.get("echo"), "python": sys.version.split()[0]}
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def evaluate(payload: dict) -> dict:
+    """Evaluate a workflow on a batch of items; see :mod:`aflowctl.rollout.evaluate`.
+
+    Payload keys: ``graph``, ``prompt`` (the workflow sources), ``name``, ``dataset``,
+    ``split``, ``items`` (a list of ``[repeat, index]``), ``executor`` (a ModelConfig
+    dict), ``llm`` (an LLMConfig dict), ``seed``, and the context ``run_id``,
+    ``db_path``, ``concurrency``, ``problem_timeout_s``.
+
+    Returns ``{"items": [{repeat, index, id, score, prediction, cost_usd, tokens,
+    error, duration_s}, ...]}``. A workflow exception on one problem gives that
+    problem score 0 and its error; it does not fail the task. A workflow that cannot
+    be built at all (bad code) raises a WorkflowError: the task fails, not retried.
+    """
+    return asyncio.run(_evaluate_async(payload))
+
+
+_problem_cache: dict[tuple[str, str], list] = {}
+
+
+def _load_problems(bench: Any, dataset: str, split: str) -> list:
+    key = (dataset, split)
+    if key not in _problem_cache:
+        _problem_cache[key] = bench.load(split)
+    return _problem_cache[key]
+
+
+def _repeat_seed(seed: int, repeat: int) -> int:
+    """The executor's sampling seed for one repeat (repeats must not share cached answers)."""
+    return int(seed) * 1000 + int(repeat)
+
+
+async def _evaluate_async(payload: dict) -> dict:
+    from aflowctl import benchmarks
+
+    bench = benchmarks.get(payload["dataset"])
+    problems = _load_problems(bench, payload["dataset"], payload["split"])
+    items = [(int(r), int(i)) for r, i in payload["items"]]
+    for _, idx in items:
+        if not 0 <= idx < len(problems):
+            from aflowctl.errors import BenchmarkError
+
+            raise BenchmarkError(
+                f"problem index {idx} is out of range for {payload['dataset']}/{payload['split']} "
+                f"({len(problems)} problems)",
+                "use indices from 0 to n-1",
+            )
+    sem = asyncio.Semaphore(max(1, int(payload.get("concurrency") or 1)))
+    timeout = payload.get("problem_timeout_s")
+    factory = _WorkflowFactory(payload)
+
+    async def one(repeat: int, idx: int) -> dict:
+        problem = problems[idx]
+        async with sem:
+            return await _run_problem(bench, factory, problem, repeat, idx, timeout)
+
+    results = await asyncio.gather(*(one(r, i) for r, i in items))
+    return {"items": list(results)}
+
+
+class _WorkflowFactory:
+    """Builds one workflow instance per (repeat, problem), so cost and tokens are per problem."""
+
+    def __init__(self, payload: dict):
+        from aflowctl.workflow.loader import WorkflowSource
+
+        self.payload = payload
+        self.src = WorkflowSource(graph=payload["graph"], prompt=payload.get("prompt", ""))
+
+    def build(self, repeat: int) -> Any:
+        from aflowctl.workflow.loader import instantiate
+
+        llm_config = self.llm_config(repeat)
+        return instantiate(self.src, self.payload.get("name") or "workflow", llm_config, self.payload["dataset"])
+
+    def llm_config(self, repeat: int) -> Any:
+        from aflowctl.config import LLMConfig, ModelConfig
+
+        from aflowctl.workflow import executor_config
+
+        return executor_config(
+            ModelConfig.model_validate(self.payload["executor"]),
+            llm_cfg=LLMConfig.model_validate(self.payload.get("llm") or {}),
+            run_id=self.payload.get("run_id"),
+            db_path=self.payload.get("db_path"),
+            seed=_repeat_seed(self.payload.get("seed", 0), repeat),
+        )
+
+
+async def _run_problem(bench: Any, factory: _WorkflowFactory, problem: dict, repeat: int, idx: int, timeout: Optional[float]) -> dict:
+    t0 = time.perf_counter()
+    out: dict = {"repeat": repeat, "index": idx, "id": _problem_id(bench, problem, idx), "score": 0.0,
+                 "prediction": None, "cost_usd": None, "tokens": 0, "error": None}
+    wf = None
+    try:
+        wf = factory.build(repeat)
+        args = tuple(bench.inputs(problem))
+        call = wf(*args)
+        answer = await (asyncio.wait_for(call, timeout) if timeout else call)
+        prediction = answer[0] if isinstance(answer, tuple) and len(answer) >= 1 else answer
+        out["prediction"] = _truncate(prediction)
+        score = await asyncio.to_thread(bench.score, prediction, problem)
+        out["score"] = float(score)
+    except asyncio.TimeoutError:
+        out["error"] = f"problem timed out after {timeout:g} s"
+    except Exception as exc:  # noqa: BLE001 - one problem's failure is that problem's score 0
+        out["error"] = error_text(exc)
+    cost, tokens = _usage(wf)
+    out["cost_usd"] = cost
+    out["tokens"] = tokens
+    out["duration_s"] = round(time.perf_counter() - t0, 4)
+    return out
+
+
+def _problem_id(bench: Any, problem: dict, idx: int) -> Any:
+    try:
+        return bench.problem_id(problem, idx)
+    except Exception:  # noqa: BLE001
+        return idx
+
+
+def _usage(wf: Any) -> tuple[Optional[float], int]:
+    """Cost and tokens of one workflow instance, from the LLM objects it holds."""
+    if wf is None:
+        return None, 0
+    from aflowctl.workflow import workflow_usage
+
+    return workflow_usage(wf)
+
+
+def _truncate(prediction: Any) -> Any:
+    if prediction is None:
+        return None
+    text = prediction if isinstance(prediction, str) else repr(prediction)
+    return text if len(text) <= PREDICTION_MAX_CHARS else text[:PREDICTION_MAX_CHARS] + "...[truncated]"
