@@ -1,0 +1,108 @@
+"""Benchmarks, collected from every plugin's ``register_benchmarks`` hook.
+
+``get(name)`` returns a benchmark object (see :mod:`aflowctl.benchmarks.base` for the
+contract); ``names()`` lists the registered ones. Built-ins (gsm8k, math, humaneval,
+mbpp, hotpotqa, drop) register through the same hook as plugins
+(:mod:`aflowctl.benchmarks.builtin`). The first benchmark registered under a name
+wins; a plugin whose hook raises is recorded in :func:`hook_errors` and does not hide
+the others.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Optional
+
+from aflowctl.errors import BenchmarkError, PluginError
+
+__all__ = ["get", "names", "all_benchmarks", "hook_errors"]
+
+_lock = threading.RLock()
+_benchmarks: Optional[dict[str, Any]] = None
+_hook_errors: dict[str, str] = {}
+
+
+def _reset() -> None:
+    """Forget the collected benchmarks (called by :func:`aflowctl.plugins.reset`)."""
+    global _benchmarks
+    with _lock:
+        _benchmarks = None
+        _hook_errors.clear()
+
+
+def _check(benchmark: Any, plugin: str) -> str:
+    name = getattr(benchmark, "name", None)
+    if not isinstance(name, str) or not name or name != name.strip() or "/" in name:
+        raise PluginError(
+            f"plugin {plugin} registered a benchmark without a valid name ({name!r})",
+            "give the benchmark a `name` attribute: a short lower-case word",
+        )
+    for attr in ("load", "score", "inputs"):
+        if not callable(getattr(benchmark, attr, None)):
+            raise PluginError(
+                f"plugin {plugin} registered benchmark {name!r} without a {attr}() method",
+                "see aflowctl.benchmarks.base for the benchmark contract",
+            )
+    return name
+
+
+def _collect() -> dict[str, Any]:
+    from loguru import logger
+
+    from aflowctl.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    found: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    # pluggy calls implementations last-registered first; walk them in registration order.
+    for impl in reversed(pm.hook.register_benchmarks.get_hookimpls()):
+        plugin_name = impl.plugin_name
+
+        def register(benchmark: Any, _plugin: str = plugin_name) -> None:
+            name = _check(benchmark, _plugin)
+            if name in found:
+                logger.warning("benchmark {!r} from plugin {} ignored: already registered", name, _plugin)
+                return
+            found[name] = benchmark
+
+        try:
+            impl.function(register=register)
+        except Exception as exc:  # a broken plugin must not take the others down
+            errors[plugin_name] = f"register_benchmarks raised {type(exc).__name__}: {exc}"
+            logger.warning("plugin {} failed in register_benchmarks: {}", plugin_name, exc)
+    _hook_errors.clear()
+    _hook_errors.update(errors)
+    return found
+
+
+def all_benchmarks() -> dict[str, Any]:
+    """All registered benchmarks by name (collected once per process, thread-safe)."""
+    global _benchmarks
+    with _lock:
+        if _benchmarks is None:
+            _benchmarks = _collect()
+        return _benchmarks
+
+
+def names() -> list[str]:
+    return sorted(all_benchmarks())
+
+
+def get(name: str) -> Any:
+    """The benchmark called ``name``; an unknown name lists the ones that exist."""
+    found = all_benchmarks()
+    key = str(name).strip().lower()
+    if key in found:
+        return found[key]
+    if name in found:
+        return found[name]
+    available = ", ".join(sorted(found)) or "none"
+    raise BenchmarkError(
+        f"unknown benchmark {name!r}",
+        f"available: {available} (add one with a plugin, see docs/benchmarks.md)",
+    )
+
+
+def hook_errors() -> dict[str, str]:
+    all_benchmarks()
+    return dict(_hook_errors)
