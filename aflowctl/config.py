@@ -62,6 +62,20 @@ class LLMConfig(_Strict):
     local_model: Optional[str] = Field(
         default=None, description="path to an HF directory or GGUF file for local/ models (default: embedded SmolLM2)"
     )
+    cache_scope: Literal["run", "global"] = Field(
+        default="run", description="serve cached answers from the same run only, or from any run"
+    )
+    http_client: Literal["auto", "litellm", "direct"] = Field(
+        default="auto",
+        description="OpenAI-compatible servers: auto = direct HTTP for loopback servers, litellm otherwise",
+    )
+    replay_from: Optional[str] = Field(
+        default=None, description="answer every call from the call log of this run id ('*' = any run)"
+    )
+    local_batch_window_ms: float = Field(
+        default=20.0, ge=0, description="local provider: how long to gather concurrent requests into one batch"
+    )
+    local_max_batch: int = Field(default=8, ge=1, description="local provider: most sequences in one batch")
 
 
 class RolloutConfig(_Strict):
@@ -107,44 +121,68 @@ class OptimizeConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    """GiGPO training of the optimizer policy."""
+    """GiGPO training of the optimizer policy (see docs/training.md)."""
 
+    # policy
     policy_model: Optional[str] = Field(default=None, description="HF dir or GGUF; default: embedded SmolLM2")
+    lora: bool = False
+    lora_r: int = Field(default=8, ge=1)
+    lora_alpha: int = Field(default=16, ge=1)
+    # environment
+    env: Literal["workflow", "keyword"] = Field(
+        default="workflow", description="workflow: the AFlow MDP; keyword: reward 1 when the response contains `keyword`"
+    )
+    keyword: str = Field(default="workflow", min_length=1, description="the rewarded word of env = keyword")
+    prompts: list[str] = Field(default_factory=list, description="prompts of env = keyword (default: two built-in ones)")
     datasets: list[str] = ["arith"]
     executor: ModelConfig = ModelConfig(model="local/smollm2")
+    validation_limit: Optional[int] = Field(default=8, ge=1)
+    # episodes and batches
     epochs: int = Field(default=1, ge=1)
+    groups_per_epoch: Optional[int] = Field(default=None, ge=1, description="default: one group per start state")
     groups_per_batch: int = Field(default=1, ge=1)
     episodes_per_group: int = Field(default=2, ge=1, description="G")
     steps_per_episode: int = Field(default=1, ge=1, description="T")
-    validation_limit: Optional[int] = Field(default=8, ge=1)
+    temperature: float = Field(default=1.0, gt=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    max_new_tokens: int = Field(default=256, ge=1)
+    generation_batch_size: int = Field(default=16, ge=1)
+    # GiGPO
     gamma: float = Field(default=0.95, ge=0, le=1)
     mode: Literal["mean_norm", "mean_std_norm"] = "mean_norm"
     step_advantage_w: float = 1.0
     invalid_penalty: float = Field(default=0.1, ge=0)
+    # PPO update
     lr: float = Field(default=1e-6, gt=0)
-    weight_decay: float = 0.01
+    weight_decay: float = Field(default=0.01, ge=0)
     warmup_steps: int = Field(default=0, ge=0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
-    clip_ratio_low: float = 0.2
-    clip_ratio_high: float = 0.2
-    dual_clip_c: float = 3.0
-    kl_coef: float = Field(default=0.001, ge=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    clip_ratio_low: float = Field(default=0.2, ge=0, lt=1)
+    clip_ratio_high: float = Field(default=0.2, ge=0)
+    dual_clip_c: float = Field(default=3.0, gt=1)
     use_kl: bool = False
+    kl_coef: float = Field(default=0.001, ge=0)
     entropy_coef: float = 0.001
-    grad_clip: float = 1.0
+    grad_clip: float = Field(default=1.0, gt=0)
     micro_batch_size: int = Field(default=4, ge=1)
     ppo_epochs: int = Field(default=1, ge=1)
-    temperature: float = Field(default=1.0, gt=0)
-    max_new_tokens: int = Field(default=256, ge=1)
-    lora: bool = False
-    lora_r: int = 8
-    lora_alpha: int = 16
+    # devices
+    device: Optional[str] = Field(default=None, description="cpu, cuda, cuda:N (default: cuda when available)")
+    bf16: bool = Field(default=True, description="bf16 autocast on CUDA (ignored on CPU)")
     gradient_checkpointing: bool = False
-    bf16: bool = True
-    checkpoint_every: int = Field(default=1, ge=1)
+    # offline warm start (--from-experiences)
+    sft_mode: Literal["filter", "weight"] = "filter"
+    sft_min_reward: float = Field(default=0.0, description="filter: keep valid experiences with reward > this")
+    sft_beta: float = Field(default=1.0, gt=0, description="weight: weight = softmax(reward / beta) over the pairs")
+    sft_epochs: int = Field(default=1, ge=1)
+    sft_lr: float = Field(default=1e-5, gt=0)
+    sft_max_pairs: Optional[int] = Field(default=None, ge=1)
+    # checkpoints and logs
+    checkpoint_every: int = Field(default=1, ge=1, description="updates between checkpoints (and one at the end)")
     keep_checkpoints: int = Field(default=3, ge=1)
+    tensorboard: bool = False
     seed: int = 0
-    device: Optional[str] = None
 
 
 class Config(_Strict):

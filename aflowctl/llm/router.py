@@ -1,0 +1,289 @@
+"""The router: the one path every LLM call takes.
+
+For a request of ``n`` samples it (1) resolves the provider from ``provider/model``,
+(2) serves what it can from the response cache, (3) checks the run's budget against
+a worst-case estimate of the rest, (4) calls the provider under a per-model
+concurrency limit (one semaphore per event loop) and an optional requests-per-minute
+limit, with a timeout, retrying rate limits, 5xx, timeouts and connection errors
+with exponential back-off and jitter (honouring Retry-After), and (5) logs every
+attempt, success or failure, and every cache hit to ``llm_calls``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import random
+import threading
+import time
+import weakref
+from typing import Any, Optional
+
+from loguru import logger
+
+from aflowctl.config import LLMConfig
+from aflowctl.errors import AflowctlError, BudgetExceeded, ProviderError
+from aflowctl.llm import cache as cache_mod
+from aflowctl.llm import pricing, registry
+from aflowctl.llm.types import LLMRequest, ProviderCallError, Sample
+
+# Per event loop: model -> semaphore / request timestamps (asyncio objects are per loop).
+_semaphores: "weakref.WeakKeyDictionary[Any, dict[str, asyncio.Semaphore]]" = weakref.WeakKeyDictionary()
+_rpm_windows: "weakref.WeakKeyDictionary[Any, dict[str, collections.deque]]" = weakref.WeakKeyDictionary()
+_limits_lock = threading.Lock()
+
+# Worst-case cost of calls in flight in this process, per run (run id or None).
+_reserved: dict[Optional[str], float] = collections.defaultdict(float)
+_reserved_lock = threading.Lock()
+# Spend of calls without a run id, per process (the budget of one-off calls).
+_spent_no_run: dict[int, float] = collections.defaultdict(float)
+
+# One call log per store path, shared by all routers of the process.
+_call_logs: dict[str, cache_mod.CallLog] = {}
+
+
+def _semaphore(model: str, limit: int) -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    with _limits_lock:
+        per_loop = _semaphores.setdefault(loop, {})
+        sem = per_loop.get(model)
+        if sem is None:
+            sem = per_loop[model] = asyncio.Semaphore(limit)
+        return sem
+
+
+async def _rpm_wait(model: str, rpm: int) -> None:
+    loop = asyncio.get_running_loop()
+    with _limits_lock:
+        window = _rpm_windows.setdefault(loop, {}).setdefault(model, collections.deque())
+    while True:
+        now = time.monotonic()
+        while window and now - window[0] >= 60.0:
+            window.popleft()
+        if len(window) < rpm:
+            window.append(now)
+            return
+        await asyncio.sleep(60.0 - (now - window[0]) + 0.001)
+
+
+def call_log_for(store) -> cache_mod.CallLog:
+    key = str(store.path)
+    log = _call_logs.get(key)
+    if log is None or log.store is not store:
+        log = _call_logs[key] = cache_mod.CallLog(store)
+    return log
+
+
+class Router:
+    """Routes requests to providers with cache, budget, limits, retries and logging.
+
+    ``store`` is an opened :class:`~aflowctl.store.Store` or ``None`` (then nothing is
+    cached, budgeted against the store, or logged: benchmarks and embedding only).
+    """
+
+    def __init__(self, llm_cfg: Optional[LLMConfig] = None, store=None):
+        self.cfg = llm_cfg or LLMConfig()
+        self.store = store
+        self.log = call_log_for(store) if store is not None else None
+
+    # ------------------------------------------------------------------ public
+    async def complete(
+        self, request: LLMRequest, *, role: Optional[str] = None, run_id: Optional[str] = None
+    ) -> list[Sample]:
+        """``request.n`` samples, in sample-index order (cached ones included)."""
+        if request.n < 1:
+            raise ProviderError(f"n must be at least 1 (got {request.n})", "ask for one or more samples")
+        if self.cfg.replay_from and not request.model.startswith("replay/"):
+            request = request.with_(model="replay/" + request.model)
+        provider, prefix, name = registry.resolve(request.model)
+        if hasattr(provider, "bind"):  # providers that read the store (replay)
+            provider = provider.bind(self.store, self.cfg)
+        if request.transport is None and getattr(self.cfg, "http_client", None):
+            request = request.with_(transport=self.cfg.http_client)
+        if request.timeout_s is None:
+            request = request.with_(timeout_s=self.cfg.timeout_s)
+        rhash = request.request_hash()
+        messages_json = json.dumps(request.messages, ensure_ascii=False)
+        mode = self.cfg.cache
+        results: dict[int, Sample] = {}
+
+        if self.store is not None and mode in ("readwrite", "read"):
+            hits = await asyncio.to_thread(
+                cache_mod.lookup, self.store, rhash, list(range(request.n)), run_id=run_id,
+                scope=getattr(self.cfg, "cache_scope", "run"),
+            )
+            if hits:
+                rows = []
+                for idx, hit in sorted(hits.items()):
+                    results[idx] = Sample(
+                        text=hit["response"], finish_reason=hit["finish_reason"], prompt_tokens=hit["prompt_tokens"],
+                        completion_tokens=hit["completion_tokens"], cost_usd=0.0, latency_s=0.0,
+                        provider=hit["provider"], model=hit["model"], cached=True, request_hash=rhash,
+                        sample_index=idx,
+                    )
+                    rows.append(self._row(request, run_id, role, rhash, idx, messages_json, mode, results[idx]))
+                await self.log.write(rows)
+        missing = [i for i in range(request.n) if i not in results]
+        if missing:
+            if hasattr(provider, "indices"):
+                provider.indices = missing
+            fresh = await self._call_provider(
+                provider, prefix, name, request.with_(n=len(missing)), role, run_id, rhash, messages_json, missing
+            )
+            for idx, s in zip(missing, fresh):
+                results[idx] = s
+        return [results[i] for i in range(request.n)]
+
+    # ----------------------------------------------------------------- internals
+    def _params(self, request: LLMRequest, mode: str) -> dict:
+        p = request.sampling_params()
+        p["n"] = request.n
+        p["cache"] = mode in ("readwrite", "write")
+        if request.api_base:
+            p["api_base"] = request.api_base
+        return p
+
+    def _row(self, request, run_id, role, rhash, idx, messages_json, mode, sample: Optional[Sample] = None,
+             error: Optional[str] = None, latency: Optional[float] = None, provider: Optional[str] = None,
+             model: Optional[str] = None) -> dict:
+        from aflowctl.logging import redact
+
+        if sample is not None:
+            return cache_mod.make_row(
+                run_id=run_id, role=role, provider=sample.provider, model=sample.model, request_hash=rhash,
+                sample_index=idx, messages_json=messages_json, params=self._params(request, mode),
+                response=sample.text, finish_reason=sample.finish_reason, prompt_tokens=sample.prompt_tokens,
+                completion_tokens=sample.completion_tokens, cost_usd=sample.cost_usd, latency_s=sample.latency_s,
+                cached=sample.cached,
+            )
+        return cache_mod.make_row(
+            run_id=run_id, role=role, provider=provider or request.provider_name, model=model or request.model_name,
+            request_hash=rhash, sample_index=idx, messages_json=messages_json, params=self._params(request, mode),
+            latency_s=latency, error=redact(error or "error"),
+        )
+
+    async def _budget_check(self, request: LLMRequest, prefix: str, name: str, run_id: Optional[str]) -> float:
+        """Raise BudgetExceeded if the worst case of this call would pass the cap; return the reservation."""
+        cap = self.cfg.budget_usd
+        spent_db = 0.0
+        if self.store is not None and run_id is not None:
+            spent_db, run_cap = await asyncio.to_thread(cache_mod.spent, self.store, run_id)
+            if cap is None:
+                cap = run_cap
+        elif run_id is None:
+            spent_db = _spent_no_run[id(self)]
+        if cap is None:
+            return 0.0
+        estimate = getattr(registry.get_provider(prefix), "worst_case_cost", None)
+        if callable(estimate):
+            worst = estimate(request)
+        else:
+            worst = pricing.worst_case_cost(prefix, name, request.messages, request.max_tokens, request.n)
+        worst = worst or 0.0
+        with _reserved_lock:
+            in_flight = _reserved[run_id]
+            total = spent_db + in_flight
+            if total >= cap or total + worst > cap:
+                where = f"run {run_id}" if run_id else "this session"
+                raise BudgetExceeded(
+                    f"budget of ${cap:.4f} for {where} reached: ${spent_db:.4f} spent"
+                    + (f" (+${in_flight:.4f} in flight)" if in_flight else "")
+                    + f", the next call to {request.model} may cost up to ${worst:.4f}",
+                    "everything done so far is stored; resume with a higher cap, e.g. "
+                    f"--budget-usd {max(cap * 2, total + worst + 0.01):.2f} (or llm.budget_usd in the config)",
+                )
+            _reserved[run_id] += worst
+        return worst
+
+    def _release(self, run_id: Optional[str], amount: float) -> None:
+        if amount:
+            with _reserved_lock:
+                _reserved[run_id] = max(0.0, _reserved[run_id] - amount)
+
+    async def _call_provider(
+        self, provider, prefix: str, name: str, request: LLMRequest, role, run_id, rhash: str,
+        messages_json: str, indices: list[int],
+    ) -> list[Sample]:
+        cfg = self.cfg
+        mode = cfg.cache
+        attempts = cfg.max_retries + 1
+        sem = _semaphore(request.model, cfg.concurrency_per_model)
+        last: Optional[ProviderError] = None
+        for attempt in range(attempts):
+            reserved = await self._budget_check(request, prefix, name, run_id)
+            wait_s = 0.0
+            t0 = time.perf_counter()
+            try:
+                async with sem:
+                    if cfg.requests_per_minute:
+                        await _rpm_wait(request.model, cfg.requests_per_minute)
+                    t0 = time.perf_counter()
+                    samples = await asyncio.wait_for(provider.complete(request), timeout=request.timeout_s)
+                if len(samples) != request.n:
+                    raise ProviderCallError(
+                        f"{request.model}: provider {prefix} returned {len(samples)} samples for n={request.n}",
+                        "this is a bug in the provider plugin",
+                    )
+            except asyncio.TimeoutError:
+                err: ProviderError = ProviderCallError(
+                    f"{request.model}: no answer within {request.timeout_s:g} s",
+                    "raise llm.timeout_s (or the model's timeout_s) or check the provider",
+                    retryable=True,
+                )
+            except AflowctlError as exc:
+                if isinstance(exc, ProviderError):
+                    err = exc
+                else:
+                    self._release(run_id, reserved)
+                    raise
+            except Exception as exc:  # noqa: BLE001 - a plugin's bug becomes one clear line
+                err = ProviderCallError(
+                    f"{request.model}: provider {prefix} raised {type(exc).__name__}: {exc}",
+                    "this is a bug in the provider or its plugin; see AFLOWCTL_DEBUG=1",
+                )
+            except BaseException:
+                self._release(run_id, reserved)
+                raise
+            else:
+                self._release(run_id, reserved)
+                for idx, s in zip(indices, samples):
+                    s.request_hash = rhash
+                    s.sample_index = idx
+                if run_id is None:
+                    _spent_no_run[id(self)] += sum(s.cost_usd or 0.0 for s in samples)
+                if self.log is not None:
+                    await self.log.write(
+                        [self._row(request, run_id, role, rhash, idx, messages_json, mode, s)
+                         for idx, s in zip(indices, samples)]
+                    )
+                return samples
+            # failure
+            self._release(run_id, reserved)
+            last = err
+            latency = time.perf_counter() - t0
+            if self.log is not None:
+                await self.log.write(
+                    [self._row(request, run_id, role, rhash, indices[0], messages_json, mode, error=str(err),
+                               latency=latency, provider=prefix, model=name)]
+                )
+            retryable = getattr(err, "retryable", False)
+            if not retryable or attempt == attempts - 1:
+                break
+            delay = min(cfg.backoff_max_s, cfg.backoff_base_s * (2**attempt)) * (0.5 + random.random())
+            retry_after = getattr(err, "retry_after", None)
+            if retry_after is not None:
+                delay = max(delay, min(retry_after, cfg.backoff_max_s * 4))
+            logger.info("{}: attempt {}/{} failed ({}); retrying in {:.2f} s", request.model, attempt + 1,
+                        attempts, err.message, delay)
+            wait_s = delay
+            await asyncio.sleep(wait_s)
+        assert last is not None
+        if getattr(last, "retryable", False) and attempts > 1:
+            raise ProviderCallError(
+                f"{last.message} (gave up after {attempts} attempts)",
+                last.hint or "try again later",
+                retryable=False,
+                status=getattr(last, "status", None),
+            )
+        raise last
