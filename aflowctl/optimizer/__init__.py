@@ -1,0 +1,1 @@
+"""AFlow-style search over workflows: selection, proposal, evaluation, experience, convergence."""

@@ -1,0 +1,276 @@
+"""The LLM-free proposer (``--optimizer-model mutate``).
+
+A workflow it writes is generated from a small pipeline description (``WORKFLOW_SPEC``,
+kept as a literal in graph.py so that the next mutation can read it back):
+
+    answer step (Custom | AnswerGenerate | CustomCodeGenerate, with an instruction)
+    -> optional k-sample self-consistency ensemble (ScEnsemble)
+    -> optional Programmer step (math)          -> optional Test step (code)
+    -> optional Review/Revise step
+
+One edit from a catalogue is applied per proposal (wrap the answer step in an
+ensemble, change k, add or remove a Programmer/Test/Review step, swap the instruction
+for another from a library), chosen with the run's seeded generator among the edits
+not yet tried on this parent. The code is generated, so it is valid by construction;
+the import lines are the parent's own. A parent it did not write (a seed, or an
+LLM-written workflow) is read as the plain answer step of its kind, using its first
+prompt constant as the instruction.
+"""
+
+from __future__ import annotations
+
+import ast
+import pprint
+from dataclasses import asdict, dataclass, replace
+from typing import Sequence
+
+import numpy as np
+
+from aflowctl.optimizer.parse import ProposalError, normalise_modification
+
+INSTRUCTIONS: dict[str, list[str]] = {
+    "math": [
+        "Solve the problem. Give the final answer as a number at the end.",
+        "Think step by step, then state the final answer as a single number on the last line.",
+        "Compute the answer carefully. Reply with only the final number.",
+        "Work out the arithmetic one operation at a time and finish with 'The answer is <number>'.",
+        "Read the question, write the expression it asks for, evaluate it, and end with the result.",
+    ],
+    "qa": [
+        "Answer the question using the context. Give a short answer span.",
+        "Find the sentences in the context that answer the question, then give the shortest exact answer.",
+        "Reason over the passages step by step, then give only the final short answer.",
+        "Answer with the exact words from the context that answer the question; no explanation.",
+    ],
+    "code": [
+        "Write the complete Python function. Return only code.",
+        "Implement the function so that it passes the examples in its docstring. Return only the code.",
+        "Think about edge cases first, then write a correct and complete Python implementation.",
+        "Write a clear, correct Python solution with the exact function signature given.",
+    ],
+}
+ENSEMBLE_SIZES = (3, 5)
+
+
+@dataclass(frozen=True)
+class Spec:
+    kind: str  # math | qa | code
+    answer_op: str  # Custom | AnswerGenerate | CustomCodeGenerate
+    instruction: str
+    ensemble: int = 1
+    programmer: bool = False
+    test: bool = False
+    review: bool = False
+
+
+def default_answer_op(kind: str) -> str:
+    return "CustomCodeGenerate" if kind == "code" else "Custom"
+
+
+# ---------------------------------------------------------------- reading a parent
+
+
+def _import_lines(graph: str) -> list[str]:
+    tree = ast.parse(graph)
+    lines = graph.splitlines()
+    out = []
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            out.extend(lines[node.lineno - 1 : node.end_lineno])
+    return out
+
+
+def _first_prompt_constant(prompt: str) -> str | None:
+    try:
+        tree = ast.parse(prompt)
+    except SyntaxError:
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            text = node.value.value.strip()
+            if text:
+                return text
+    return None
+
+
+def read_spec(graph: str, prompt: str, kind: str) -> Spec:
+    """The parent's pipeline: its WORKFLOW_SPEC, or the plain answer step of its kind."""
+    tree = ast.parse(graph)
+    for node in tree.body:
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+            and node.targets[0].id == "WORKFLOW_SPEC"
+        ):
+            try:
+                data = ast.literal_eval(node.value)
+                return Spec(**data)
+            except (ValueError, TypeError):
+                break
+    instruction = _first_prompt_constant(prompt) or INSTRUCTIONS.get(kind, INSTRUCTIONS["math"])[0]
+    return Spec(kind=kind, answer_op=default_answer_op(kind), instruction=instruction)
+
+
+# ---------------------------------------------------------------- writing a workflow
+
+
+def _answer_call(spec: Spec) -> tuple[str, str]:
+    """(await-expression, key of its output holding the answer)."""
+    if spec.answer_op == "AnswerGenerate":
+        return "await self.answer_generate(input=problem + '\\n' + prompt_custom.ANSWER_PROMPT)", "answer"
+    if spec.answer_op == "CustomCodeGenerate":
+        return (
+            "await self.custom_code_generate(problem=problem, entry_point=entry_point, instruction=prompt_custom.ANSWER_PROMPT)",
+            "response",
+        )
+    return "await self.custom(input=problem, instruction=prompt_custom.ANSWER_PROMPT)", "response"
+
+
+_ATTR = {
+    "Custom": "custom",
+    "AnswerGenerate": "answer_generate",
+    "CustomCodeGenerate": "custom_code_generate",
+    "ScEnsemble": "sc_ensemble",
+    "Programmer": "programmer",
+    "Test": "test",
+    "Review": "review",
+    "Revise": "revise",
+}
+
+
+def operators_used(spec: Spec) -> list[str]:
+    ops = [spec.answer_op]
+    if spec.ensemble > 1:
+        ops.append("ScEnsemble")
+    if spec.programmer:
+        ops.append("Programmer")
+    if spec.test:
+        ops.append("Test")
+    if spec.review:
+        ops += ["Review", "Revise"]
+    return ops
+
+
+def render(spec: Spec, import_lines: Sequence[str]) -> tuple[str, str]:
+    """graph.py and prompt.py for ``spec``."""
+    args = "problem, entry_point" if spec.kind == "code" else "problem"
+    call, key = _answer_call(spec)
+    body: list[str] = []
+    if spec.ensemble > 1:
+        body += [
+            "candidates = []",
+            f"for _ in range({spec.ensemble}):",
+            f"    solution = {call}",
+            f"    candidates.append(solution[{key!r}])",
+            "answer = (await self.sc_ensemble(solutions=candidates, problem=problem))['response']",
+        ]
+    else:
+        body += [f"solution = {call}", f"answer = solution[{key!r}]"]
+    if spec.programmer:
+        body += [
+            "program = await self.programmer(problem=problem, analysis=answer)",
+            "if str(program.get('output', '')).strip():",
+            "    answer = f\"{answer}\\nProgram output: {program['output']}\"",
+        ]
+    if spec.test:
+        body += [
+            "tested = await self.test(problem=problem, solution=answer, entry_point=entry_point)",
+            "answer = tested['solution']",
+        ]
+    if spec.review:
+        body += [
+            "review = await self.review(problem=problem, solution=answer)",
+            "if not review['review_result']:",
+            "    answer = (await self.revise(problem=problem, solution=answer, feedback=review['feedback']))['solution']",
+        ]
+    body.append("return answer, self.llm.get_usage_summary()['total_cost']")
+    init = ["self.name = name", "self.dataset = dataset", "self.llm = create_llm_instance(llm_config)"]
+    init += [f"self.{_ATTR[op]} = operator.{op}(self.llm)" for op in dict.fromkeys(operators_used(spec))]
+    spec_literal = pprint.pformat(asdict(spec), width=100, sort_dicts=True)
+    graph = "\n".join(
+        list(import_lines)
+        + ["", f"WORKFLOW_SPEC = {spec_literal}", "", "", "class Workflow:"]
+        + ["    def __init__(self, name, llm_config, dataset) -> None:"]
+        + [f"        {line}" for line in init]
+        + ["", f"    async def __call__(self, {args}):"]
+        + [f"        {line}" for line in body]
+    ) + "\n"
+    prompt = f"ANSWER_PROMPT = {spec.instruction!r}\n"
+    return graph, prompt
+
+
+# ---------------------------------------------------------------- the catalogue
+
+
+def candidate_edits(spec: Spec, allowed_ops: Sequence[str] | None = None) -> list[tuple[str, Spec]]:
+    """Every single edit applicable to ``spec``: (modification text, new spec)."""
+    allowed = set(allowed_ops) if allowed_ops else None
+
+    def ok(*ops: str) -> bool:
+        return allowed is None or all(o in allowed for o in ops)
+
+    edits: list[tuple[str, Spec]] = []
+    if spec.ensemble <= 1:
+        for k in ENSEMBLE_SIZES:
+            if ok("ScEnsemble"):
+                edits.append((f"Wrap the answer step in a {k}-sample self-consistency ensemble (ScEnsemble)", replace(spec, ensemble=k)))
+    else:
+        for k in ENSEMBLE_SIZES:
+            if k != spec.ensemble:
+                edits.append((f"Change the self-consistency ensemble from {spec.ensemble} to {k} samples", replace(spec, ensemble=k)))
+        edits.append(("Remove the self-consistency ensemble (single answer)", replace(spec, ensemble=1)))
+    if spec.kind == "math":
+        if not spec.programmer and ok("Programmer"):
+            edits.append(("Add a Programmer step that computes the answer with Python and appends its output", replace(spec, programmer=True)))
+        elif spec.programmer:
+            edits.append(("Remove the Programmer step", replace(spec, programmer=False)))
+    if spec.kind == "code":
+        if not spec.test and ok("Test"):
+            edits.append(("Add a Test step that runs the public tests and repairs the solution", replace(spec, test=True)))
+        elif spec.test:
+            edits.append(("Remove the Test step", replace(spec, test=False)))
+    if not spec.review and ok("Review", "Revise"):
+        edits.append(("Add a Review/Revise step that checks the answer and revises it when the review fails", replace(spec, review=True)))
+    elif spec.review:
+        edits.append(("Remove the Review/Revise step", replace(spec, review=False)))
+    if spec.kind == "qa" and spec.answer_op == "Custom" and ok("AnswerGenerate"):
+        edits.append(("Use AnswerGenerate (thought then answer) for the answer step", replace(spec, answer_op="AnswerGenerate")))
+    elif spec.kind == "qa" and spec.answer_op == "AnswerGenerate":
+        edits.append(("Use Custom for the answer step", replace(spec, answer_op="Custom")))
+    for i, text in enumerate(INSTRUCTIONS.get(spec.kind, INSTRUCTIONS["math"])):
+        if text != spec.instruction:
+            edits.append((f"Replace the answer instruction with library prompt {spec.kind}-{i + 1}: {text!r}", replace(spec, instruction=text)))
+    return edits
+
+
+@dataclass(frozen=True)
+class Mutation:
+    modification: str
+    graph: str
+    prompt: str
+    spec: Spec
+
+    def as_response(self) -> str:
+        """The proposal in the optimizer's answer format (stored as the action text)."""
+        return f"<modification>{self.modification}</modification>\n<graph>\n{self.graph}</graph>\n<prompt>\n{self.prompt}</prompt>\n"
+
+
+def propose(
+    graph: str,
+    prompt: str,
+    *,
+    kind: str,
+    rng: np.random.Generator,
+    tried: Sequence[str] = (),
+    allowed_ops: Sequence[str] | None = None,
+) -> Mutation:
+    """One seeded edit of the parent, not among ``tried`` (modification texts)."""
+    spec = read_spec(graph, prompt, kind)
+    tried_keys = {normalise_modification(t) for t in tried}
+    edits = [(m, s) for m, s in candidate_edits(spec, allowed_ops) if normalise_modification(m) not in tried_keys]
+    if not edits:
+        raise ProposalError("every mutation in the catalogue was already tried on this parent", "select another parent")
+    modification, new_spec = edits[int(rng.integers(len(edits)))]
+    new_graph, new_prompt = render(new_spec, _import_lines(graph))
+    return Mutation(modification, new_graph, new_prompt, new_spec)

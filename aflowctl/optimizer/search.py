@@ -1,0 +1,591 @@
+"""The search loop of `aflowctl optimize`: AFlow's algorithm, resumable and seeded.
+
+Round 1 evaluates the initial workflow. Each later round (1) selects a parent among the
+best evaluated workflows with the round's seeded generator, (2) asks the optimizer
+(an LLM, the trained policy, or the LLM-free ``mutate`` proposer) for K modifications,
+retrying malformed, repeated, non-compiling or smoke-failing ones with the error fed
+back, (3) evaluates the valid children ``validation_rounds`` times in parallel through
+the rollout pool, (4) records children, scores and experiences, (5) checks convergence.
+
+Durability: a round's rows become visible together. Child workflows and their
+evaluations are written first; the experiences and the run's cursor
+(``state_json.completed_round``) are committed in one transaction that marks the round
+complete. On resume, rows of an incomplete round are deleted and the round is redone:
+LLM calls come back from the response cache and finished rollout tasks from the task
+table, so nothing is paid twice and the result equals an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Optional
+
+import numpy as np
+from loguru import logger
+from sqlalchemy import text
+
+from aflowctl import __version__
+from aflowctl.config import Config, diff_configs
+from aflowctl.errors import AflowctlError, BudgetExceeded, ConfigError, NotFoundError
+from aflowctl.optimizer import experience as exp_mod
+from aflowctl.optimizer import mutate as mutate_mod
+from aflowctl.optimizer.convergence import check_convergence
+from aflowctl.optimizer.parse import ProposalError, normalise_modification, parse_proposal
+from aflowctl.optimizer.prompt import messages_to_text, render_optimize_prompt
+from aflowctl.optimizer.selection import Candidate, round_rng, select_parent, top_candidates
+from aflowctl.store import Experience, Run, Workflow, utcnow
+from aflowctl.store import queries
+from aflowctl.store.db import Store
+
+# Keys that may differ when a run is resumed (limits and resources, not the search itself).
+RESUMABLE_KEYS = {
+    "optimize.max_rounds",
+    "optimize.budget_usd",
+    "optimize.test_limit",
+    "llm.budget_usd",
+    "llm.max_retries",
+    "llm.timeout_s",
+    "llm.concurrency_per_model",
+    "llm.requests_per_minute",
+    "rollout.workers",
+    "rollout.concurrency",
+    "rollout.executor",
+    "rollout.ray_address",
+    "rollout.task_timeout_s",
+    "rollout.max_attempts",
+}
+
+Progress = Callable[..., None]
+
+
+@dataclass
+class OptimizeOutcome:
+    run_id: str
+    status: str
+    rounds: int
+    best_workflow_id: Optional[int]
+    best_round: Optional[int]
+    best_score: Optional[float]
+    cost_usd: float
+    message: str = ""
+    test: Optional[dict] = None
+
+
+@dataclass
+class _Child:
+    k: int
+    modification: Optional[str]
+    action_text: str
+    prompt_text: str
+    graph: Optional[str] = None
+    prompt: Optional[str] = None
+    workflow_id: Optional[int] = None
+    valid: bool = False
+    error: Optional[str] = None
+    scores: list[float] = field(default_factory=list)
+
+
+def new_run_id(prefix: str = "opt") -> str:
+    return f"{prefix}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def _optimizer_name(cfg: Config) -> str:
+    if cfg.optimize.policy:
+        return f"policy:{cfg.optimize.policy}"
+    return cfg.optimize.optimizer.model
+
+
+# ------------------------------------------------------------------ run bookkeeping
+
+
+def start_run(store: Store, cfg: Config, *, run_id: Optional[str], resume: Optional[str], force: bool = False) -> tuple[str, Config]:
+    """Create a run, or reopen ``resume`` (refusing a conflicting config unless ``force``).
+
+    Returns the run id and the config to use (the stored one, with allowed overrides,
+    when resuming)."""
+    now = utcnow()
+    if resume:
+        row = queries.get_run(store, resume)
+        if row is None:
+            raise NotFoundError(f"run '{resume}' does not exist", "see 'aflowctl inspect runs' for the runs in this store")
+        if row["kind"] != "optimize":
+            raise ConfigError(f"run '{resume}' is a {row['kind']} run, not an optimize run", "resume it with its own command")
+        stored = json.loads(row["config_json"])
+        new = cfg.model_dump(mode="json", by_alias=True)
+        differing = [k for k in diff_configs(stored, new) if k not in RESUMABLE_KEYS]
+        if differing and not force:
+            raise ConfigError(
+                f"the config differs from run '{resume}' in {', '.join(differing)}",
+                "drop those options to resume as it was, or pass --force to resume with the new values",
+            )
+        with store.write() as s:
+            run = s.get(Run, resume)
+            run.config_json = json.dumps(new, sort_keys=True)
+            run.config_hash = cfg.hash()
+            run.status = "running"
+            run.message = None
+            run.budget_usd = cfg.optimize.budget_usd
+            run.updated_at = now
+        return resume, cfg
+    rid = run_id or new_run_id()
+    if queries.get_run(store, rid) is not None:
+        raise ConfigError(f"run '{rid}' already exists", f"resume it with --resume {rid}, or choose another --run-id")
+    with store.write() as s:
+        s.add(
+            Run(
+                id=rid, kind="optimize", dataset=cfg.optimize.dataset,
+                config_json=json.dumps(cfg.model_dump(mode="json", by_alias=True), sort_keys=True),
+                config_hash=cfg.hash(), status="running", created_at=now, updated_at=now,
+                seed=cfg.optimize.seed, version=__version__, budget_usd=cfg.optimize.budget_usd,
+                state_json=json.dumps({"completed_round": 0}),
+            )
+        )
+    return rid, cfg
+
+
+def _set_status(store: Store, run_id: str, status: str, message: Optional[str] = None, **state: Any) -> None:
+    def txn(s):
+        run = s.get(Run, run_id)
+        run.status = status
+        run.message = message
+        if state:
+            st = json.loads(run.state_json or "{}")
+            st.update(state)
+            run.state_json = json.dumps(st)
+        run.updated_at = utcnow()
+
+    store.transact(txn)
+
+
+def _completed_round(store: Store, run_id: str) -> int:
+    row = queries.get_run(store, run_id)
+    return int(json.loads(row["state_json"] or "{}").get("completed_round", 0))
+
+
+def _discard_incomplete(store: Store, run_id: str, after_round: int) -> None:
+    """Delete rows of rounds after the last completed one (a killed round is redone)."""
+
+    def txn(s):
+        c = s.connection()
+        ids = [r[0] for r in c.execute(text("SELECT id FROM workflows WHERE run_id = :r AND round > :n"), {"r": run_id, "n": after_round})]
+        c.execute(text("DELETE FROM experiences WHERE run_id = :r AND round > :n"), {"r": run_id, "n": after_round})
+        for wid in ids:
+            c.execute(text("DELETE FROM evaluations WHERE workflow_id = :w"), {"w": wid})
+        for wid in sorted(ids, reverse=True):
+            c.execute(text("DELETE FROM workflows WHERE id = :w"), {"w": wid})
+
+    store.transact(txn)
+
+
+# ------------------------------------------------------------------ the optimizer
+
+
+class Optimizer:
+    """One optimize run. ``evaluate`` and ``make_llm`` are injectable for tooling."""
+
+    def __init__(self, store: Store, cfg: Config, run_id: str, *, pool: Any, progress: Optional[Progress] = None):
+        from aflowctl import benchmarks
+
+        self.store = store
+        self.cfg = cfg
+        self.oc = cfg.optimize
+        self.run_id = run_id
+        self.pool = pool
+        self.progress = progress or (lambda *a, **k: None)
+        self.bench = benchmarks.get(self.oc.dataset)
+        self.kind = self.bench.kind
+        self._val_problems: Optional[list[dict]] = None
+        self._optimizer_llm = None
+
+    # -------------------------------------------------------------- helpers
+
+    @property
+    def val_problems(self) -> list[dict]:
+        if self._val_problems is None:
+            probs = self.bench.load("validate")
+            if self.oc.validation_limit:
+                probs = probs[: self.oc.validation_limit]
+            if not probs:
+                raise AflowctlError(f"the validation split of {self.oc.dataset} is empty", f"aflowctl data fetch {self.oc.dataset}")
+            self._val_problems = probs
+        return self._val_problems
+
+    def _llm_cfg(self):
+        llm = self.cfg.llm
+        budget = self.oc.budget_usd if self.oc.budget_usd is not None else llm.budget_usd
+        return llm.model_copy(update={"budget_usd": budget})
+
+    def _evaluate(self, graph: str, prompt: str, *, workflow_id: Optional[int], repeats: int, split: str = "validate",
+                  indices: Optional[list[int]] = None, limit: Optional[int] = None, store_rows: bool = True):
+        from aflowctl.rollout.evaluate import evaluate_workflow
+        from aflowctl.workflow.loader import WorkflowSource
+
+        if indices is None and split == "validate" and limit is None:
+            indices = list(range(len(self.val_problems)))
+        return evaluate_workflow(
+            self.store, WorkflowSource(graph=graph, prompt=prompt), dataset=self.oc.dataset, split=split,
+            executor=self.oc.executor, llm_cfg=self._llm_cfg(), rollout_cfg=self.cfg.rollout, repeats=repeats,
+            limit=limit, indices=indices, run_id=self.run_id, workflow_id=workflow_id if store_rows else None,
+            seed=self.oc.seed, pool=self.pool, store_rows=store_rows,
+        )
+
+    def _insert_workflow(self, *, round_no: int, parent_id: Optional[int], graph: str, prompt: str,
+                         modification: Optional[str], status: str = "valid", error: Optional[str] = None) -> int:
+        from aflowctl.workflow.loader import WorkflowSource, canonical_hash
+
+        try:
+            h = canonical_hash(WorkflowSource(graph=graph, prompt=prompt))
+        except Exception:  # noqa: BLE001 - an invalid child still gets a (textual) identity
+            import hashlib
+
+            h = "raw-" + hashlib.sha256((graph + "\0" + prompt).encode()).hexdigest()[:40]
+
+        def txn(s):
+            wf = Workflow(run_id=self.run_id, round=round_no, parent_id=parent_id, dataset=self.oc.dataset,
+                          graph_code=graph, prompt_code=prompt, hash=h, modification=modification,
+                          status=status, error=error, created_at=utcnow())
+            s.add(wf)
+            s.flush()
+            return wf.id
+
+        return self.store.transact(txn)
+
+    def _workflow_rows(self) -> list[dict]:
+        return queries.list_workflows(self.store, run_id=self.run_id)
+
+    def _candidates(self) -> list[Candidate]:
+        rows = [r for r in self._workflow_rows() if r["status"] == "valid" and r["score"] is not None]
+        return [Candidate(workflow_id=r["id"], score=float(r["score"]), round=r["round"], is_initial=r["round"] == 1) for r in rows]
+
+    def _tried(self, parent_id: int) -> list[exp_mod.Tried]:
+        rows = [r for r in queries.list_experiences(self.store, run_id=self.run_id) if r["parent_workflow_id"] == parent_id]
+        return exp_mod.from_rows(rows)
+
+    def _failed_cases(self, workflow_id: int) -> list[dict]:
+        with self.store.read() as s:
+            row = s.connection().execute(
+                text("SELECT details_json FROM evaluations WHERE workflow_id = :w AND split = 'validate' ORDER BY repeat, id LIMIT 1"),
+                {"w": workflow_id},
+            ).fetchone()
+        if row is None:
+            return []
+        out = []
+        for d in json.loads(row[0]):
+            if d.get("score", 1.0) >= 1.0:
+                continue
+            idx = d.get("index")
+            if idx is None or idx >= len(self.val_problems):
+                continue
+            problem = self.val_problems[idx]
+            out.append({
+                "question": self.bench.inputs(problem)[0],
+                "expected": self.bench.expected(problem),
+                "prediction": d.get("prediction") if d.get("prediction") is not None else d.get("answer", d.get("error", "")),
+            })
+            if len(out) >= self.oc.failed_cases:
+                break
+        return out
+
+    def _operator_descriptions(self) -> str:
+        from aflowctl.workflow.registry import operator_descriptions
+
+        return operator_descriptions(list(self.oc.operators))
+
+    def _get_optimizer_llm(self):
+        if self._optimizer_llm is None:
+            from aflowctl.llm.client import make_llm
+
+            mc = self.oc.optimizer
+            role = "optimizer"
+            if self.oc.policy:
+                from aflowctl.optimizer.policy import policy_model_config
+
+                mc = policy_model_config(self.oc.policy, self.oc.optimizer)
+                role = "policy"
+            self._optimizer_llm = make_llm(mc, role=role, run_id=self.run_id, store=self.store, llm_cfg=self._llm_cfg())
+        return self._optimizer_llm
+
+    # -------------------------------------------------------------- proposal
+
+    def _propose_one(self, round_no: int, k: int, parent: dict, parent_score: float, tried: list[exp_mod.Tried],
+                     exclude: list[str], failed_cases: list[dict], first: Optional[mutate_mod.Mutation] = None) -> _Child:
+        """One child of ``parent``: retried up to max_retries with the error fed back.
+
+        ``exclude`` holds modifications taken by sibling candidates of this round."""
+        from aflowctl.workflow.loader import WorkflowSource, check_source
+
+        tried_texts = [t.modification for t in tried] + list(exclude)
+        tried_keys = {normalise_modification(t) for t in [t.modification for t in tried]}
+        use_mutate = self._uses_mutate()
+        render = dict(
+            dataset=self.oc.dataset, kind=self.kind, parent_graph=parent["graph_code"], parent_prompt=parent["prompt_code"],
+            parent_score=parent_score, experience=tried, failed_cases=failed_cases,
+            operator_descriptions=self._operator_descriptions(),
+        )
+        prompt_text = messages_to_text(render_optimize_prompt(**render))
+        feedback: Optional[str] = None
+        last = _Child(k=k, modification=None, action_text="", prompt_text=prompt_text)
+        for attempt in range(self.oc.max_retries + 1):
+            try:
+                if use_mutate:
+                    m = first if (attempt == 0 and first is not None) else mutate_mod.propose(
+                        parent["graph_code"], parent["prompt_code"], kind=self.kind,
+                        rng=round_rng(self.oc.seed, round_no, 1000 + 10 * k + attempt),
+                        tried=tried_texts, allowed_ops=self.oc.operators)
+                    tried_texts.append(m.modification)
+                    action, modification, graph, prompt = m.as_response(), m.modification, m.graph, m.prompt
+                else:
+                    msgs = render_optimize_prompt(**render, error_feedback=feedback)
+                    llm = self._get_optimizer_llm()
+                    sample = _run_async(llm.generate(msgs, temperature=self.oc.optimizer.temperature,
+                                                     seed=self.oc.seed * 1_000_003 + round_no * 101 + k))
+                    action = sample.text
+                    last = _Child(k=k, modification=None, action_text=action, prompt_text=prompt_text)
+                    p = parse_proposal(action)
+                    modification, graph, prompt = p.modification, p.graph, p.prompt
+                last = _Child(k=k, modification=modification, action_text=action, prompt_text=prompt_text, graph=graph, prompt=prompt)
+                if normalise_modification(modification) in tried_keys:
+                    raise ProposalError(f"the modification '{modification[:80]}' was already tried on this workflow", "propose a different one")
+                check_source(WorkflowSource(graph=graph, prompt=prompt))
+                smoke = self._evaluate(graph, prompt, workflow_id=None, repeats=1, indices=[0], store_rows=False)
+                err = _first_error(smoke)
+                if err:
+                    raise ProposalError(f"the workflow failed its one-problem smoke run: {err[:300]}", "fix the code")
+                last.valid = True
+                last.error = None
+                return last
+            except BudgetExceeded:
+                raise
+            except AflowctlError as exc:
+                feedback = str(exc)
+                last.error = feedback
+                logger.info(f"round {round_no} candidate {k} attempt {attempt + 1}: {feedback}")
+                self.progress("proposal_failed", round=round_no, k=k, attempt=attempt + 1, error=feedback)
+        return last
+
+    def _uses_mutate(self) -> bool:
+        return self.oc.optimizer.model == "mutate" and not self.oc.policy
+
+    def _propose_all(self, round_no: int, parent: dict, parent_score: float) -> list[_Child]:
+        """K children, proposed and smoke-checked in parallel; siblings never repeat each other."""
+        tried = self._tried(parent["id"])
+        failed_cases = self._failed_cases(parent["id"])
+        K = self.oc.candidates
+        firsts: list[Optional[mutate_mod.Mutation]] = [None] * K
+        if self._uses_mutate():
+            taken: list[str] = []
+            for k in range(K):
+                try:
+                    m = mutate_mod.propose(parent["graph_code"], parent["prompt_code"], kind=self.kind,
+                                           rng=round_rng(self.oc.seed, round_no, 1000 + 10 * k),
+                                           tried=[t.modification for t in tried] + taken, allowed_ops=self.oc.operators)
+                except ProposalError:
+                    break
+                firsts[k] = m
+                taken.append(m.modification)
+        siblings = [m.modification for m in firsts if m is not None]
+
+        def one(k: int) -> _Child:
+            exclude = [x for x in siblings if firsts[k] is None or x != firsts[k].modification]
+            return self._propose_one(round_no, k, parent, parent_score, tried, exclude, failed_cases, firsts[k])
+
+        if K == 1:
+            children = [one(0)]
+        else:
+            with ThreadPoolExecutor(max_workers=K) as tp:
+                children = list(tp.map(one, range(K)))
+        seen: set[str] = set()
+        for c in children:  # an LLM may propose the same thing twice in one round
+            key = normalise_modification(c.modification or "")
+            if c.valid and key in seen:
+                c.valid, c.error = False, "repeats a sibling candidate's modification in the same round"
+            seen.add(key)
+        return children
+
+    # -------------------------------------------------------------- rounds
+
+    def _round_one(self) -> None:
+        from aflowctl.workflow import seeds
+        from aflowctl.workflow.loader import check_source, load_folder
+
+        if self.oc.initial_workflow:
+            src = load_folder(self.oc.initial_workflow)
+        else:
+            src = seeds.seed_workflow(self.oc.dataset)
+        check_source(src)
+        self.progress("round_start", round=1, parent=None)
+        wid = self._insert_workflow(round_no=1, parent_id=None, graph=src.graph, prompt=src.prompt, modification=None)
+        res = self._evaluate(src.graph, src.prompt, workflow_id=wid, repeats=self.oc.validation_rounds)
+
+        def txn(s):
+            run = s.get(Run, self.run_id)
+            st = json.loads(run.state_json or "{}")
+            st["completed_round"] = 1
+            run.state_json = json.dumps(st)
+            run.updated_at = utcnow()
+
+        self.store.transact(txn)
+        self.progress("round_done", round=1, score=res.mean_score, children=[(wid, res.mean_score)])
+
+    def _round(self, round_no: int) -> None:
+        cands = top_candidates(self._candidates(), self.oc.sample)
+        if not cands:
+            raise AflowctlError("no evaluated workflow to select a parent from", "check the initial workflow")
+        values = None
+        if self.oc.policy_guidance_weight > 0:
+            values = self._policy_values(cands)
+        parent_c, _ = select_parent(cands, round_rng(self.oc.seed, round_no, 0), alpha=self.oc.alpha, lambda_=self.oc.lambda_,
+                                    policy_values=values, policy_weight=self.oc.policy_guidance_weight)
+        parent = next(r for r in self._workflow_rows() if r["id"] == parent_c.workflow_id)
+        self.progress("round_start", round=round_no, parent=parent["id"], parent_score=parent_c.score)
+        children = self._propose_all(round_no, parent, parent_c.score)
+        for c in children:
+            if c.graph is not None:
+                c.workflow_id = self._insert_workflow(
+                    round_no=round_no, parent_id=parent["id"], graph=c.graph, prompt=c.prompt or "",
+                    modification=c.modification, status="valid" if c.valid else "invalid", error=None if c.valid else c.error,
+                )
+        valid = [c for c in children if c.valid]
+        if valid:
+            with ThreadPoolExecutor(max_workers=len(valid)) as tp:
+                results = list(tp.map(
+                    lambda c: self._evaluate(c.graph, c.prompt, workflow_id=c.workflow_id, repeats=self.oc.validation_rounds),
+                    valid,
+                ))
+            for c, res in zip(valid, results):
+                c.scores = list(res.scores)
+        self._record(round_no, parent, parent_c.score, children)
+        self.progress("round_done", round=round_no, parent=parent["id"],
+                      children=[(c.workflow_id, float(np.mean(c.scores)) if c.scores else None) for c in children])
+
+    def _record(self, round_no: int, parent: dict, parent_score: float, children: list[_Child]) -> None:
+        group_id = f"{self.run_id}:{self._initial_hash()[:12]}"
+        policy_version = _optimizer_name(self.cfg)
+
+        def txn(s):
+            for c in children:
+                after = float(np.mean(c.scores)) if c.valid and c.scores else None
+                reward = (after - parent_score) if after is not None else 0.0
+                s.add(Experience(
+                    run_id=self.run_id, round=round_no, group_id=group_id,
+                    episode_id=f"{self.run_id}/r{round_no}/k{c.k}", step=round_no - 2,
+                    anchor=parent["hash"], parent_workflow_id=parent["id"], child_workflow_id=c.workflow_id,
+                    prompt=c.prompt_text, action_text=c.action_text, modification=c.modification,
+                    reward=reward, score_before=parent_score, score_after=after, valid=c.valid and after is not None,
+                    error=c.error if not c.valid else None, policy_version=policy_version, created_at=utcnow(),
+                ))
+            run = s.get(Run, self.run_id)
+            st = json.loads(run.state_json or "{}")
+            st["completed_round"] = round_no
+            run.state_json = json.dumps(st)
+            run.updated_at = utcnow()
+
+        self.store.transact(txn)
+
+    def _initial_hash(self) -> str:
+        rows = [r for r in self._workflow_rows() if r["round"] == 1]
+        return rows[0]["hash"] if rows else "none"
+
+    def _policy_values(self, cands: list[Candidate]) -> list[float]:
+        """Policy guidance: the mean reward of the policy's past actions from each parent
+        (0 where it never acted), a cheap value estimate that needs no extra model."""
+        rows = queries.list_experiences(self.store, run_id=self.run_id)
+        vals = []
+        for c in cands:
+            rs = [r["reward"] for r in rows if r["parent_workflow_id"] == c.workflow_id and r["valid"]]
+            vals.append(float(np.mean(rs)) if rs else 0.0)
+        return vals
+
+    def _converged(self) -> bool:
+        if not self.oc.check_convergence:
+            return False
+        rows = [r for r in self._workflow_rows() if r["status"] == "valid" and r["score"] is not None]
+        means, stds = [], []
+        for r in rows:
+            sc = queries.workflow_scores(self.store, r["id"])
+            means.append(float(np.mean(sc)))
+            stds.append(float(np.std(sc, ddof=0)))
+        ok, _, _ = check_convergence(means, stds, top_k=3, z=self.oc.convergence_z, consecutive=self.oc.consecutive_rounds)
+        return ok
+
+    # -------------------------------------------------------------- driver
+
+    def run(self) -> OptimizeOutcome:
+        done = _completed_round(self.store, self.run_id)
+        _discard_incomplete(self.store, self.run_id, done)
+        status, message = "completed", ""
+        try:
+            _ = self.val_problems
+            if done < 1:
+                self._round_one()
+                done = 1
+            while done < self.oc.max_rounds:
+                if self._converged():
+                    status, message = "converged", f"converged after round {done}"
+                    break
+                self._round(done + 1)
+                done += 1
+            else:
+                if self._converged():
+                    status, message = "converged", f"converged after round {done}"
+        except BudgetExceeded as exc:
+            status, message = "budget_exceeded", str(exc)
+        except KeyboardInterrupt:
+            _set_status(self.store, self.run_id, "interrupted", "interrupted: resume with --resume " + self.run_id)
+            raise
+        except BaseException as exc:
+            _set_status(self.store, self.run_id, "failed", str(exc)[:500])
+            raise
+        _set_status(self.store, self.run_id, status, message or None)
+        return self.outcome(status, message)
+
+    def best(self) -> Optional[dict]:
+        rows = [r for r in self._workflow_rows() if r["status"] == "valid" and r["score"] is not None]
+        if not rows:
+            return None
+        return max(rows, key=lambda r: (r["score"], -r["round"]))
+
+    def outcome(self, status: str, message: str = "", test: Optional[dict] = None) -> OptimizeOutcome:
+        best = self.best()
+        cost = queries.run_costs(self.store, self.run_id).get(self.run_id, 0.0)
+        return OptimizeOutcome(
+            run_id=self.run_id, status=status, rounds=_completed_round(self.store, self.run_id),
+            best_workflow_id=best["id"] if best else None, best_round=best["round"] if best else None,
+            best_score=float(best["score"]) if best else None, cost_usd=cost, message=message, test=test,
+        )
+
+    def evaluate_test(self, round_no: Optional[int] = None) -> dict:
+        """Evaluate the best workflow (or the one of ``round_no``) on the test split."""
+        rows = [r for r in self._workflow_rows() if r["status"] == "valid"]
+        if round_no is not None:
+            pick = [r for r in rows if r["round"] == round_no]
+            if not pick:
+                raise NotFoundError(f"run {self.run_id} has no valid workflow in round {round_no}",
+                                    f"see 'aflowctl inspect workflows --run {self.run_id}'")
+            target = max(pick, key=lambda r: (r["score"] or 0.0))
+        else:
+            target = self.best()
+            if target is None:
+                raise NotFoundError(f"run {self.run_id} has no evaluated workflow", "run the search first")
+        res = self._evaluate(target["graph_code"], target["prompt_code"], workflow_id=target["id"], repeats=1,
+                             split="test", limit=self.oc.test_limit)
+        return {"workflow_id": target["id"], "round": target["round"], "mean_score": res.mean_score,
+                "n": res.n, "cost_usd": res.cost_usd}
+
+
+def _first_error(res: Any) -> Optional[str]:
+    for d in getattr(res, "details", []) or []:
+        if d.get("error"):
+            return str(d["error"])
+    return None
+
+
+def _run_async(coro):
+    import asyncio
+
+    return asyncio.run(coro)
