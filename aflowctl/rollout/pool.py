@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import hashlib
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -114,6 +115,7 @@ class _Handle:
     gen: int
     fut: Any
     submitted: float
+    ticket: str = ""  # unique per submission: start messages name it
 
 
 @dataclass
@@ -136,10 +138,11 @@ class _ProcessBackend:
         self.gen = 0
         self.executor: Optional[cf.ProcessPoolExecutor] = None
         self.queue: Any = None
-        self.started: dict[str, tuple[int, int, float]] = {}  # key -> (gen, pid, t)
+        self.started: dict[str, tuple[int, int, float]] = {}  # ticket -> (gen, pid, t)
+        self.tickets = itertools.count()
         self.ready: set[int] = set()
         self.dead: dict[int, dict[int, Optional[int]]] = {}  # gen -> {pid: exitcode}
-        self.killed: dict[tuple[int, str], str] = {}  # (gen, key) -> reason
+        self.killed: dict[tuple[int, str], str] = {}  # (gen, ticket) -> reason
         self.rebuilds = 0
 
     def _new_executor(self) -> None:
@@ -178,17 +181,18 @@ class _ProcessBackend:
     def submit(self, worker: str, key: str, payload: dict) -> _Handle:
         from aflowctl.rollout.worker import run_task
 
+        ticket = f"{key}#{next(self.tickets)}"
         with self.lock:
             if self.executor is None:
                 self._new_executor()
             gen = self.gen
             try:
-                fut = self.executor.submit(run_task, worker, key, payload, self.options)
+                fut = self.executor.submit(run_task, worker, ticket, payload, self.options)
             except BrokenProcessPool:
                 self._rebuild(gen)
                 gen = self.gen
-                fut = self.executor.submit(run_task, worker, key, payload, self.options)
-        return _Handle(key, gen, fut, time.monotonic())
+                fut = self.executor.submit(run_task, worker, ticket, payload, self.options)
+        return _Handle(key, gen, fut, time.monotonic(), ticket)
 
     def poll(self) -> None:
         """Read start messages from the workers."""
@@ -204,7 +208,7 @@ class _ProcessBackend:
                     self.started[key] = (self.gen, pid, t)
 
     def started_info(self, h: _Handle) -> Optional[tuple[int, float]]:
-        info = self.started.get(h.key)
+        info = self.started.get(h.ticket)
         if info is None or info[0] != h.gen:
             return None
         return info[1], info[2]
@@ -217,17 +221,19 @@ class _ProcessBackend:
     def outcome(self, h: _Handle) -> Any:
         """The envelope (a JSON string), or a :class:`_Died`."""
         try:
-            return h.fut.result()
+            res = h.fut.result()
+            self.started.pop(h.ticket, None)
+            return res
         except BrokenProcessPool:
             pass
         except cf.CancelledError:
             return _Died("cancelled", charge=False)
         with self.lock:
             self._rebuild(h.gen)
-            killed = self.killed.pop((h.gen, h.key), None)
+            killed = self.killed.pop((h.gen, h.ticket), None)
             if killed:
                 return _Died(killed, charge=True, final=True)
-            info = self.started.get(h.key)
+            info = self.started.pop(h.ticket, None)
             if info is None or info[0] != h.gen:
                 return _Died("requeued", charge=False)  # never started: not its fault
             pid = info[1]
@@ -262,7 +268,7 @@ class _ProcessBackend:
         with self.lock:
             if h.gen != self.gen:
                 return
-            self.killed[(h.gen, h.key)] = reason
+            self.killed[(h.gen, h.ticket)] = reason
             try:
                 os.kill(info[0], signal.SIGKILL)
             except ProcessLookupError:
@@ -457,7 +463,7 @@ class RolloutPool:
         max_attempts = self.cfg.max_attempts
         charged: dict[str, int] = {k: 0 for k in todo}
         handles: dict[str, _Handle] = {}
-        marked: set[tuple[str, int]] = set()  # (key, gen) already marked running
+        marked: set[str] = set()  # tickets (submissions) already marked running
         last_err: dict[str, str] = {}
         failed = 0
 
@@ -467,7 +473,7 @@ class RolloutPool:
                 progress(PoolProgress(total, done, failed, len(marked_live()), reused, last))
 
         def marked_live() -> list[str]:
-            return [k for k, h in handles.items() if (k, h.gen) in marked]
+            return [k for k, h in handles.items() if h.ticket in marked]
 
         def payload_of(key: str) -> dict:
             spec = todo[key]
@@ -486,8 +492,8 @@ class RolloutPool:
             now = time.time()
             for h in hs:  # newly started tasks
                 info = backend.started_info(h)
-                if info is not None and (h.key, h.gen) not in marked:
-                    marked.add((h.key, h.gen))
+                if info is not None and h.ticket not in marked:
+                    marked.add(h.ticket)
                     self._mark_running(rows[h.key][0])
                     report()
                 if info is not None and now - info[1] > self.cfg.task_timeout_s:
@@ -498,8 +504,8 @@ class RolloutPool:
                 task_id = rows[key][0]
                 res = backend.outcome(h)
                 del handles[key]
-                if (key, h.gen) not in marked and not isinstance(res, _Died):
-                    marked.add((key, h.gen))
+                if h.ticket not in marked and not isinstance(res, _Died):
+                    marked.add(h.ticket)
                     self._mark_running(task_id)
                 if isinstance(res, _Died):
                     if not res.charge:

@@ -17,6 +17,7 @@ fails.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from typing import Any, Optional
@@ -46,7 +47,8 @@ class RayBackend:
         self.remote: Any = None
         self.owns_ray = False
         self.started: dict[str, tuple[int, Optional[int], float]] = {}
-        self.killed: dict[str, str] = {}
+        self.killed: dict[str, str] = {}  # ticket -> reason
+        self.tickets = itertools.count()
         self.rebuilds = 0
         self.gen = 0
 
@@ -84,17 +86,17 @@ class RayBackend:
     def submit(self, worker: str, key: str, payload: dict) -> _Handle:
         if self.remote is None:
             self.start()
-        ref = self.remote.remote(worker, key, payload, self.options)
-        now = time.time()
+        ticket = f"{key}#{next(self.tickets)}"
+        ref = self.remote.remote(worker, ticket, payload, self.options)
         # Ray does not tell when a task starts: count it as started when submitted.
-        self.started[key] = (self.gen, None, now)
-        return _Handle(key, self.gen, ref, time.monotonic())
+        self.started[ticket] = (self.gen, None, time.time())
+        return _Handle(key, self.gen, ref, time.monotonic(), ticket)
 
     def poll(self) -> None:
         return None
 
     def started_info(self, h: _Handle) -> Optional[tuple[Optional[int], float]]:
-        info = self.started.get(h.key)
+        info = self.started.get(h.ticket)
         return None if info is None else (info[1], info[2])
 
     def wait(self, handles: list[_Handle], timeout: float) -> set[int]:
@@ -105,22 +107,23 @@ class RayBackend:
 
     def outcome(self, h: _Handle) -> Any:
         ray = self.ray
+        self.started.pop(h.ticket, None)
         try:
             return ray.get(h.fut)
         except ray.exceptions.TaskCancelledError:
-            reason = self.killed.pop(h.key, "cancelled")
+            reason = self.killed.pop(h.ticket, "cancelled")
             return _Died(reason, charge=True, final=True)
         except ray.exceptions.RayError as exc:
-            reason = self.killed.pop(h.key, None)
+            reason = self.killed.pop(h.ticket, None)
             if reason:
                 return _Died(reason, charge=True, final=True)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             return _Died(f"Ray worker died ({type(exc).__name__}{': ' + first[:200] if first else ''})", charge=True)
 
     def kill(self, h: _Handle, reason: str) -> None:
-        if h.key in self.killed:
+        if h.ticket in self.killed:
             return
-        self.killed[h.key] = reason
+        self.killed[h.ticket] = reason
         try:
             self.ray.cancel(h.fut, force=True)
         except Exception:  # noqa: BLE001 - already finished
