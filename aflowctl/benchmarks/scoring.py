@@ -221,7 +221,7 @@ def _strip_pair(text: str) -> Optional[tuple[str, str, str]]:
 
 def math_equal(prediction: Any, reference: Any) -> bool:
     """AFlow's MATH equivalence: string, then numeric (1e-3), then symbolic (sympy)."""
-    prediction, reference = str(prediction).strip(), str(reference).strip()
+    prediction, reference = normalize_minus(str(prediction)).strip(), normalize_minus(str(reference)).strip()
     if prediction == reference:
         return True
     p_num, r_num = parse_number(prediction), parse_number(reference)
@@ -248,6 +248,12 @@ def math_equal(prediction: Any, reference: Any) -> bool:
 _EXPENSIVE = re.compile(r"\^\s*\{?\s*[-+]?\d{4,}|\^\s*\{[^{}]*\^|\d{4,}\s*!|\*\*\s*\d{4,}")
 _MIXED_NUMBER = re.compile(r"(?<![\d.}])(\d+)\s*(\\[dt]?frac\s*\{\s*\d+\s*\}\s*\{\s*\d+\s*\})")
 _LATEX_COMMAND = re.compile(r"\\([A-Za-z]+)")
+# Greek letters are variables in sympy's LaTeX parser (``\\pi`` too, as in AFlow).
+_GREEK = set(
+    "alpha beta gamma delta epsilon varepsilon zeta eta theta vartheta iota kappa lambda mu nu xi "
+    "pi varpi rho varrho sigma varsigma tau upsilon phi varphi chi psi omega Gamma Delta Theta "
+    "Lambda Xi Pi Sigma Upsilon Phi Psi Omega".split()
+)
 _SAFE_EXPR = re.compile(r"^[0-9A-Za-z\s+\-*/^().]*$")
 
 
@@ -270,7 +276,7 @@ def _parse_latex(s: str):
     expr = parse_latex(s)
     # DEVIATION: parse_latex turns unknown commands into variables ("x \in [1,2]" became
     # the product in*x, equal to "x \in [3,4]"); such a parse is not trusted.
-    commands = set(_LATEX_COMMAND.findall(s))
+    commands = set(_LATEX_COMMAND.findall(s)) - _GREEK
     if commands & {sym.name for sym in getattr(expr, "free_symbols", ())}:
         raise ValueError("unknown LaTeX command read as a variable")
     return expr
