@@ -1,0 +1,433 @@
+"""What a workflow's ``graph.py`` imports.
+
+A graph written for AFlow starts with lines such as::
+
+    import workspace.GSM8K.workflows.template.operator as operator
+    import workspace.GSM8K.workflows.round_1.prompt as prompt_custom
+    from scripts.async_llm import create_llm_instance
+    from scripts.evaluator import DatasetType
+
+:mod:`aflowctl.workflow.loader` rewrites each of them to
+``from aflowctl.workflow.api import <name>``. When a workflow is instantiated, that
+import is answered by a fresh namespace holding
+
+* ``operator``: every registered operator class (built-ins and plugins), as AFlow's
+  ``operator`` module did (``operator.Custom(self.llm)``);
+* ``prompt_custom``: the workflow's own ``prompt.py``, executed as a fresh module;
+* ``create_llm_instance(llm_config)``: the executor LLM (:class:`WorkflowLLM`);
+* ``DatasetType`` and MetaGPT's ``CostManager`` (for older AFlow graphs);
+* each operator class by name (``from aflowctl.workflow.api import Custom``).
+
+``llm_config`` is what the rollout worker hands to ``Workflow(name, llm_config,
+dataset)``; build it with :func:`executor_config`. It is a plain JSON-able dict::
+
+    {"kind": "aflowctl.executor", "model": {ModelConfig fields}, "role": "executor",
+     "run_id": str | None, "db_path": str | None, "llm": {LLMConfig fields},
+     "seed": int | None, "dataset": str | None,
+     "sandbox": {"timeout_s": float, "memory_mb": int}}
+
+``create_llm_instance`` also accepts a ModelConfig, a model string, or any object
+with ``async generate(prompt_or_messages, **overrides) -> Sample`` (tests use a
+fake one), and wraps it so that cost is counted per workflow instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+import types
+import weakref
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Literal, Optional
+
+from aflowctl.errors import WorkflowError
+
+DatasetType = Literal[
+    "HumanEval", "MBPP", "GSM8K", "MATH", "HotpotQA", "DROP",
+    "humaneval", "mbpp", "gsm8k", "math", "hotpotqa", "drop",
+]
+
+#: names ``from aflowctl.workflow.api import ...`` can give a graph (besides operators)
+API_NAMES = ("operator", "prompt_custom", "create_llm_instance", "DatasetType", "CostManager")
+
+#: problem fields never shown to operators (answers and evaluation tests)
+HIDDEN_FIELDS = frozenset({
+    "test", "test_list", "challenge_test_list", "canonical_solution", "code", "answer", "solution",
+    "cot", "completion", "ref_text", "supporting_facts", "expected", "target",
+})
+
+
+# --------------------------------------------------------------------------- cost
+
+
+class CostManager:
+    """MetaGPT's cost counter, for older AFlow graphs that do
+    ``self.llm.cost_manager = CostManager()`` and return ``...cost_manager.total_cost``."""
+
+    def __init__(self) -> None:
+        self.total_cost = 0.0
+        self.total_prompt_tokens = 0
+        self.total_completion_tokens = 0
+
+    def update_cost(self, prompt_tokens: int, completion_tokens: int, cost: float | None = 0.0, *_: Any) -> None:
+        self.total_prompt_tokens += int(prompt_tokens or 0)
+        self.total_completion_tokens += int(completion_tokens or 0)
+        self.total_cost += float(cost or 0.0)
+
+    def get_total_cost(self) -> float:
+        return self.total_cost
+
+
+@dataclass
+class ProblemScope:
+    """The problem being solved in the current asyncio task (see :func:`problem_context`).
+
+    ``problem`` has the answer and evaluation-test fields removed; ``public_tests``
+    are the assert lines the Test operator may run. LLM calls made inside the scope
+    add to its counters, whatever workflow instance makes them.
+    """
+
+    problem: dict | None = None
+    public_tests: Optional[list[str]] = None
+    dataset: Optional[str] = None
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    unknown_cost_calls: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+_scope: contextvars.ContextVar[Optional[ProblemScope]] = contextvars.ContextVar("aflowctl_problem", default=None)
+
+
+@contextmanager
+def problem_context(
+    problem: dict | None = None,
+    *,
+    public_tests: Optional[list[str]] = None,
+    benchmark: Any = None,
+    dataset: Optional[str] = None,
+) -> Iterator[ProblemScope]:
+    """Tell operators which problem the current task is solving.
+
+    The worker wraps each workflow call in it. ``public_tests`` (or, if omitted,
+    ``benchmark.public_tests(problem)``, computed here on the trusted side) are what
+    the Test operator runs; the evaluation ``test`` field is stripped and never
+    reaches an operator. Works per asyncio task (a ``ContextVar``).
+    """
+    if public_tests is None and benchmark is not None and problem is not None:
+        getter = getattr(benchmark, "public_tests", None)
+        if callable(getter):
+            public_tests = [str(t) for t in (getter(problem) or [])]
+    visible = {k: v for k, v in (problem or {}).items() if k not in HIDDEN_FIELDS} if problem is not None else None
+    scope = ProblemScope(problem=visible, public_tests=list(public_tests) if public_tests is not None else None,
+                         dataset=dataset or getattr(benchmark, "name", None))
+    token = _scope.set(scope)
+    try:
+        yield scope
+    finally:
+        _scope.reset(token)
+
+
+def current_problem() -> Optional[ProblemScope]:
+    return _scope.get()
+
+
+# --------------------------------------------------------------------------- the LLM
+
+
+def executor_config(
+    model_cfg: Any,
+    *,
+    llm_cfg: Any = None,
+    run_id: Optional[str] = None,
+    db_path: Any = None,
+    seed: Optional[int] = None,
+    dataset: Optional[str] = None,
+    role: str = "executor",
+    code_timeout_s: float = 10.0,
+    code_memory_mb: int = 1024,
+) -> dict:
+    """The ``llm_config`` dict a worker passes to ``Workflow(name, llm_config, dataset)``.
+
+    ``model_cfg`` is a ModelConfig (or its dict, or a model string), ``llm_cfg`` an
+    LLMConfig (or dict). ``seed`` is the executor's sampling seed (one per repeat).
+    The sandbox limits apply to code the operators run (Programmer, Test).
+    """
+    if isinstance(model_cfg, str):
+        model = {"model": model_cfg}
+    elif hasattr(model_cfg, "model_dump"):
+        model = model_cfg.model_dump(mode="json")
+    else:
+        model = dict(model_cfg)
+    if llm_cfg is None:
+        llm = {}
+    elif hasattr(llm_cfg, "model_dump"):
+        llm = llm_cfg.model_dump(mode="json")
+    else:
+        llm = dict(llm_cfg)
+    return {
+        "kind": "aflowctl.executor",
+        "model": model,
+        "role": role,
+        "run_id": run_id,
+        "db_path": str(db_path) if db_path is not None else None,
+        "llm": llm,
+        "seed": seed,
+        "dataset": dataset,
+        "sandbox": {"timeout_s": float(code_timeout_s), "memory_mb": int(code_memory_mb)},
+    }
+
+
+# Underlying LLM objects are shared per event loop and config, so that a worker that
+# builds one workflow per problem still has one router (one concurrency limit).
+_shared: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
+_shared_lock = threading.Lock()
+
+
+def _client_for(cfg: dict) -> Any:
+    import json
+
+    from aflowctl.config import LLMConfig, ModelConfig
+
+    try:
+        from aflowctl.llm.client import make_llm
+    except ImportError as exc:  # pragma: no cover - the LLM layer is part of the package
+        raise WorkflowError(f"the LLM layer cannot be imported: {exc}", "reinstall aflowctl") from None
+    model = cfg.get("model")
+    if isinstance(model, str):
+        model = {"model": model}
+    if not isinstance(model, dict) or not model.get("model"):
+        raise WorkflowError("llm_config has no executor model", "pass executor_config(ModelConfig(model=...))")
+    key = json.dumps([model, cfg.get("role"), cfg.get("run_id"), cfg.get("db_path"), cfg.get("llm")], sort_keys=True)
+
+    def build() -> Any:
+        return make_llm(
+            ModelConfig.model_validate(model),
+            role=cfg.get("role") or "executor",
+            run_id=cfg.get("run_id"),
+            store=cfg.get("db_path"),
+            llm_cfg=LLMConfig.model_validate(cfg.get("llm") or {}),
+        )
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return build()
+    with _shared_lock:
+        per_loop = _shared.setdefault(loop, {})
+        if key not in per_loop:
+            per_loop[key] = build()
+        return per_loop[key]
+
+
+class WorkflowLLM:
+    """The executor LLM as a workflow sees it (AFlow's ``AsyncLLM`` interface too).
+
+    ``await llm.generate(...) -> Sample``, ``await llm(prompt) -> str``,
+    ``llm.get_usage_summary()`` (``total_cost``...), ``llm.cost_manager``. Costs and
+    tokens are counted per instance (one workflow), and in the current
+    :class:`ProblemScope` if any.
+    """
+
+    def __init__(self, client: Any, *, context: dict | None = None):
+        self._client = client
+        self.context: dict = dict(context or {})
+        self.cost_manager: Any = CostManager()
+        self.calls = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.total_cost = 0.0
+        self.unknown_cost_calls = 0
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"WorkflowLLM({getattr(self._client, 'model', type(self._client).__name__)!r})"
+
+    @property
+    def model(self) -> str:
+        return str(getattr(self._client, "model", "unknown"))
+
+    @property
+    def client(self) -> Any:
+        return self._client
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def sandbox_limits(self) -> dict:
+        sb = self.context.get("sandbox") or {}
+        return {"timeout_s": float(sb.get("timeout_s", 10.0)), "memory_mb": int(sb.get("memory_mb", 1024))}
+
+    def _overrides(self, overrides: dict) -> dict:
+        seed = self.context.get("seed")
+        if seed is not None and "seed" not in overrides:
+            overrides = {**overrides, "seed": seed}
+        return overrides
+
+    def _account(self, samples: list) -> None:
+        scope = _scope.get()
+        with self._lock:
+            for s in samples:
+                pt = int(getattr(s, "prompt_tokens", 0) or 0)
+                ct = int(getattr(s, "completion_tokens", 0) or 0)
+                cost = getattr(s, "cost_usd", None)
+                self.calls += 1
+                self.prompt_tokens += pt
+                self.completion_tokens += ct
+                if cost is None:
+                    self.unknown_cost_calls += 1
+                else:
+                    self.total_cost += float(cost)
+                update = getattr(self.cost_manager, "update_cost", None)
+                if callable(update):
+                    try:
+                        update(pt, ct, cost or 0.0)
+                    except TypeError:
+                        pass
+                if scope is not None:
+                    scope.calls += 1
+                    scope.prompt_tokens += pt
+                    scope.completion_tokens += ct
+                    if cost is None:
+                        scope.unknown_cost_calls += 1
+                    else:
+                        scope.cost_usd += float(cost)
+
+    async def generate(self, prompt_or_messages: Any, **overrides: Any) -> Any:
+        gen = getattr(self._client, "generate", None)
+        if gen is None:  # an AFlow-style callable returning text
+            text = await self._client(prompt_or_messages)
+            sample = _TextSample(str(text))
+        else:
+            sample = await gen(prompt_or_messages, **self._overrides(overrides))
+        self._account([sample])
+        return sample
+
+    async def generate_n(self, prompt_or_messages: Any, n: int, **overrides: Any) -> list:
+        gen_n = getattr(self._client, "generate_n", None)
+        if gen_n is None:
+            return [await self.generate(prompt_or_messages, **overrides) for _ in range(n)]
+        samples = list(await gen_n(prompt_or_messages, n, **self._overrides(overrides)))
+        self._account(samples)
+        return samples
+
+    async def __call__(self, prompt: Any, **overrides: Any) -> str:
+        return (await self.generate(prompt, **overrides)).text
+
+    async def aask(self, msg: Any, system_msgs: Any = None, **_: Any) -> str:
+        """MetaGPT's ``aask`` (system messages, if any, go first)."""
+        if system_msgs:
+            system = "\n".join(system_msgs) if isinstance(system_msgs, (list, tuple)) else str(system_msgs)
+            return (await self.generate(msg, system=system)).text
+        return await self(msg)
+
+    def get_usage_summary(self) -> dict:
+        return {
+            "total_cost": self.total_cost,
+            "total_input_tokens": self.prompt_tokens,
+            "total_output_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "calls": self.calls,
+            "unknown_cost_calls": self.unknown_cost_calls,
+        }
+
+
+@dataclass
+class _TextSample:
+    text: str
+    finish_reason: Optional[str] = "stop"
+    prompt_tokens: Optional[int] = None
+    completion_tokens: Optional[int] = None
+    cost_usd: Optional[float] = None
+    latency_s: float = 0.0
+    provider: str = "callable"
+    model: str = "callable"
+    cached: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def create_llm_instance(llm_config: Any) -> WorkflowLLM:
+    """The executor LLM for one workflow (AFlow's ``create_llm_instance``).
+
+    ``llm_config``: a dict from :func:`executor_config`, a ModelConfig, a model
+    string, a :class:`WorkflowLLM` (a fresh counter over the same client), or any
+    object with ``async generate(...)`` or an async ``__call__(prompt) -> str``.
+    """
+    if isinstance(llm_config, WorkflowLLM):
+        return WorkflowLLM(llm_config.client, context=llm_config.context)
+    if isinstance(llm_config, dict):
+        return WorkflowLLM(_client_for(llm_config), context=llm_config)
+    if isinstance(llm_config, str) or hasattr(llm_config, "model_dump"):
+        cfg = executor_config(llm_config)
+        return WorkflowLLM(_client_for(cfg), context=cfg)
+    if hasattr(llm_config, "generate") or callable(llm_config):
+        return WorkflowLLM(llm_config, context=getattr(llm_config, "context", None))
+    raise WorkflowError(
+        f"create_llm_instance() cannot use a {type(llm_config).__name__} as llm_config",
+        "pass aflowctl.workflow.executor_config(...), a ModelConfig or a model string",
+    )
+
+
+def workflow_usage(workflow: Any) -> tuple[Optional[float], int]:
+    """(cost in USD or None when no call had a known cost, tokens) of one workflow
+    instance: the sum over the :class:`WorkflowLLM` objects among its attributes."""
+    seen: set[int] = set()
+    cost, tokens, known = 0.0, 0, False
+    for value in list(vars(workflow).values()) if hasattr(workflow, "__dict__") else []:
+        cands = [value] + [getattr(value, "llm", None)]
+        for llm in cands:
+            if isinstance(llm, WorkflowLLM) and id(llm) not in seen:
+                seen.add(id(llm))
+                tokens += llm.total_tokens
+                if llm.calls > llm.unknown_cost_calls:
+                    known = True
+                    cost += llm.total_cost
+    return (cost if known else None), tokens
+
+
+# --------------------------------------------------------------------------- namespace
+
+
+def operator_module() -> types.ModuleType:
+    """A module object holding every registered operator class (AFlow's ``operator``)."""
+    from aflowctl.workflow import registry
+
+    mod = types.ModuleType("operator", "aflowctl workflow operators (registered through register_operators)")
+    for name in registry.names():
+        setattr(mod, name, registry.get_operator(name))
+    return mod
+
+
+def namespace(prompt_module: types.ModuleType | None = None) -> types.ModuleType:
+    """The object ``from aflowctl.workflow.api import X`` reads inside one workflow."""
+    ns = types.ModuleType("aflowctl.workflow.api")
+    op = operator_module()
+    ns.operator = op  # type: ignore[attr-defined]
+    for name, value in vars(op).items():
+        if not name.startswith("__"):
+            setattr(ns, name, value)
+    ns.prompt_custom = prompt_module if prompt_module is not None else types.ModuleType("prompt_custom")  # type: ignore[attr-defined]
+    ns.create_llm_instance = create_llm_instance  # type: ignore[attr-defined]
+    ns.DatasetType = DatasetType  # type: ignore[attr-defined]
+    ns.CostManager = CostManager  # type: ignore[attr-defined]
+    return ns
+
+
+def __getattr__(name: str) -> Any:  # ``from aflowctl.workflow.api import Custom`` outside a workflow
+    if name == "operator":
+        return operator_module()
+    from aflowctl.workflow import registry
+
+    try:
+        return registry.get_operator(name)
+    except WorkflowError:
+        raise AttributeError(name) from None

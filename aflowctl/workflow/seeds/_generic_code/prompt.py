@@ -1,0 +1,3 @@
+CODE_PROMPT = """Write the Python function the task below describes.
+
+"""
