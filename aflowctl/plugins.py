@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import threading
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -28,8 +29,10 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
 )
 
 _pm: pluggy.PluginManager | None = None
+_pm_lock = threading.RLock()
 _load_errors: dict[str, str] = {}
 _plugin_dists: dict[str, tuple[str, str]] = {}  # plugin name -> (dist name, version)
+_failed_dists: dict[str, tuple[str, str]] = {}  # plugins that failed to load -> (dist name, version)
 
 
 def _wanted() -> set[str] | None:
@@ -40,10 +43,17 @@ def _wanted() -> set[str] | None:
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
-    """Return the process-wide plugin manager, loading plugins on first use."""
-    global _pm
+    """Return the process-wide plugin manager, loading plugins on first use (thread-safe)."""
     if _pm is not None:
         return _pm
+    with _pm_lock:
+        if _pm is not None:
+            return _pm
+        return _build()
+
+
+def _build() -> pluggy.PluginManager:
+    global _pm
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     for modname in DEFAULT_PLUGINS:
@@ -65,9 +75,16 @@ def get_plugin_manager() -> pluggy.PluginManager:
         try:
             plugin = ep.load()
             pm.register(plugin, name=ep.name)
+            pm.check_pending()  # a hookimpl of an unknown hook is this plugin's error
             _plugin_dists[ep.name] = (dist_name, dist.version if dist is not None else "")
         except Exception as exc:  # a broken plugin is reported, never fatal
             _load_errors[ep.name] = f"{type(exc).__name__}: {exc}"
+            _failed_dists[ep.name] = (dist_name, dist.version if dist is not None else "")
+            try:  # half-registered: take it out again
+                if pm.get_plugin(ep.name) is not None:
+                    pm.unregister(name=ep.name)
+            except Exception:  # noqa: BLE001
+                pass
     pm.check_pending()
     _pm = pm
     return pm
@@ -79,6 +96,7 @@ def reset() -> None:
     _pm = None
     _load_errors.clear()
     _plugin_dists.clear()
+    _failed_dists.clear()
     for mod in ("aflowctl.llm.registry", "aflowctl.benchmarks", "aflowctl.workflow.registry"):
         m = sys.modules.get(mod)
         if m is not None and hasattr(m, "_reset"):
@@ -101,15 +119,37 @@ def load_errors() -> dict[str, str]:
 
 
 def list_plugins() -> list[dict[str, Any]]:
-    """Each plugin: name, package, version, hooks implemented, load error."""
+    """Each plugin: name, package, version, hooks implemented, providers it registered,
+    and its error if it failed to load or its hook raised (``None`` otherwise)."""
     pm = get_plugin_manager()
     from aflowctl import __version__
 
+    hook_errors: dict[str, str] = {}
+    provided: dict[str, list[str]] = {}
+    try:
+        from aflowctl.llm import registry
+
+        hook_errors = registry.hook_errors()
+        provided = registry.providers_by_plugin()
+    except ImportError:  # pragma: no cover - LLM layer missing from this checkout
+        pass
     out = []
     for name, plugin in pm.list_name_plugin():
+        if plugin is None:  # blocked
+            continue
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
         dist, ver = _plugin_dists.get(name, ("aflowctl", __version__))
-        out.append({"name": name, "package": dist, "version": ver, "hooks": hooks, "error": None})
+        out.append(
+            {
+                "name": name,
+                "package": dist,
+                "version": ver,
+                "hooks": hooks,
+                "providers": sorted(provided.get(name, [])),
+                "error": hook_errors.get(name),
+            }
+        )
     for name, err in _load_errors.items():
-        out.append({"name": name, "package": None, "version": None, "hooks": [], "error": err})
+        dist = _failed_dists.get(name, (None, None))
+        out.append({"name": name, "package": dist[0], "version": dist[1], "hooks": [], "providers": [], "error": err})
     return out

@@ -80,7 +80,8 @@ class LLM:
             n=n,
             api_base=overrides.get("api_base") or mc.api_base,
             api_key_env=mc.api_key_env,
-            timeout_s=overrides.get("timeout_s") or mc.timeout_s or self.llm_cfg.timeout_s,
+            # both the model's and the layer's timeouts are limits: the smaller wins
+            timeout_s=overrides.get("timeout_s") or min(mc.timeout_s or self.llm_cfg.timeout_s, self.llm_cfg.timeout_s),
         )
 
     async def generate(self, prompt_or_messages: PromptOrMessages, **overrides: Any) -> Sample:

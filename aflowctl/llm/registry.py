@@ -19,6 +19,7 @@ from aflowctl.llm.types import split_model
 _lock = threading.RLock()
 _providers: Optional[dict[str, Any]] = None
 _hook_errors: dict[str, str] = {}
+_by_plugin: dict[str, list[str]] = {}
 
 
 def _reset() -> None:
@@ -27,6 +28,7 @@ def _reset() -> None:
     with _lock:
         _providers = None
         _hook_errors.clear()
+        _by_plugin.clear()
 
 
 def _collect() -> dict[str, Any]:
@@ -35,6 +37,7 @@ def _collect() -> dict[str, Any]:
     pm = get_plugin_manager()
     found: dict[str, Any] = {}
     errors: dict[str, str] = {}
+    by_plugin: dict[str, list[str]] = {}
     # pluggy calls implementations last-registered first; walk them in registration order.
     for impl in reversed(pm.hook.register_providers.get_hookimpls()):
         plugin_name = impl.plugin_name
@@ -55,6 +58,7 @@ def _collect() -> dict[str, Any]:
                 logger.warning("provider {!r} from plugin {} ignored: already registered", name, _plugin)
                 return
             found[name] = provider
+            by_plugin.setdefault(_plugin, []).append(name)
 
         try:
             impl.function(register=register)
@@ -63,6 +67,8 @@ def _collect() -> dict[str, Any]:
             logger.warning("plugin {} failed in register_providers: {}", plugin_name, exc)
     _hook_errors.clear()
     _hook_errors.update(errors)
+    _by_plugin.clear()
+    _by_plugin.update(by_plugin)
     return found
 
 
@@ -83,6 +89,12 @@ def hook_errors() -> dict[str, str]:
     """Plugins whose ``register_providers`` hook raised: plugin name -> one line."""
     providers()
     return dict(_hook_errors)
+
+
+def providers_by_plugin() -> dict[str, list[str]]:
+    """Plugin name -> names of the providers it registered."""
+    providers()
+    return {k: list(v) for k, v in _by_plugin.items()}
 
 
 def get_provider(name: str) -> Any:

@@ -238,8 +238,10 @@ class Router:
                     self._release(run_id, reserved)
                     raise
             except Exception as exc:  # noqa: BLE001 - a plugin's bug becomes one clear line
+                from aflowctl.llm.providers._common import one_line
+
                 err = ProviderCallError(
-                    f"{request.model}: provider {prefix} raised {type(exc).__name__}: {exc}",
+                    f"{request.model}: provider {prefix} raised {type(exc).__name__}: {one_line(str(exc))}",
                     "this is a bug in the provider or its plugin; see AFLOWCTL_DEBUG=1",
                 )
             except BaseException:
@@ -273,17 +275,22 @@ class Router:
             delay = min(cfg.backoff_max_s, cfg.backoff_base_s * (2**attempt)) * (0.5 + random.random())
             retry_after = getattr(err, "retry_after", None)
             if retry_after is not None:
-                delay = max(delay, min(retry_after, cfg.backoff_max_s * 4))
+                delay = max(delay, retry_after)  # the server knows best (parse caps it at 600 s)
             logger.info("{}: attempt {}/{} failed ({}); retrying in {:.2f} s", request.model, attempt + 1,
                         attempts, err.message, delay)
             wait_s = delay
             await asyncio.sleep(wait_s)
         assert last is not None
+        from aflowctl.logging import redact
+
+        message = redact(last.message)
         if getattr(last, "retryable", False) and attempts > 1:
             raise ProviderCallError(
-                f"{last.message} (gave up after {attempts} attempts)",
+                f"{message} (gave up after {attempts} attempts)",
                 last.hint or "try again later",
                 retryable=False,
                 status=getattr(last, "status", None),
             )
+        if message != last.message:
+            raise ProviderCallError(message, last.hint, status=getattr(last, "status", None)) from None
         raise last

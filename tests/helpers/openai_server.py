@@ -21,6 +21,7 @@ API
 ``server.requests``   JSON bodies of every completions request received (failed ones too).
 ``server.auth_headers``  the ``Authorization`` header of each request.
 ``server.count``      number of completions requests received.
+``server.max_in_flight``  most completions requests being answered at the same time.
 
 pytest fixture ``openai_server`` (import it into your test module or conftest:
 ``from helpers.openai_server import openai_server``) yields a started server.
@@ -59,6 +60,8 @@ class OpenAIServer:
         self.requests: list[dict] = []
         self.auth_headers: list[Optional[str]] = []
         self.count = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._failures: collections.deque = collections.deque()
         self._retry_after: Optional[float] = None
         self._lock = threading.Lock()
@@ -176,8 +179,14 @@ class OpenAIServer:
             self.auth_headers.append(headers.get("authorization"))
             status = self._failures.popleft() if self._failures else 200
             retry_after = self._retry_after
-        if self.latency_s:
-            await asyncio.sleep(self.latency_s)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.latency_s:
+                await asyncio.sleep(self.latency_s)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
         if status != 200:
             extra = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else {}
             kind = "rate_limit_error" if status == 429 else "server_error"

@@ -95,7 +95,7 @@ def convert_exception(exc: BaseException, model: str, url: Optional[str]) -> Pro
         return ProviderCallError(
             f"{model}: timed out waiting{where} ({text})", "raise llm.timeout_s or check the server", retryable=True
         )
-    if name in ("APIConnectionError", "ConnectError", "ConnectionError") or (
+    if name in ("APIConnectionError", "ConnectError", "ConnectionError") or "connection error" in text.lower() or (
         status is None and "connect" in text.lower()
     ):
         return ProviderCallError(
