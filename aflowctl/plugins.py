@@ -28,6 +28,9 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "aflowctl.workflow.builtin",
 )
 
+# Modules that collect objects from the hooks; each has _reset() (and hook_errors()).
+REGISTRIES: tuple[str, ...] = ("aflowctl.llm.registry", "aflowctl.benchmarks", "aflowctl.workflow.registry")
+
 _pm: pluggy.PluginManager | None = None
 _pm_lock = threading.RLock()
 _load_errors: dict[str, str] = {}
@@ -97,7 +100,7 @@ def reset() -> None:
     _load_errors.clear()
     _plugin_dists.clear()
     _failed_dists.clear()
-    for mod in ("aflowctl.llm.registry", "aflowctl.benchmarks", "aflowctl.workflow.registry"):
+    for mod in REGISTRIES:
         m = sys.modules.get(mod)
         if m is not None and hasattr(m, "_reset"):
             m._reset()
@@ -107,7 +110,7 @@ def register_plugin(plugin: Any, name: str | None = None) -> None:
     """Register a plugin object at run time (tests and embedding applications)."""
     pm = get_plugin_manager()
     pm.register(plugin, name=name)
-    reset_caches = [sys.modules.get(m) for m in ("aflowctl.llm.registry", "aflowctl.benchmarks", "aflowctl.workflow.registry")]
+    reset_caches = [sys.modules.get(m) for m in REGISTRIES]
     for m in reset_caches:
         if m is not None and hasattr(m, "_reset"):
             m._reset()
@@ -124,15 +127,19 @@ def list_plugins() -> list[dict[str, Any]]:
     pm = get_plugin_manager()
     from aflowctl import __version__
 
-    hook_errors: dict[str, str] = {}
+    hook_errors: dict[str, list[str]] = {}
     provided: dict[str, list[str]] = {}
-    try:
-        from aflowctl.llm import registry
-
-        hook_errors = registry.hook_errors()
-        provided = registry.providers_by_plugin()
-    except ImportError:  # pragma: no cover - LLM layer missing from this checkout
-        pass
+    for modname in REGISTRIES:  # each registry calls its hook, and records plugins whose hook raised
+        try:
+            mod = importlib.import_module(modname)
+        except ImportError:  # pragma: no cover - part missing from this checkout
+            continue
+        errs = getattr(mod, "hook_errors", None)
+        if callable(errs):
+            for plugin_name, err in errs().items():
+                hook_errors.setdefault(plugin_name, []).append(err)
+        if modname == "aflowctl.llm.registry":
+            provided = mod.providers_by_plugin()
     out = []
     for name, plugin in pm.list_name_plugin():
         if plugin is None:  # blocked
@@ -146,7 +153,7 @@ def list_plugins() -> list[dict[str, Any]]:
                 "version": ver,
                 "hooks": hooks,
                 "providers": sorted(provided.get(name, [])),
-                "error": hook_errors.get(name),
+                "error": "; ".join(hook_errors[name]) if name in hook_errors else None,
             }
         )
     for name, err in _load_errors.items():
