@@ -12,6 +12,8 @@ Differences from AFlow's operators (see docs/workflows.md):
   (AFlow read the wrong key and reported "No code generated").
 * ScEnsemble and MdEnsemble never fail on a missing or out-of-range letter: they
   fall back to a majority vote over the candidates' final answers, then the first.
+  ScEnsemble makes no LLM call when there is nothing to choose (one candidate, or
+  all candidates share the same final answer).
 * Test runs only the problem's *public* tests (from the rollout worker's
   :func:`~aflowctl.workflow.api.problem_context`, else from the benchmark), in the
   sandbox, never the evaluation tests and never ``exec`` in the worker.
@@ -404,8 +406,8 @@ class ScEnsemble(Operator):
         sols = list(solutions or [])
         if not sols:
             return {"response": ""}
-        if len(sols) == 1:
-            return {"response": sols[0]}
+        if len(sols) == 1 or len({final_answer_key(s) for s in sols}) == 1:
+            return {"response": sols[0]}  # nothing to choose: no call
         names = labels(len(sols))
         reply = await self._ask(SC_PROMPT.format(problem=problem, candidates=_candidates(sols, names)))
         idx = parse_letter(reply, len(sols))
