@@ -336,40 +336,58 @@ def _parses(code: str) -> bool:
         return False
 
 
-_FENCE = re.compile(r"```[ \t]*[A-Za-z0-9_+-]*[ \t]*\n(.*?)```", re.DOTALL)
+_OPEN_ENDED = ("never closed", "unterminated", "EOF", "expected an indented block", "unexpected end")
+
+
+def _error_line(code: str) -> Optional[int]:
+    """None when ``code`` parses; else the line of the error, or 0 when more lines
+    could still fix it (an unclosed bracket or string, a missing block)."""
+    try:
+        ast.parse(code)
+        return None
+    except SyntaxError as exc:  # IndentationError included
+        msg = str(exc.msg or "")
+        if any(k in msg for k in _OPEN_ENDED) or not exc.lineno:
+            return 0
+        return int(exc.lineno)
+    except (MemoryError, ValueError, RecursionError):
+        return 0
 
 
 def extract_code(text: str) -> str:
-    """The longest run of lines that parses as Python (AFlow's ``code_extract``).
+    """The longest run of (at least two) lines that parses as Python: AFlow's ``code_extract``.
 
-    AFlow tries every pair of lines (cubic time); this returns the same block but
-    stops early, and for very long texts (over 400 lines) looks inside Markdown
-    fences first.
+    AFlow tries every pair of lines (cubic time, minutes on a long chatty answer).
+    This finds the same block faster: a run cannot contain a Markdown fence line, and
+    when a run fails at line L because of what is on that line, no longer run from the
+    same start can parse, so those are skipped.
     """
     if _parses(text):
         return text
     lines = text.split("\n")
     n = len(lines)
-    if n > 400:
-        blocks = [b for b in _FENCE.findall(text) if _parses(b)]
-        if blocks:
-            return max(blocks, key=lambda b: sum(1 for ln in b.split("\n") if ln.strip()))
     nonempty_suffix = [0] * (n + 1)
     for i in range(n - 1, -1, -1):
         nonempty_suffix[i] = nonempty_suffix[i + 1] + (1 if lines[i].strip() else 0)
+    fence_after = [n] * (n + 1)  # index of the first fence line at or after i
+    for i in range(n - 1, -1, -1):
+        fence_after[i] = i if lines[i].lstrip().startswith("```") else fence_after[i + 1]
     best, best_pair = 0, (0, 0)
     for i in range(n):
         if nonempty_suffix[i] <= best:
             break
-        if not lines[i].strip():
+        if not lines[i].strip() or fence_after[i] == i:
             continue
-        for j in range(n - 1, i, -1):
+        j = fence_after[i] - 1
+        while j > i:
             count = nonempty_suffix[i] - nonempty_suffix[j + 1]
             if count <= best:
                 break
-            if _parses("\n".join(lines[i : j + 1])):
+            err = _error_line("\n".join(lines[i : j + 1]))
+            if err is None:
                 best, best_pair = count, (i, j)
                 break
+            j = j - 1 if err == 0 else min(j - 1, i + err - 2)
     return "\n".join(lines[best_pair[0] : best_pair[1] + 1])
 
 
