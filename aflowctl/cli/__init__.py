@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from aflowctl import __version__
-from aflowctl.cli._errors import report
+from aflowctl.cli import _errors
 
 COMMAND_MODULES = [
     "aflowctl.cli.doctor",
@@ -44,10 +44,10 @@ class _ErrorHandlingGroup(TyperGroup):
                 raise
             if _reraise():
                 raise
-            code = report(exc)
+            code = _errors.report(exc)
             raise typer.Exit(code) from None
         except KeyboardInterrupt as exc:
-            raise typer.Exit(report(exc)) from None
+            raise typer.Exit(_errors.report(exc)) from None
 
 
 def _reraise() -> bool:
@@ -100,4 +100,4 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt as exc:  # pragma: no cover - outside click's handling
-        sys.exit(report(exc))
+        sys.exit(_errors.report(exc))
