@@ -16,6 +16,7 @@ free).
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import os
 import threading
@@ -27,6 +28,9 @@ from typing import Any, Optional
 from aflowctl.llm.types import LLMRequest, ProviderCallError, Sample
 
 DEFAULT_MAX_NEW_TOKENS = 512
+
+# Sizes of the most recent batches run by this process (for tests and benchmarks).
+BATCH_SIZES: "collections.deque[int]" = collections.deque(maxlen=1000)
 
 
 class _Engine:
@@ -131,6 +135,7 @@ class _Batcher:
                 "stop": [p.stop for p in batch],
             }
             t0 = time.perf_counter()
+            BATCH_SIZES.append(len(batch))
             try:
                 results = await loop.run_in_executor(
                     self.engine.executor, self.engine.run_batch, [p.prompt for p in batch], kwargs
