@@ -27,6 +27,11 @@ def test_stdin_is_passed():
     assert r.ok and r.stdout.strip() == "ABC"
 
 
+def test_large_stdin_that_is_never_read_does_not_block():
+    r = run_python("print('done')", stdin="x" * (2 * 1024 * 1024), timeout_s=5)
+    assert r.ok and r.stdout.strip() == "done"
+
+
 def test_infinite_loop_is_killed_by_wall_clock():
     t0 = time.monotonic()
     r = run_python("while True:\n    pass\n", timeout_s=1.5)

@@ -41,6 +41,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -337,13 +338,18 @@ def _execute(
         stdin_data = stdin.encode() if isinstance(stdin, str) else stdin
         t0 = time.monotonic()
         timed_out = False
+        stdin_file = None
+        if stdin_data is not None:  # an unlinked file: never blocks, whatever the child reads
+            stdin_file = tempfile.TemporaryFile()
+            stdin_file.write(stdin_data)
+            stdin_file.seek(0)
         with open(out_path, "wb") as fout, open(err_path, "wb") as ferr:
             try:
                 proc = subprocess.Popen(
                     argv,
                     cwd=scratch,
                     env=_minimal_env(scratch, env),
-                    stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
+                    stdin=stdin_file if stdin_file is not None else subprocess.DEVNULL,
                     stdout=fout,
                     stderr=ferr,
                     start_new_session=True,
@@ -354,25 +360,32 @@ def _execute(
             except OSError as exc:
                 raise SandboxError(f"could not start the sandbox interpreter {sys.executable}: {exc.strerror or exc}",
                                    "check that the Python interpreter is executable") from None
-            try:
-                if stdin_data is not None:
-                    try:
-                        proc.stdin.write(stdin_data)  # type: ignore[union-attr]
-                    except (BrokenPipeError, OSError):
-                        pass
-                    finally:
-                        try:
-                            proc.stdin.close()  # type: ignore[union-attr]
-                        except OSError:
-                            pass
-                remaining = max(timeout_s - (time.monotonic() - t0), 0.001)
-                proc.wait(timeout=remaining)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                _kill_group(proc.pid)
-                proc.wait()
             finally:
-                _kill_group(proc.pid)  # anything it left behind
+                if stdin_file is not None:
+                    stdin_file.close()
+            try:
+                remaining = max(timeout_s - (time.monotonic() - t0), 0.001)
+                # A timer kills the group; a blocking wait() (Popen.wait(timeout) polls with sleeps).
+                fired = threading.Event()
+
+                def _on_timeout() -> None:
+                    fired.set()
+                    _kill_group(proc.pid)
+
+                timer = threading.Timer(remaining, _on_timeout)
+                timer.daemon = True
+                timer.start()
+                try:
+                    proc.wait()
+                finally:
+                    timer.cancel()
+                timed_out = fired.is_set()
+            finally:
+                if proc.returncode is None:
+                    _kill_group(proc.pid)
+                    proc.wait()
+                if not _seccomp_program_source():
+                    _kill_group(proc.pid)  # without the no-fork filter, children may be left behind
         duration = time.monotonic() - t0
         stdout, out_size, out_tail = _read_capped(out_path, max_output_bytes)
         stderr, err_size, _ = _read_capped(err_path, max_output_bytes)
@@ -436,11 +449,12 @@ async def run_python_async(code: str, **kwargs: Any) -> SandboxResult:
 # --------------------------------------------------------------------------- checking
 
 _CHECK_HARNESS = r'''
-import json as _j, os as _o, sys as _s
+import os as _o, sys as _s
 _nonce = _s.stdin.readline().strip()
 _entry = {entry!r}
 
 def _report(status, detail=""):
+    import json as _j
     _o.write(1, ("\n" + _nonce + " " + _j.dumps({{"status": status, "detail": detail}}) + "\n").encode())
 
 def _where(exc):
@@ -464,12 +478,8 @@ def _run():
         exec(code, ns)
     check = ns.get("check")
     if callable(check):
-        import inspect
-        try:
-            nparams = len([p for p in inspect.signature(check).parameters.values()
-                           if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)])
-        except (TypeError, ValueError):
-            nparams = 1
+        co = getattr(check, "__code__", None)
+        nparams = (co.co_argcount - len(getattr(check, "__defaults__", None) or ())) if co is not None else 1
         if nparams >= 1:
             check(ns.get(_entry))
         else:
