@@ -49,6 +49,10 @@ from aflowctl.errors import AflowctlError
 from aflowctl.rollout.worker import DEFAULT_WORKER
 
 POLL_S = 0.05
+# What the evaluate worker needs, imported by each worker at start-up (not litellm:
+# the LLM layer imports it lazily, only for models that go through it).
+PRELOAD = ("aflowctl.llm.client", "aflowctl.workflow.api", "aflowctl.workflow.loader", "aflowctl.workflow.operators",
+           "aflowctl.benchmarks", "aflowctl.rollout.evaluate")
 
 
 class RolloutError(AflowctlError):
@@ -76,6 +80,7 @@ class TaskOutcome:
     attempts: int = 0
     reused: bool = False  # done by an earlier run() (or an earlier, killed process)
     label: str = ""
+    error_type: Optional[str] = None  # the exception's class name, for failed tasks
 
 
 @dataclass
@@ -302,6 +307,7 @@ class RolloutPool:
         self.cfg = rollout_cfg or RolloutConfig()
         self.options = dict(options or {})
         self.options.setdefault("log_level", "WARNING")
+        self.options.setdefault("preload", list(PRELOAD))
         if "load_plugins" not in self.options:
             env = os.environ.get("AFLOWCTL_LOAD_PLUGINS")
             if env is not None:
@@ -540,7 +546,8 @@ class RolloutPool:
                     err = f"{err}; gave up after {charged[key]} attempts"
                 self._finish(task_id, "failed", None, err)
                 failed += 1
-                outcomes[key] = TaskOutcome(key, task_id, "failed", None, err, charged[key], False, todo[key].label)
+                outcomes[key] = TaskOutcome(key, task_id, "failed", None, err, charged[key], False, todo[key].label,
+                                            env.get("error_type"))
                 report(outcomes[key])
 
 

@@ -17,6 +17,7 @@ Entry points, all plain functions of the installed package, found by import stri
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import signal
@@ -46,7 +47,8 @@ def init_worker(options: Optional[dict] = None, start_queue: Any = None) -> None
     ``options``: ``log_level`` (loguru level name, default WARNING), ``hf_offline``
     (set HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE), ``load_plugins`` (value for
     AFLOWCTL_LOAD_PLUGINS, so a worker loads the same plugins as its parent),
-    ``env`` (extra environment variables, names and values without secrets).
+    ``env`` (extra environment variables, names and values without secrets),
+    ``preload`` (modules to import now, so that the first task does not pay for it).
     """
     global _start_queue, _initialized
     options = options or {}
@@ -73,6 +75,11 @@ def init_worker(options: Optional[dict] = None, start_queue: Any = None) -> None
     from aflowctl.plugins import get_plugin_manager
 
     get_plugin_manager()  # providers, benchmarks and operators registered in this process
+    for modname in options.get("preload") or ():  # pay import costs at start-up, not in the first task
+        try:
+            importlib.import_module(modname)
+        except Exception as exc:  # noqa: BLE001 - the task that needs it will report it
+            logger.warning("worker could not preload {}: {}", modname, exc)
     _initialized = True
     if start_queue is not None:
         start_queue.put(("ready", os.getpid(), time.time()))
@@ -184,13 +191,15 @@ def evaluate(payload: dict) -> dict:
 
     Payload keys: ``graph``, ``prompt`` (the workflow sources), ``name``, ``dataset``,
     ``split``, ``items`` (a list of ``[repeat, index]``), ``executor`` (a ModelConfig
-    dict), ``llm`` (an LLMConfig dict), ``seed``, and the context ``run_id``,
-    ``db_path``, ``concurrency``, ``problem_timeout_s``.
+    dict), ``seed``, ``code_timeout_s``, ``code_memory_mb``, and the context
+    ``llm`` (an LLMConfig dict), ``run_id``, ``db_path`` (where the executor's calls
+    are logged), ``concurrency`` (problems at once), ``problem_timeout_s``.
 
     Returns ``{"items": [{repeat, index, id, score, prediction, cost_usd, tokens,
     error, duration_s}, ...]}``. A workflow exception on one problem gives that
     problem score 0 and its error; it does not fail the task. A workflow that cannot
-    be built at all (bad code) raises a WorkflowError: the task fails, not retried.
+    be compiled at all raises a WorkflowError, and a budget stop a BudgetExceeded:
+    the task fails, not retried.
     """
     return asyncio.run(_evaluate_async(payload))
 
@@ -212,82 +221,98 @@ def _repeat_seed(seed: int, repeat: int) -> int:
 
 async def _evaluate_async(payload: dict) -> dict:
     from aflowctl import benchmarks
+    from aflowctl.errors import BenchmarkError
 
     bench = benchmarks.get(payload["dataset"])
     problems = _load_problems(bench, payload["dataset"], payload["split"])
     items = [(int(r), int(i)) for r, i in payload["items"]]
     for _, idx in items:
         if not 0 <= idx < len(problems):
-            from aflowctl.errors import BenchmarkError
-
             raise BenchmarkError(
                 f"problem index {idx} is out of range for {payload['dataset']}/{payload['split']} "
                 f"({len(problems)} problems)",
                 "use indices from 0 to n-1",
             )
+    factory = _WorkflowFactory(payload)  # compiles once: bad code fails the task here
     sem = asyncio.Semaphore(max(1, int(payload.get("concurrency") or 1)))
     timeout = payload.get("problem_timeout_s")
-    factory = _WorkflowFactory(payload)
 
     async def one(repeat: int, idx: int) -> dict:
-        problem = problems[idx]
         async with sem:
-            return await _run_problem(bench, factory, problem, repeat, idx, timeout)
+            return await _run_problem(bench, factory, problems[idx], repeat, idx, timeout)
 
     results = await asyncio.gather(*(one(r, i) for r, i in items))
     return {"items": list(results)}
 
 
+_class_cache: dict[tuple[str, str], Any] = {}
+
+
 class _WorkflowFactory:
-    """Builds one workflow instance per (repeat, problem), so cost and tokens are per problem."""
+    """Compiles the workflow once per task (once per process for the same sources) and
+    builds one instance per (repeat, problem)."""
 
     def __init__(self, payload: dict):
-        from aflowctl.workflow.loader import WorkflowSource
+        from aflowctl.workflow.loader import WorkflowSource, compile_sources
 
         self.payload = payload
-        self.src = WorkflowSource(graph=payload["graph"], prompt=payload.get("prompt", ""))
+        src = WorkflowSource(graph=payload["graph"], prompt=payload.get("prompt") or "")
+        key = (src.graph, src.prompt)
+        if key not in _class_cache:
+            if len(_class_cache) > 64:
+                _class_cache.clear()
+            _class_cache[key] = compile_sources(src, payload.get("name") or "workflow")
+        self.cls = _class_cache[key]
+        self._configs: dict[int, dict] = {}
+
+    def llm_config(self, repeat: int) -> dict:
+        if repeat not in self._configs:
+            from aflowctl.workflow.api import executor_config
+
+            p = self.payload
+            self._configs[repeat] = executor_config(
+                p["executor"], llm_cfg=p.get("llm") or {}, run_id=p.get("run_id"), db_path=p.get("db_path"),
+                seed=_repeat_seed(p.get("seed", 0), repeat), dataset=p["dataset"],
+                code_timeout_s=float(p.get("code_timeout_s", 10.0)), code_memory_mb=int(p.get("code_memory_mb", 1024)),
+            )
+        return self._configs[repeat]
 
     def build(self, repeat: int) -> Any:
-        from aflowctl.workflow.loader import instantiate
+        return self.cls(name=self.payload.get("name") or self.payload["dataset"], llm_config=self.llm_config(repeat),
+                        dataset=self.payload["dataset"])
 
-        llm_config = self.llm_config(repeat)
-        return instantiate(self.src, self.payload.get("name") or "workflow", llm_config, self.payload["dataset"])
 
-    def llm_config(self, repeat: int) -> Any:
-        from aflowctl.config import LLMConfig, ModelConfig
+def _fatal(exc: BaseException) -> bool:
+    """Errors that must stop the evaluation rather than score one problem 0."""
+    from aflowctl.errors import BudgetExceeded
 
-        from aflowctl.workflow import executor_config
-
-        return executor_config(
-            ModelConfig.model_validate(self.payload["executor"]),
-            llm_cfg=LLMConfig.model_validate(self.payload.get("llm") or {}),
-            run_id=self.payload.get("run_id"),
-            db_path=self.payload.get("db_path"),
-            seed=_repeat_seed(self.payload.get("seed", 0), repeat),
-        )
+    return isinstance(exc, BudgetExceeded)
 
 
 async def _run_problem(bench: Any, factory: _WorkflowFactory, problem: dict, repeat: int, idx: int, timeout: Optional[float]) -> dict:
+    from aflowctl.workflow.api import problem_context
+
     t0 = time.perf_counter()
     out: dict = {"repeat": repeat, "index": idx, "id": _problem_id(bench, problem, idx), "score": 0.0,
                  "prediction": None, "cost_usd": None, "tokens": 0, "error": None}
-    wf = None
-    try:
-        wf = factory.build(repeat)
-        args = tuple(bench.inputs(problem))
-        call = wf(*args)
-        answer = await (asyncio.wait_for(call, timeout) if timeout else call)
-        prediction = answer[0] if isinstance(answer, tuple) and len(answer) >= 1 else answer
-        out["prediction"] = _truncate(prediction)
-        score = await asyncio.to_thread(bench.score, prediction, problem)
-        out["score"] = float(score)
-    except asyncio.TimeoutError:
-        out["error"] = f"problem timed out after {timeout:g} s"
-    except Exception as exc:  # noqa: BLE001 - one problem's failure is that problem's score 0
-        out["error"] = error_text(exc)
-    cost, tokens = _usage(wf)
-    out["cost_usd"] = cost
-    out["tokens"] = tokens
+    with problem_context(problem, benchmark=bench, dataset=factory.payload["dataset"]) as scope:
+        try:
+            wf = factory.build(repeat)
+            call = wf(*tuple(bench.inputs(problem)))
+            answer = await (asyncio.wait_for(call, timeout) if timeout else call)
+            prediction = answer[0] if isinstance(answer, tuple) and len(answer) >= 1 else answer
+            out["prediction"] = _truncate(prediction)
+            out["score"] = float(await asyncio.to_thread(bench.score, prediction, problem))
+        except asyncio.TimeoutError:
+            out["error"] = f"problem timed out after {timeout:g} s"
+        except Exception as exc:  # noqa: BLE001 - one problem's failure is that problem's score 0
+            if _fatal(exc):
+                raise
+            out["error"] = error_text(exc)
+    # Cost is unknown (None) only when calls were made and none had a known price.
+    out["cost_usd"] = None if scope.calls and scope.unknown_cost_calls == scope.calls else round(scope.cost_usd, 10)
+    out["tokens"] = scope.tokens
+    out["calls"] = scope.calls
     out["duration_s"] = round(time.perf_counter() - t0, 4)
     return out
 
@@ -297,15 +322,6 @@ def _problem_id(bench: Any, problem: dict, idx: int) -> Any:
         return bench.problem_id(problem, idx)
     except Exception:  # noqa: BLE001
         return idx
-
-
-def _usage(wf: Any) -> tuple[Optional[float], int]:
-    """Cost and tokens of one workflow instance, from the LLM objects it holds."""
-    if wf is None:
-        return None, 0
-    from aflowctl.workflow import workflow_usage
-
-    return workflow_usage(wf)
 
 
 def _truncate(prediction: Any) -> Any:

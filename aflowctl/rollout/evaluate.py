@@ -1,0 +1,310 @@
+"""Evaluate a workflow on a benchmark split: repeats x problems through the rollout pool.
+
+:func:`evaluate_workflow` checks the inputs in this process (benchmark, split,
+problem indices, the workflow's source: AST only, nothing of it runs here), splits
+the (repeat, problem) items into tasks so that every worker is busy and repeats run
+in parallel, runs them through a :class:`~aflowctl.rollout.pool.RolloutPool`
+(durable: re-running the same evaluation after a kill reuses the finished tasks),
+and stores one ``evaluations`` row per repeat with per-problem details.
+
+A task is a contiguous slice of the items in repeat-major order. Its size is chosen
+so that the number of tasks is a multiple of the workers and no task holds more than
+``MAX_WAVES`` waves of ``concurrency`` problems (a killed run loses at most the
+tasks that were running). Tasks depend on ``workers`` and ``concurrency``: resume
+with the same values to reuse every finished task.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+from aflowctl import errors as _errors
+from aflowctl.config import LLMConfig, ModelConfig, RolloutConfig
+from aflowctl.errors import AflowctlError, BenchmarkError
+from aflowctl.rollout.pool import PoolProgress, RolloutError, RolloutPool, TaskSpec
+
+MAX_WAVES = 8
+WORKER = "aflowctl.rollout.worker:evaluate"
+
+
+@dataclass
+class EvalProgress:
+    """What a progress callback receives (problems, not tasks)."""
+
+    total: int  # (repeat, problem) items
+    done: int
+    failed: int
+    tasks_total: int
+    tasks_done: int
+    tasks_running: int
+    tasks_reused: int
+    score_sum: float = 0.0
+
+    @property
+    def mean_so_far(self) -> Optional[float]:
+        return self.score_sum / self.done if self.done else None
+
+
+@dataclass
+class EvalResult:
+    """The result of one evaluation.
+
+    ``scores``: the mean score of each repeat; ``mean_score`` their mean; ``std``
+    their population standard deviation (as AFlow's ``np.std``); ``n`` problems per
+    repeat; ``cost_usd`` ``None`` only when no call had a known price; ``details``
+    one dict per (repeat, problem): repeat, index, id, score, prediction, cost_usd,
+    tokens, calls, error, duration_s.
+    """
+
+    dataset: str
+    split: str
+    mean_score: float
+    scores: list[float]
+    std: float
+    n: int
+    repeats: int
+    cost_usd: Optional[float]
+    tokens: int
+    details: list[dict] = field(default_factory=list)
+    evaluation_ids: list[int] = field(default_factory=list)
+    errors: int = 0  # problems whose workflow raised
+    tasks: int = 0
+    tasks_reused: int = 0
+    wall_s: float = 0.0
+    pool_startup_s: Optional[float] = None
+    run_id: Optional[str] = None
+    workflow_id: Optional[int] = None
+
+    def to_dict(self, details: bool = False) -> dict:
+        d = asdict(self)
+        if not details:
+            d.pop("details")
+        return d
+
+
+def plan_items(indices: Sequence[int], repeats: int, workers: int, concurrency: int,
+               chunk_size: Optional[int] = None) -> list[list[tuple[int, int]]]:
+    """Split the (repeat, index) items into task chunks (see the module docstring)."""
+    items = [(r, i) for r in range(repeats) for i in indices]
+    total = len(items)
+    if total == 0:
+        return []
+    if chunk_size is None:
+        tasks = max(workers, math.ceil(total / (max(1, concurrency) * MAX_WAVES)))
+        tasks = math.ceil(tasks / workers) * workers
+        tasks = min(tasks, total)
+        chunk_size = math.ceil(total / tasks)
+    chunk_size = max(1, int(chunk_size))
+    return [items[k : k + chunk_size] for k in range(0, total, chunk_size)]
+
+
+def resolve_indices(n_available: int, *, dataset: str, split: str, limit: Optional[int] = None,
+                    indices: Optional[Sequence[int]] = None) -> list[int]:
+    if n_available == 0:
+        raise BenchmarkError(f"the {split} split of {dataset} is empty", f"fetch it again: aflowctl data fetch {dataset}")
+    if indices is not None:
+        idx = [int(i) for i in indices]
+        bad = [i for i in idx if not 0 <= i < n_available]
+        if bad:
+            raise BenchmarkError(
+                f"problem index {bad[0]} is out of range for {dataset}/{split} ({n_available} problems: 0 to {n_available - 1})",
+                "pick indices in that range, or use --limit",
+            )
+        if not idx:
+            raise BenchmarkError("no problem indices given", "give at least one index, or none for the whole split")
+        return list(dict.fromkeys(idx))
+    if limit is not None:
+        if limit < 1:
+            raise BenchmarkError(f"--limit must be at least 1 (got {limit})", "pass a positive number of problems")
+        return list(range(min(limit, n_available)))
+    return list(range(n_available))
+
+
+def _dump(model: Any) -> dict:
+    return model.model_dump(mode="json") if hasattr(model, "model_dump") else dict(model)
+
+
+def evaluate_workflow(
+    store: Any,
+    src: Any,
+    *,
+    dataset: str,
+    split: str = "validate",
+    executor: ModelConfig | str,
+    llm_cfg: Optional[LLMConfig] = None,
+    rollout_cfg: Optional[RolloutConfig] = None,
+    repeats: int = 1,
+    limit: Optional[int] = None,
+    indices: Optional[Sequence[int]] = None,
+    run_id: Optional[str] = None,
+    workflow_id: Optional[int] = None,
+    seed: int = 0,
+    pool: Optional[RolloutPool] = None,
+    progress: Optional[Callable[[EvalProgress], None]] = None,
+    store_rows: bool = True,
+    scope: Optional[str] = None,
+    chunk_size: Optional[int] = None,
+    name: Optional[str] = None,
+) -> EvalResult:
+    """Evaluate ``src`` (a WorkflowSource) on ``dataset``/``split``, ``repeats`` times.
+
+    ``pool``: a started pool to reuse (the optimizer's); without one, a pool is
+    started for this call and closed after it. ``run_id`` (an existing ``runs``
+    row) tags the tasks, the evaluations and the executor's logged calls.
+    ``store_rows=False`` skips the ``evaluations`` rows (smoke runs). ``scope``:
+    see :meth:`RolloutPool.run`. Raises :class:`BenchmarkError` (unknown benchmark,
+    missing split, index out of range), :class:`WorkflowError` (bad code),
+    :class:`BudgetExceeded`, or :class:`RolloutError` when tasks failed for good
+    (what finished is stored; run the same evaluation again to retry the rest).
+    """
+    from aflowctl import benchmarks
+    from aflowctl.workflow.loader import check_source
+
+    t0 = time.perf_counter()
+    if repeats < 1:
+        raise BenchmarkError(f"repeats must be at least 1 (got {repeats})", "pass --repeats 1 or more")
+    if isinstance(executor, str):
+        executor = ModelConfig(model=executor)
+    llm_cfg = llm_cfg or LLMConfig()
+    rollout_cfg = rollout_cfg or (pool.cfg if pool is not None else RolloutConfig())
+    bench = benchmarks.get(dataset)
+    problems = bench.load(split)
+    idx = resolve_indices(len(problems), dataset=dataset, split=split, limit=limit, indices=indices)
+    check_source(src)
+
+    chunks = plan_items(idx, repeats, rollout_cfg.workers, rollout_cfg.concurrency, chunk_size)
+    exec_dump = _dump(executor)
+    exec_dump.pop("timeout_s", None)  # does not change answers: not part of the task key
+    exec_dump.pop("api_key_env", None)
+    base = {
+        "graph": src.graph, "prompt": src.prompt or "", "name": name or dataset, "dataset": dataset, "split": split,
+        "executor": exec_dump, "seed": int(seed),
+        "code_timeout_s": rollout_cfg.code_timeout_s, "code_memory_mb": rollout_cfg.code_memory_mb,
+    }
+    context = {
+        "run_id": run_id, "db_path": str(store.path), "concurrency": rollout_cfg.concurrency,
+        "llm": _dump(llm_cfg), "executor": _dump(executor),
+    }
+    # executor in the context carries timeout_s/api_key_env to the worker (context wins).
+    specs = [TaskSpec({**base, "items": [list(it) for it in chunk]}, context=context, worker=WORKER,
+                      label=f"{dataset}/{split} items {k}") for k, chunk in enumerate(chunks)]
+    sizes = {task_label: len(c) for task_label, c in zip((s.label for s in specs), chunks)}
+    total_items = sum(sizes.values())
+
+    adapter = None
+    if progress is not None:
+        done_items: dict[str, tuple[int, float]] = {}
+
+        def adapter(p: PoolProgress) -> None:
+            last = p.last
+            if last is not None and last.status == "done" and last.result:
+                its = last.result.get("items", [])
+                done_items[last.key] = (len(its), sum(float(i.get("score") or 0) for i in its))
+            failed_items = 0
+            if last is not None and last.status == "failed":
+                failed_items = sizes.get(last.label, 0)
+            progress(EvalProgress(
+                total=total_items, done=sum(v[0] for v in done_items.values()), failed=failed_items,
+                tasks_total=p.total, tasks_done=p.done, tasks_running=p.running, tasks_reused=p.reused,
+                score_sum=sum(v[1] for v in done_items.values()),
+            ))
+
+    own = pool is None
+    if own:
+        pool = RolloutPool(store, rollout_cfg)
+    try:
+        outcomes = pool.run(specs, run_id=run_id, scope=scope, progress=adapter)
+        startup = pool.startup_s
+    finally:
+        if own:
+            pool.close()
+
+    failed = [o for o in outcomes if o.status != "done"]
+    if failed:
+        raise _task_failure(failed, len(outcomes))
+
+    items: list[dict] = []
+    for o in outcomes:
+        items.extend(o.result.get("items", []))
+    items.sort(key=lambda d: (d["repeat"], idx.index(d["index"]) if d["index"] in idx else d["index"]))
+    per_repeat: dict[int, list[dict]] = {r: [] for r in range(repeats)}
+    for d in items:
+        per_repeat.setdefault(d["repeat"], []).append(d)
+    scores = [_mean([d["score"] for d in per_repeat[r]]) for r in range(repeats)]
+    mean = _mean(scores)
+    std = math.sqrt(_mean([(s - mean) ** 2 for s in scores])) if scores else 0.0
+    costs = [d.get("cost_usd") for d in items]
+    known = [c for c in costs if c is not None]
+    cost = float(sum(known)) if known or not items or all(not d.get("calls") for d in items) else None
+    tokens = int(sum(int(d.get("tokens") or 0) for d in items))
+    eval_ids: list[int] = []
+    if store_rows:
+        eval_ids = _store_evaluations(store, per_repeat, repeats, dataset=dataset, split=split, run_id=run_id,
+                                      workflow_id=workflow_id, n=len(idx))
+    return EvalResult(
+        dataset=dataset, split=split, mean_score=mean, scores=scores, std=std, n=len(idx), repeats=repeats,
+        cost_usd=cost, tokens=tokens, details=items, evaluation_ids=eval_ids,
+        errors=sum(1 for d in items if d.get("error")), tasks=len(outcomes),
+        tasks_reused=sum(1 for o in outcomes if o.reused), wall_s=time.perf_counter() - t0,
+        pool_startup_s=startup, run_id=run_id, workflow_id=workflow_id,
+    )
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return float(sum(xs) / len(xs)) if xs else 0.0
+
+
+def _task_failure(failed: list, total: int) -> AflowctlError:
+    """The error to raise for tasks that failed for good: a user's error (bad code,
+    budget reached, missing data) keeps its class and message."""
+    first = failed[0]
+    err = first.error or "unknown error"
+    cls = getattr(_errors, first.error_type or "", None)
+    if isinstance(cls, type) and issubclass(cls, AflowctlError) and cls is not AflowctlError:
+        return cls(err)
+    return RolloutError(
+        f"{len(failed)} of {total} rollout tasks failed (first: {err})",
+        "finished tasks are stored; run the same evaluation again to retry the failed ones",
+    )
+
+
+def _store_evaluations(store: Any, per_repeat: dict, repeats: int, *, dataset: str, split: str,
+                       run_id: Optional[str], workflow_id: Optional[int], n: int) -> list[int]:
+    """One ``evaluations`` row per repeat, in one transaction. Within a run, an
+    evaluation of the same workflow, split and repeat replaces itself (a resumed run
+    does not duplicate rows)."""
+    import json
+
+    from sqlmodel import select
+
+    from aflowctl.store import Evaluation, utcnow
+
+    def txn(session: Any) -> list[int]:
+        ids = []
+        now = utcnow()
+        for r in range(repeats):
+            ds = per_repeat.get(r, [])
+            known = [d["cost_usd"] for d in ds if d.get("cost_usd") is not None]
+            cost = float(sum(known)) if known or not any(d.get("calls") for d in ds) else None
+            row = None
+            if run_id is not None and workflow_id is not None:
+                row = session.exec(select(Evaluation).where(
+                    Evaluation.run_id == run_id, Evaluation.workflow_id == workflow_id, Evaluation.dataset == dataset,
+                    Evaluation.split == split, Evaluation.repeat == r)).first()
+            if row is None:
+                row = Evaluation(workflow_id=workflow_id, run_id=run_id, dataset=dataset, split=split, repeat=r,
+                                 score=0.0, n=n, created_at=now)
+            row.score = _mean([d["score"] for d in ds])
+            row.cost_usd = cost
+            row.n = n
+            row.tokens = int(sum(int(d.get("tokens") or 0) for d in ds))
+            row.details_json = json.dumps(ds)
+            session.add(row)
+            session.flush()
+            ids.append(row.id)
+        return ids
+
+    return store.transact(txn)
