@@ -157,3 +157,60 @@ def train_metrics(store: Store, run_id: str) -> list[dict[str, Any]]:
         store, 'SELECT "update", metrics_json, created_at FROM train_metrics WHERE run_id = :r ORDER BY "update"', r=run_id
     )
     return [{"update": r["update"], **json.loads(r["metrics_json"]), "created_at": r["created_at"]} for r in rows]
+
+
+# --------------------------------------------------------------------------
+# report / compare / export (added by the report-compare-export feature)
+
+
+def list_evaluations(store: Store, run_id: str, split: str | None = None, *, details: bool = False) -> list[dict[str, Any]]:
+    """Evaluation rows of a run (one per repeat), oldest first; ``details_json`` only when asked."""
+    cols = "id, workflow_id, run_id, dataset, split, repeat, score, cost_usd, n, tokens, created_at"
+    if details:
+        cols += ", details_json"
+    return _rows(
+        store,
+        f"SELECT {cols} FROM evaluations WHERE run_id = :r AND (:s IS NULL OR split = :s) ORDER BY created_at, id",
+        r=run_id,
+        s=split,
+    )
+
+
+def round_end_times(store: Store, run_id: str) -> dict[int, str]:
+    """When each completed round of an optimize run ended (UTC ISO strings).
+
+    Round 1 ends with its last validation evaluation of a round-1 workflow; a later
+    round ends when its experiences were committed (they are written in the one
+    transaction that marks the round complete).
+    """
+    out: dict[int, str] = {}
+    r1 = _rows(
+        store,
+        """SELECT MAX(e.created_at) AS t FROM evaluations e JOIN workflows w ON w.id = e.workflow_id
+           WHERE w.run_id = :r AND w.round = 1 AND e.split = 'validate'""",
+        r=run_id,
+    )
+    if r1 and r1[0]["t"]:
+        out[1] = r1[0]["t"]
+    for row in _rows(
+        store, "SELECT round, MAX(created_at) AS t FROM experiences WHERE run_id = :r GROUP BY round ORDER BY round", r=run_id
+    ):
+        out[int(row["round"])] = row["t"]
+    return out
+
+
+def call_cost_timeline(store: Store, run_id: str) -> list[dict[str, Any]]:
+    """Paid (non-cached, priced) LLM calls of a run in time order: created_at, role, model, cost_usd."""
+    return _rows(
+        store,
+        """SELECT created_at, role, model, cost_usd FROM llm_calls
+           WHERE run_id = :r AND cached = 0 AND cost_usd IS NOT NULL ORDER BY created_at, id""",
+        r=run_id,
+    )
+
+
+def list_checkpoints(store: Store, run_id: str) -> list[dict[str, Any]]:
+    rows = _rows(store, "SELECT step, path, metrics_json, sha256, created_at FROM checkpoints WHERE run_id = :r ORDER BY step", r=run_id)
+    for r in rows:
+        r["metrics"] = json.loads(r.pop("metrics_json") or "{}")
+    return rows

@@ -1,0 +1,311 @@
+"""`aflowctl compare RUN_A RUN_B ...`: optimize runs on one benchmark, side by side.
+
+For each run: the best validation score reached after each round and after each
+dollar spent (the running best against cumulative spend, attributed to rounds by time
+as in :mod:`aflowctl.optimizer.report`), the best score within the smallest total
+spend among the runs (equal-budget comparison), the test score of the run's best
+workflow when it was evaluated on the test split, proposals and valid modifications,
+and spend by role.
+
+Statistical note: runs are grouped by their config with the seed (and the resource
+settings that do not change the search: workers, concurrency, timeouts, retries)
+left out. For each group: mean and standard deviation (ddof=1) across its runs of
+the final best validation score (and of the test score when every run has one). Each
+later group is compared with the first run's group (the baseline): the difference of
+the means with a percentile bootstrap 95% confidence interval (both groups resampled
+with replacement, numpy generator seeded, so the interval is reproducible). A group
+needs at least two runs for a standard deviation or an interval.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from aflowctl.errors import NotFoundError, UsageError
+from aflowctl.store import queries
+from aflowctl.store.db import Store
+
+#: config keys that do not define the experiment (left out when grouping runs)
+IGNORED_KEYS = {
+    "optimize.seed", "train.seed",
+    "llm.max_retries", "llm.timeout_s", "llm.concurrency_per_model", "llm.requests_per_minute", "llm.cache",
+    "llm.cache_scope", "llm.http_client", "llm.backoff_base_s", "llm.backoff_max_s",
+    "rollout.workers", "rollout.concurrency", "rollout.executor", "rollout.ray_address", "rollout.task_timeout_s",
+    "rollout.max_attempts",
+}
+#: config subtrees left out: train settings do not change an optimize run
+IGNORED_PREFIXES = ("train.",)
+
+BOOTSTRAP_SAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+        out[prefix[:-1]] = d
+    return out
+
+
+def experiment_key(config: dict) -> dict[str, Any]:
+    """The flattened config that defines the experiment (seed and resource keys removed)."""
+    flat = _flatten(config)
+    return {k: v for k, v in sorted(flat.items())
+            if k not in IGNORED_KEYS and not k.startswith(IGNORED_PREFIXES)}
+
+
+def bootstrap_diff_ci(a: Sequence[float], b: Sequence[float], *, n_boot: int = BOOTSTRAP_SAMPLES,
+                      seed: int = BOOTSTRAP_SEED, level: float = 0.95) -> tuple[float, float, float]:
+    """mean(b) - mean(a) and its percentile bootstrap confidence interval (lo, hi)."""
+    a_arr = np.asarray(a, dtype=float)
+    b_arr = np.asarray(b, dtype=float)
+    if a_arr.size == 0 or b_arr.size == 0:
+        raise ValueError("both groups need at least one value")
+    rng = np.random.default_rng(seed)
+    ia = rng.integers(0, a_arr.size, size=(n_boot, a_arr.size))
+    ib = rng.integers(0, b_arr.size, size=(n_boot, b_arr.size))
+    diffs = b_arr[ib].mean(axis=1) - a_arr[ia].mean(axis=1)
+    tail = (1.0 - level) / 2.0
+    lo, hi = np.quantile(diffs, [tail, 1.0 - tail])
+    return float(b_arr.mean() - a_arr.mean()), float(lo), float(hi)
+
+
+def _best_within(curve: list[dict], budget: float) -> Optional[float]:
+    """Running best reached by the last round whose cumulative spend is within ``budget``."""
+    best = None
+    for p in curve:
+        if p["cumulative_cost_usd"] is not None and p["cumulative_cost_usd"] <= budget + 1e-12 and p["best_score"] is not None:
+            best = p["best_score"]
+    return best
+
+
+def _run_summary(store: Store, run_id: str) -> dict[str, Any]:
+    from aflowctl.optimizer.report import gather_optimize
+
+    run = queries.get_run(store, run_id)
+    data = gather_optimize(store, run)
+    config = json.loads(run["config_json"] or "{}")
+    best = data["best"]
+    curve = [{"round": r["round"], "best_score": r["running_best"], "cumulative_cost_usd": r["cumulative_cost_usd"]}
+             for r in data["rounds"] if r["complete"]]
+    tested = [{"workflow_id": w["id"], "round": w["round"], "test_score": w["test_score"]}
+              for w in data["workflows"] if w["test_score"] is not None]
+    return {
+        "run_id": run_id,
+        "dataset": run["dataset"],
+        "status": run["status"],
+        "seed": run["seed"],
+        "optimizer": data["optimizer"],
+        "executor": data["executor"],
+        "rounds": len(curve),
+        "best_score": best["score"] if best else None,
+        "best_workflow_id": best["id"] if best else None,
+        "best_round": best["round"] if best else None,
+        "test_score": best["test_score"] if best else None,
+        "tested_workflows": tested,
+        "proposals": data["proposals"],
+        "valid_modifications": data["valid_modifications"],
+        "improvements": data["improvements"],
+        "cost_usd": data["total_cost_usd"],
+        "spend_by_role": {role: r["cost_usd"] for role, r in data["spend_by_role"].items()},
+        "curve": curve,
+        "_key": experiment_key(config),
+    }
+
+
+def _group_label(key: dict, differing: list[str]) -> str:
+    if not differing:
+        return "all runs"
+    parts = []
+    for k in differing:
+        v = key.get(k)
+        s = json.dumps(v) if not isinstance(v, str) else v
+        parts.append(f"{k}={s if len(s) <= 40 else s[:37] + '...'}")
+    return ", ".join(parts)
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    n = len(values)
+    return {
+        "n": n,
+        "mean": float(np.mean(values)) if n else None,
+        "std": float(np.std(values, ddof=1)) if n >= 2 else None,
+    }
+
+
+def compare_runs(store: Store, run_ids: Sequence[str], *, n_boot: int = BOOTSTRAP_SAMPLES,
+                 seed: int = BOOTSTRAP_SEED) -> dict[str, Any]:
+    """Compare optimize runs on one benchmark (see the module docstring)."""
+    ids = list(run_ids)
+    if len(ids) < 2:
+        raise UsageError("compare needs at least two run ids", "pass two or more: aflowctl compare RUN_A RUN_B")
+    dup = sorted({r for r in ids if ids.count(r) > 1})
+    if dup:
+        raise UsageError(f"run id given twice: {', '.join(dup)}", "pass each run once")
+    runs = []
+    for rid in ids:
+        row = queries.get_run(store, rid)
+        if row is None:
+            known = [r["id"] for r in queries.list_runs(store, kind="optimize")][-5:]
+            raise NotFoundError(f"run '{rid}' does not exist",
+                                f"see 'aflowctl inspect runs' (latest optimize runs: {', '.join(known) or 'none'})")
+        if row["kind"] == "train":
+            raise UsageError(f"run '{rid}' is a train run", "compare optimize runs; see 'aflowctl report' for a train run")
+        runs.append(row)
+    datasets = {r["dataset"] for r in runs}
+    if len(datasets) > 1:
+        named = ", ".join(f"{r['id']} ({r['dataset']})" for r in runs)
+        raise UsageError(f"runs are on different benchmarks: {named}", "compare runs of one benchmark at a time")
+
+    summaries = [_run_summary(store, rid) for rid in ids]
+
+    # groups: same experiment apart from the seed; the first run's group is the baseline
+    groups: list[dict[str, Any]] = []
+    for s in summaries:
+        g = next((g for g in groups if g["_key"] == s["_key"]), None)
+        if g is None:
+            g = {"_key": s["_key"], "runs": []}
+            groups.append(g)
+        g["runs"].append(s)
+    all_keys = sorted(set().union(*(g["_key"].keys() for g in groups)))
+    differing = [k for k in all_keys if len({json.dumps(g["_key"].get(k), sort_keys=True) for g in groups}) > 1]
+    notes: list[str] = []
+    out_groups = []
+    for i, g in enumerate(groups):
+        finals = [s["best_score"] for s in g["runs"] if s["best_score"] is not None]
+        tests = [s["test_score"] for s in g["runs"]]
+        entry = {
+            "group": i,
+            "label": _group_label(g["_key"], differing),
+            "config": {k: g["_key"].get(k) for k in differing},
+            "runs": [s["run_id"] for s in g["runs"]],
+            "seeds": [s["seed"] for s in g["runs"]],
+            "final_best": _stats(finals),
+            "test": _stats(tests) if tests and all(t is not None for t in tests) else None,
+        }
+        out_groups.append(entry)
+        for s in g["runs"]:
+            s["group"] = i
+    differences = []
+    base = groups[0]
+    base_vals = [s["best_score"] for s in base["runs"] if s["best_score"] is not None]
+    for i, g in enumerate(groups[1:], start=1):
+        vals = [s["best_score"] for s in g["runs"] if s["best_score"] is not None]
+        if len(base_vals) < 2 or len(vals) < 2:
+            notes.append(f"group {i} vs group 0: no confidence interval (needs at least two runs, i.e. seeds, "
+                         f"per group; have {len(base_vals)} and {len(vals)})")
+            continue
+        diff, lo, hi = bootstrap_diff_ci(base_vals, vals, n_boot=n_boot, seed=seed)
+        differences.append({
+            "baseline_group": 0, "group": i, "metric": "final_best_score", "difference": diff,
+            "ci_low": lo, "ci_high": hi, "level": 0.95, "n_boot": n_boot, "bootstrap_seed": seed,
+            "excludes_zero": bool(lo > 0 or hi < 0),
+        })
+    if len(groups) == 1:
+        notes.append("all runs share one config apart from the seed: one group, no difference to test")
+    if any(len(g["runs"]) == 1 for g in groups) and len(groups) > 1:
+        notes.append("groups with a single run have no standard deviation: run more seeds per config")
+
+    # common budget: the smallest total spend among runs whose spend is known
+    spends = [s["curve"][-1]["cumulative_cost_usd"] for s in summaries
+              if s["curve"] and s["curve"][-1]["cumulative_cost_usd"] is not None]
+    common = min(spends) if spends and len(spends) == len(summaries) else None
+    for s in summaries:
+        s["best_at_common_budget"] = _best_within(s["curve"], common) if common is not None else None
+    max_round = max((p["round"] for s in summaries for p in s["curve"]), default=0)
+    per_round = []
+    for r in range(1, max_round + 1):
+        row: dict[str, Any] = {"round": r}
+        for s in summaries:
+            p = next((p for p in s["curve"] if p["round"] == r), None)
+            row[s["run_id"]] = p["best_score"] if p else None
+        per_round.append(row)
+    for s in summaries:
+        s.pop("_key")
+    for g in groups:
+        g.pop("_key")
+    return {
+        "dataset": runs[0]["dataset"],
+        "runs": summaries,
+        "per_round": per_round,
+        "common_budget_usd": common,
+        "groups": out_groups,
+        "differences": differences,
+        "notes": notes,
+    }
+
+
+def default_plot_path(run_ids: Sequence[str]) -> Path:
+    """``$AFLOWCTL_HOME/runs/compare/<A>__<B>.png`` (a hash of the ids for more than three runs)."""
+    from aflowctl import paths
+
+    ids = list(run_ids)
+    if len(ids) <= 3:
+        name = "__".join(ids)
+    else:
+        name = f"{ids[0]}__and-{len(ids) - 1}-more-{hashlib.sha256(' '.join(ids).encode()).hexdigest()[:8]}"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return paths.home() / "runs" / "compare" / f"{safe}.png"
+
+
+def plot_comparison(result: dict[str, Any], path: str | Path) -> Path:
+    """Two panels, one line per run: best validation score against round and against spend."""
+    from aflowctl.optimizer.report import _pyplot
+
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110)
+    try:
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
+        within: dict[int, int] = {}
+        for s in result["runs"]:
+            g = s.get("group", 0)
+            k = within.get(g, 0)
+            within[g] = k + 1
+            color = colors[g % len(colors)]
+            marker = markers[k % len(markers)]
+            label = f"{s['run_id']} (group {g}, seed {s['seed']})"
+            pts = [p for p in s["curve"] if p["best_score"] is not None]
+            if not pts:
+                continue
+            ax1.step([p["round"] for p in pts], [p["best_score"] for p in pts], where="post", color=color,
+                     marker=marker, markersize=4, label=label)
+            sp = [p for p in pts if p["cumulative_cost_usd"] is not None]
+            if sp:
+                ax2.step([p["cumulative_cost_usd"] for p in sp], [p["best_score"] for p in sp], where="post",
+                         color=color, marker=marker, markersize=4, label=label)
+        if result.get("common_budget_usd") is not None:
+            ax2.axvline(result["common_budget_usd"], color="gray", linestyle=":", linewidth=1, label="common budget")
+        from matplotlib.ticker import MaxNLocator
+
+        ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax1.set_xlabel("round")
+        ax2.set_xlabel("cumulative spend (USD)")
+        for ax in (ax1, ax2):
+            ax.set_ylabel("best validation score")
+            ax.grid(alpha=0.3)
+        ax1.set_title("best score vs round", fontsize=10)
+        ax2.set_title("best score vs spend", fontsize=10)
+        ax1.legend(fontsize=7, loc="lower right")
+        fig.suptitle(f"aflowctl compare — {result['dataset']}", fontsize=11)
+        fig.tight_layout()
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
+    return path
+
+
+def format_ci(d: dict[str, Any]) -> str:
+    return (f"group {d['group']} − group {d['baseline_group']}: {d['difference']:+.4f} "
+            f"(95% bootstrap CI [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}], {d['n_boot']} resamples"
+            f"{'; excludes 0' if d['excludes_zero'] else '; includes 0'})")

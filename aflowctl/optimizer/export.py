@@ -1,0 +1,209 @@
+"""`aflowctl export RUN_ID --aflow DIR`: a run's workflows as AFlow round folders.
+
+The target ``DIR`` plays the role of AFlow's ``workspace/<DATASET>/workflows`` folder::
+
+    DIR/results.json            one entry per validation repeat:
+                                {round, score, avg_cost, total_cost, time}
+    DIR/round_N/graph.py        the workflow, with AFlow's import lines
+    DIR/round_N/prompt.py
+    DIR/round_N/__init__.py
+    DIR/round_N/experience.json {"father node", "modification", "before", "after", "succeed"}
+                                (rounds after the first)
+    DIR/round_N/log.json        failed validation cases (what the store keeps of them)
+    DIR/aflowctl_export.json    how AFlow rounds map to aflowctl workflows
+
+AFlow has one workflow per round, aflowctl may have K per round (``--candidates``)
+and rounds whose proposals were all invalid. So the evaluated, valid workflows are
+numbered 1, 2, 3... in the order they were created (round, then id); with K = 1 and
+no invalid round that is aflowctl's own round numbering. ``"father node"`` is the
+parent's AFlow round number. Invalid proposals have no AFlow equivalent and are
+listed in ``aflowctl_export.json`` only. AFlow's ``template/`` folder (its operator
+module) is not written: copy the folder into an AFlow checkout that has it.
+
+Import lines: workflows are stored with ``from aflowctl.workflow.api import ...``; the
+export writes AFlow's lines instead (``import workspace.<DATASET>.workflows.template.operator
+as operator``, ``import workspace.<DATASET>.workflows.round_N.prompt as prompt_custom``,
+``from scripts.async_llm import create_llm_instance``, ...), on the same source lines,
+so ``aflowctl.workflow.loader.load_folder`` reads an exported folder back to the same
+canonical hash.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from aflowctl.errors import AflowctlError
+from aflowctl.store import queries
+from aflowctl.store.db import Store
+
+API_MODULE = "aflowctl.workflow.api"
+
+#: aflowctl benchmark name -> AFlow's dataset name (its workspace folder)
+AFLOW_DATASETS = {
+    "gsm8k": "GSM8K", "math": "MATH", "humaneval": "HumanEval", "mbpp": "MBPP", "hotpotqa": "HotpotQA", "drop": "DROP",
+}
+
+#: failed validation cases written to each round's log.json, at most
+LOG_LIMIT = 50
+
+
+class ExportError(AflowctlError):
+    """A run cannot be exported (target folder in the way, nothing to export)."""
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    rounds: list[dict[str, Any]] = field(default_factory=list)  # aflow_round, workflow_id, round, parent_aflow_round
+    skipped: list[int] = field(default_factory=list)  # workflow ids not exported (invalid or not evaluated)
+    results_entries: int = 0
+
+
+def aflow_dataset(dataset: Optional[str]) -> str:
+    name = (dataset or "").strip()
+    return AFLOW_DATASETS.get(name.lower(), name or "Dataset")
+
+
+def _aflow_import(name: str, asname: Optional[str], dataset: str, round_no: int) -> str:
+    local = asname or name
+    if name == "operator":
+        return f"import workspace.{dataset}.workflows.template.operator as {local}"
+    if name == "prompt_custom":
+        return f"import workspace.{dataset}.workflows.round_{round_no}.prompt as {local}"
+    module = {
+        "create_llm_instance": "scripts.async_llm",
+        "DatasetType": "scripts.evaluator",
+        "CostManager": "metagpt.utils.cost_manager",
+    }.get(name, "scripts.operators")  # an operator class imported by name
+    return f"from {module} import {name}" + (f" as {asname}" if asname and asname != name else "")
+
+
+def to_aflow_source(source: str, dataset: str, round_no: int) -> str:
+    """Replace ``from aflowctl.workflow.api import ...`` statements with AFlow's import lines.
+
+    Each statement is replaced in place, keeping its line span (several AFlow imports
+    from one statement are joined with ``;``), so line numbers do not move. A source
+    that does not parse is returned unchanged."""
+    if not source or API_MODULE not in source:
+        return source
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return source
+    edits = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == API_MODULE and not node.level:
+            stmts = [_aflow_import(a.name, a.asname, dataset, round_no) for a in node.names]
+            height = node.end_lineno - node.lineno  # type: ignore[operator]
+            edits.append((node.lineno, node.col_offset, node.end_lineno, node.end_col_offset, "; ".join(stmts) + "\n" * height))
+    data = source.encode("utf-8")
+    starts = [0]
+    for line in data.splitlines(keepends=True):
+        starts.append(starts[-1] + len(line))
+    out = data
+    for lineno, col, end_lineno, end_col, text in sorted(edits, reverse=True):
+        a = starts[lineno - 1] + col
+        b = starts[end_lineno - 1] + end_col
+        out = out[:a] + text.encode("utf-8") + out[b:]
+    return out.decode("utf-8")
+
+
+def _failed_cases(evals: list[dict]) -> list[dict]:
+    cases = []
+    for e in evals:
+        try:
+            details = json.loads(e.get("details_json") or "[]")
+        except ValueError:
+            continue
+        for d in details if isinstance(details, list) else []:
+            if not isinstance(d, dict) or float(d.get("score") or 0.0) >= 1.0:
+                continue
+            cases.append({"repeat": e["repeat"], "problem_id": d.get("id"), "index": d.get("index"),
+                          "score": d.get("score"), "model_output": d.get("answer"), "error": d.get("error")})
+            if len(cases) >= LOG_LIMIT:
+                return cases
+    return cases
+
+
+def _check_target(path: Path, force: bool) -> None:
+    if path.exists() and not path.is_dir():
+        raise ExportError(f"{path} is a file, not a folder", "pass a folder to --aflow")
+    if not path.exists():
+        return
+    ours = [p for p in path.iterdir() if (p.is_dir() and p.name.startswith("round_"))
+            or p.name in ("results.json", "aflowctl_export.json")]
+    if ours and not force:
+        raise ExportError(
+            f"{path} already holds AFlow rounds ({', '.join(sorted(p.name for p in ours)[:3])}...)",
+            "choose an empty folder, or pass --force to replace its round folders and results.json",
+        )
+    for p in ours:
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def export_aflow(store: Store, run_id: str, out_dir: str | Path, *, force: bool = False) -> ExportResult:
+    """Write the run's evaluated workflows as AFlow round folders under ``out_dir``."""
+    from aflowctl.optimizer.report import require_run
+
+    run = require_run(store, run_id)
+    wfs = queries.list_workflows(store, run_id=run_id)
+    evals = queries.list_evaluations(store, run_id, details=True)
+    val: dict[int, list[dict]] = {}
+    for e in evals:
+        if e["split"] == "validate" and e["workflow_id"] is not None:
+            val.setdefault(e["workflow_id"], []).append(e)
+    exportable = [w for w in wfs if w["status"] == "valid" and val.get(w["id"])]
+    if not exportable:
+        raise ExportError(f"run '{run_id}' has no evaluated workflow to export",
+                          f"wait for its first round to finish (aflowctl inspect workflows --run {run_id})")
+    path = Path(out_dir).expanduser()
+    _check_target(path, force)
+    path.mkdir(parents=True, exist_ok=True)
+    dataset = aflow_dataset(run["dataset"])
+    exps = {e["child_workflow_id"]: e for e in queries.list_experiences(store, run_id=run_id) if e["child_workflow_id"]}
+    number = {w["id"]: i + 1 for i, w in enumerate(exportable)}
+    result = ExportResult(path=path, skipped=[w["id"] for w in wfs if w["id"] not in number])
+    results_json = []
+    for w in exportable:
+        n = number[w["id"]]
+        folder = path / f"round_{n}"
+        folder.mkdir()
+        (folder / "graph.py").write_text(to_aflow_source(w["graph_code"], dataset, n), encoding="utf-8")
+        (folder / "prompt.py").write_text(to_aflow_source(w["prompt_code"] or "", dataset, n), encoding="utf-8")
+        (folder / "__init__.py").write_text("", encoding="utf-8")
+        parent_n = number.get(w["parent_id"]) if w["parent_id"] is not None else None
+        e = exps.get(w["id"])
+        if w["parent_id"] is not None:
+            experience = {
+                "father node": parent_n,
+                "modification": w["modification"] or "",
+                "before": e["score_before"] if e else None,
+                "after": e["score_after"] if e else w["score"],
+                "succeed": bool(e and e["valid"] and e["reward"] > 0),
+            }
+            (folder / "experience.json").write_text(json.dumps(experience, indent=4, ensure_ascii=False), encoding="utf-8")
+        (folder / "log.json").write_text(json.dumps(_failed_cases(val[w["id"]]), indent=4, ensure_ascii=False),
+                                         encoding="utf-8")
+        for ev in val[w["id"]]:
+            cost = ev["cost_usd"]
+            results_json.append({
+                "round": n, "score": ev["score"],
+                "avg_cost": (cost / ev["n"]) if cost is not None and ev["n"] else None,
+                "total_cost": cost, "time": ev["created_at"],
+            })
+        result.rounds.append({"aflow_round": n, "workflow_id": w["id"], "round": w["round"],
+                              "parent_aflow_round": parent_n, "score": w["score"], "test_score": w["test_score"]})
+    (path / "results.json").write_text(json.dumps(results_json, indent=4), encoding="utf-8")
+    result.results_entries = len(results_json)
+    manifest = {"run_id": run_id, "dataset": run["dataset"], "aflow_dataset": dataset, "rounds": result.rounds,
+                "skipped_workflow_ids": result.skipped}
+    (path / "aflowctl_export.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    return result
