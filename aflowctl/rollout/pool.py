@@ -153,6 +153,7 @@ class _ProcessBackend:
     def _new_executor(self) -> None:
         from aflowctl.rollout.worker import init_worker
 
+        self.options = {**self.options, "parent_pid": os.getpid()}
         self.queue = self.ctx.SimpleQueue()
         self.ready = set()
         self.executor = cf.ProcessPoolExecutor(

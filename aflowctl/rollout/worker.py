@@ -48,7 +48,8 @@ def init_worker(options: Optional[dict] = None, start_queue: Any = None) -> None
     (set HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE), ``load_plugins`` (value for
     AFLOWCTL_LOAD_PLUGINS, so a worker loads the same plugins as its parent),
     ``env`` (extra environment variables, names and values without secrets),
-    ``preload`` (modules to import now, so that the first task does not pay for it).
+    ``preload`` (modules to import now, so that the first task does not pay for it),
+    ``parent_pid`` (exit as soon as that process is gone).
     """
     global _start_queue, _initialized
     options = options or {}
@@ -71,6 +72,8 @@ def init_worker(options: Optional[dict] = None, start_queue: Any = None) -> None
     logger.add(sys.stderr, level=options.get("log_level", "WARNING"), format="<level>{level: <7}</level> [worker {process}] {message}")
     # A worker that is the child of a dying parent must not ignore Ctrl-C forever.
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and shuts the pool down
+    if options.get("parent_pid"):
+        _watch_parent(int(options["parent_pid"]))
 
     from aflowctl.plugins import get_plugin_manager
 
@@ -83,6 +86,20 @@ def init_worker(options: Optional[dict] = None, start_queue: Any = None) -> None
     _initialized = True
     if start_queue is not None:
         start_queue.put(("ready", os.getpid(), time.time()))
+
+
+def _watch_parent(parent_pid: int, interval_s: float = 0.5) -> None:
+    """Exit when the parent dies (kill -9): an orphaned worker must not go on
+    spending on LLM calls whose results nobody will store."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            if os.getppid() != parent_pid:
+                os._exit(70)
+
+    threading.Thread(target=watch, name="aflowctl-parent-watch", daemon=True).start()
 
 
 def _ensure_initialized(options: Optional[dict]) -> None:
