@@ -60,7 +60,7 @@ def _print_tables(result: dict) -> None:
     roles = sorted({role for s in result["runs"] for role in s["spend_by_role"]})
     print_table(spend_rows, ["run", "status", "best wf (round)", *roles, "total $"], title="best workflow and spend by role (USD)")
     ids = [s["run_id"] for s in result["runs"]]
-    print_table(result["per_round"], ["round", *ids], title="best validation score after each round")
+    print_table(result["per_round"], ["round", *ids], title="best score by round")
     for g in result["groups"]:
         fb = g["final_best"]
         std = "n/a" if fb["std"] is None else f"{fb['std']:.4f}"
