@@ -54,6 +54,8 @@ def test_export_writes_aflow_rounds_that_load_back(store, tmp_path):
         assert f"import workspace.GSM8K.workflows.round_{n}.prompt as prompt_custom" in graph
         assert "from scripts.async_llm import create_llm_instance" in graph
         assert (folder / "__init__.py").is_file()
+        full = json.loads((folder / "results.json").read_text())
+        assert full["aflowctl"]["workflow_id"] == wid and full["score"] == pytest.approx(wfs[wid]["score"])
         # the folder loads back (imports rewritten) to the very same workflow
         src = load_folder(folder)
         assert canonical_hash(src) == wfs[wid]["hash"]

@@ -20,6 +20,11 @@ parent's AFlow round number. Invalid proposals have no AFlow equivalent and are
 listed in ``aflowctl_export.json`` only. AFlow's ``template/`` folder (its operator
 module) is not written: copy the folder into an AFlow checkout that has it.
 
+The folders and ``results.json`` rows are written by
+:func:`aflowctl.workflow.aflow_io.export_round` (one row per validation repeat; each
+round's ``round_N/results.json`` keeps the full result with aflowctl's ids, per-repeat
+costs and times); this module adds ``experience.json``, ``log.json`` and the manifest.
+
 Import lines: workflows are stored with ``from aflowctl.workflow.api import ...``; the
 export writes AFlow's lines instead (``import workspace.<DATASET>.workflows.template.operator
 as operator``, ``import workspace.<DATASET>.workflows.round_N.prompt as prompt_custom``,
@@ -171,14 +176,32 @@ def export_aflow(store: Store, run_id: str, out_dir: str | Path, *, force: bool 
     exps = {e["child_workflow_id"]: e for e in queries.list_experiences(store, run_id=run_id) if e["child_workflow_id"]}
     number = {w["id"]: i + 1 for i, w in enumerate(exportable)}
     result = ExportResult(path=path, skipped=[w["id"] for w in wfs if w["id"] not in number])
-    results_json = []
+    from aflowctl.workflow.aflow_io import export_round
+    from aflowctl.workflow.loader import WorkflowSource
+
     for w in exportable:
         n = number[w["id"]]
-        folder = path / f"round_{n}"
-        folder.mkdir()
-        (folder / "graph.py").write_text(to_aflow_source(w["graph_code"], dataset, n), encoding="utf-8")
-        (folder / "prompt.py").write_text(to_aflow_source(w["prompt_code"] or "", dataset, n), encoding="utf-8")
-        (folder / "__init__.py").write_text("", encoding="utf-8")
+        reps = val[w["id"]]
+        costs = [ev["cost_usd"] for ev in reps]
+        known = [(c, ev["n"]) for c, ev in zip(costs, reps) if c is not None]
+        results = {
+            "score": w["score"],
+            "scores": [ev["score"] for ev in reps],
+            # AFlow's row per repeat: the repeat's cost (mean over repeats) and cost per problem
+            "avg_cost": (sum(c / k for c, k in known if k) / len(known)) if known else None,
+            "total_cost": (sum(c for c, _ in known) / len(known)) if known else None,
+            "time": reps[-1]["created_at"],
+            "aflowctl": {"run_id": run_id, "workflow_id": w["id"], "round": w["round"], "parent_id": w["parent_id"],
+                         "modification": w["modification"], "repeat_costs": costs,
+                         "repeat_times": [ev["created_at"] for ev in reps], "test_score": w["test_score"]},
+        }
+        # Import lines are converted here (aliases, multi-line imports and operator classes
+        # imported by name included, line numbers kept); export_round then finds nothing
+        # left to convert and writes the folder and the results rows in AFlow's layout.
+        src = WorkflowSource(graph=to_aflow_source(w["graph_code"], dataset, n),
+                             prompt=to_aflow_source(w["prompt_code"] or "", dataset, n))
+        folder = export_round(path, n, src, results, dataset=dataset)
+        result.results_entries += len(reps)
         parent_n = number.get(w["parent_id"]) if w["parent_id"] is not None else None
         e = exps.get(w["id"])
         if w["parent_id"] is not None:
@@ -190,19 +213,9 @@ def export_aflow(store: Store, run_id: str, out_dir: str | Path, *, force: bool 
                 "succeed": bool(e and e["valid"] and e["reward"] > 0),
             }
             (folder / "experience.json").write_text(json.dumps(experience, indent=4, ensure_ascii=False), encoding="utf-8")
-        (folder / "log.json").write_text(json.dumps(_failed_cases(val[w["id"]]), indent=4, ensure_ascii=False),
-                                         encoding="utf-8")
-        for ev in val[w["id"]]:
-            cost = ev["cost_usd"]
-            results_json.append({
-                "round": n, "score": ev["score"],
-                "avg_cost": (cost / ev["n"]) if cost is not None and ev["n"] else None,
-                "total_cost": cost, "time": ev["created_at"],
-            })
+        (folder / "log.json").write_text(json.dumps(_failed_cases(reps), indent=4, ensure_ascii=False), encoding="utf-8")
         result.rounds.append({"aflow_round": n, "workflow_id": w["id"], "round": w["round"],
                               "parent_aflow_round": parent_n, "score": w["score"], "test_score": w["test_score"]})
-    (path / "results.json").write_text(json.dumps(results_json, indent=4), encoding="utf-8")
-    result.results_entries = len(results_json)
     manifest = {"run_id": run_id, "dataset": run["dataset"], "aflow_dataset": dataset, "rounds": result.rounds,
                 "skipped_workflow_ids": result.skipped}
     (path / "aflowctl_export.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
