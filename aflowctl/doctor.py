@@ -175,7 +175,7 @@ def _installed_providers() -> set[str] | None:
     try:
         from aflowctl.llm import registry
 
-        return set(registry.names())
+        return set(registry.provider_names())
     except Exception:  # noqa: BLE001 - LLM layer missing or broken: reported elsewhere
         return None
 

@@ -58,7 +58,7 @@ def optimize(
     from aflowctl.config import load_config
     from aflowctl.errors import UsageError
     from aflowctl.logging import add_run_log
-    from aflowctl.optimizer.search import Optimizer, start_run
+    from aflowctl.optimizer.search import Optimizer, preflight, start_run
     from aflowctl import paths
     from aflowctl.rollout.pool import RolloutPool
     from aflowctl.store import open_store
@@ -100,6 +100,7 @@ def optimize(
         from aflowctl.optimizer.policy import check_policy
 
         check_policy(cfg.optimize.policy, cfg)
+    preflight(cfg)
     rid, cfg = start_run(store, cfg, run_id=run_id, resume=resume, force=force)
     sink = add_run_log(paths.run_dir(rid) / "log.jsonl")
     err_console.print(f"run {rid}: {cfg.optimize.dataset}, optimizer {cfg.optimize.policy or cfg.optimize.optimizer.model}, "

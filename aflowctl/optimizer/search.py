@@ -182,6 +182,20 @@ def _discard_incomplete(store: Store, run_id: str, after_round: int) -> None:
     store.transact(txn)
 
 
+def preflight(cfg: Config) -> None:
+    """Everything that can be checked before a run row is written: the benchmark and
+    its validation split, the model strings and their providers."""
+    from aflowctl import benchmarks
+    from aflowctl.llm.registry import resolve
+
+    bench = benchmarks.get(cfg.optimize.dataset)
+    if not bench.load("validate"):
+        raise AflowctlError(f"the validation split of {cfg.optimize.dataset} is empty", f"aflowctl data fetch {cfg.optimize.dataset}")
+    resolve(cfg.optimize.executor.model)
+    if cfg.optimize.optimizer.model != "mutate" and not cfg.optimize.policy:
+        resolve(cfg.optimize.optimizer.model)
+
+
 # ------------------------------------------------------------------ the optimizer
 
 
@@ -201,6 +215,15 @@ class Optimizer:
         self.kind = self.bench.kind
         self._val_problems: Optional[list[dict]] = None
         self._optimizer_llm = None
+        self._check_models()
+
+    def _check_models(self) -> None:
+        """Unknown providers and malformed model strings fail before any work."""
+        from aflowctl.llm.registry import resolve
+
+        resolve(self.oc.executor.model)
+        if not self._uses_mutate() and not self.oc.policy:
+            resolve(self.oc.optimizer.model)
 
     # -------------------------------------------------------------- helpers
 
