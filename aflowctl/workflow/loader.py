@@ -326,8 +326,29 @@ def _load_error(exc: BaseException, filename: str, what: str) -> WorkflowError:
     return WorkflowError(f"{what}: {msg}{line}", "fix the workflow code")
 
 
+_compiled: "dict[tuple, type]" = {}
+_COMPILED_MAX = 64
+
+
 def compile_sources(src: WorkflowSource, name: str = "workflow") -> type:
-    """Execute both sources into fresh module objects and return the Workflow class."""
+    """The Workflow class of ``src``: both sources executed into fresh module objects.
+
+    Compiled once per process for the same sources (and set of operators): a worker
+    that builds one workflow per problem pays the parse and exec once.
+    """
+    from aflowctl.workflow import registry
+
+    key = (src.graph, src.prompt, tuple(registry.names()))
+    cls = _compiled.get(key)
+    if cls is None:
+        cls = _compile(src)
+        if len(_compiled) >= _COMPILED_MAX:
+            _compiled.pop(next(iter(_compiled)))
+        _compiled[key] = cls
+    return cls
+
+
+def _compile(src: WorkflowSource) -> type:
     from aflowctl.workflow import api
 
     check_source(src)
