@@ -215,11 +215,21 @@ def _world_usable(exe: Path) -> bool:
     return True
 
 
+@lru_cache(maxsize=1)
+def seccomp_active() -> bool:
+    """True when a sandboxed child really runs under the no-fork filter (probed once)."""
+    if not _seccomp_program_source():
+        return False
+    res = run_python("import os\nprint(os.environ.get('AFLOWCTL_SECCOMP'))\ntry:\n    os.kill(1, 0)\n"
+                     "except PermissionError:\n    print('blocked')\n", timeout_s=10)
+    return res.ok and res.stdout.split() == ["1", "blocked"]
+
+
 def describe() -> dict[str, Any]:
     """What protections this machine gives the sandbox (for docs, doctor, tests)."""
     user = _sandbox_user()
     return {
-        "seccomp": bool(_seccomp_program_source()),
+        "seccomp": seccomp_active(),
         "arch": platform.machine(),
         "run_as_uid": user[0] if user else os.geteuid() if os.name == "posix" else None,
         "interpreter": sys.executable,
