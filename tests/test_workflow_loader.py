@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -12,7 +11,7 @@ from hypothesis import strategies as st
 
 from aflowctl.errors import NotFoundError, WorkflowError
 from aflowctl.llm.types import Sample
-from aflowctl.workflow import loader, seeds
+from aflowctl.workflow import seeds
 from aflowctl.workflow.loader import (
     WorkflowSource, canonical_hash, check_source, instantiate, load_folder, rewrite_imports,
 )

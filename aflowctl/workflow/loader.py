@@ -30,7 +30,6 @@ API_MODULE = "aflowctl.workflow.api"
 #: first segment of module paths that belong to AFlow / MetaGPT
 _AFLOW_ROOTS = ("workspace", "scripts", "metagpt", "examples", "aflow")
 
-_API_NAMES = {"create_llm_instance", "DatasetType", "CostManager", "operator", "prompt_custom"}
 
 
 @dataclass(frozen=True)

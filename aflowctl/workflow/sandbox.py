@@ -29,7 +29,6 @@ Only a failure to start the interpreter at all raises :class:`SandboxError`.
 from __future__ import annotations
 
 import asyncio
-import ctypes  # noqa: F401  (imported here so the bootstrap's import is warm in page cache)
 import json
 import os
 import platform
