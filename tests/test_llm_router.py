@@ -402,3 +402,48 @@ def test_request_hash_ignores_n_and_transport_but_not_sampling():
     for change in ({"temperature": 0.5}, {"seed": 1}, {"stop": ["."]}, {"max_tokens": 3}, {"top_p": 0.9},
                    {"model": "openai/gpt-4o"}):
         assert base.with_(**change).request_hash() != base.request_hash()
+
+
+def test_requests_per_minute_window():
+    from aflowctl.llm.router import _rpm_wait
+
+    async def go():
+        starts = []
+        for _ in range(5):
+            await _rpm_wait("openai/rpm-test", 2, window_s=0.3)
+            starts.append(time.monotonic())
+        return starts
+
+    starts = asyncio.run(go())
+    assert starts[1] - starts[0] < 0.1  # two fit in one window
+    assert starts[2] - starts[0] >= 0.29 and starts[4] - starts[2] >= 0.29
+
+
+def test_requests_per_minute_setting_is_applied(openai_server, tmp_path, monkeypatch):
+    from aflowctl.llm import router
+
+    monkeypatch.setattr(router, "RPM_WINDOW_S", 0.4)  # a "minute" of 0.4 s
+    llm = llm_for(openai_server, tmp_path / "a.db", transport="direct", requests_per_minute=2)
+
+    async def go():
+        t0 = time.perf_counter()
+        await asyncio.gather(*(llm.generate(f"r{i}") for i in range(3)))
+        return time.perf_counter() - t0
+
+    assert asyncio.run(go()) >= 0.39  # the third request waited for the window
+    assert openai_server.count == 3
+
+
+def test_per_run_totals_by_role_and_model(openai_server, tmp_path):
+    from aflowctl.llm.cache import totals
+    from aflowctl.store import open_store
+
+    db = tmp_path / "a.db"
+    asyncio.run(llm_for(openai_server, db, role="optimizer").generate("a"))
+    asyncio.run(llm_for(openai_server, db, role="executor").generate_n("b", 2, temperature=1.0))
+    asyncio.run(llm_for(openai_server, db, role="executor").generate("b", temperature=1.0))  # cached
+    got = {(t["role"], t["model"]): t for t in totals(open_store(db), "run1")}
+    assert set(got) == {("optimizer", MODEL), ("executor", MODEL)}
+    ex = got[("executor", MODEL)]
+    assert (ex["calls"], ex["cached"], ex["errors"], ex["unknown_cost_calls"]) == (3, 1, 0, 0)
+    assert ex["cost_usd"] > 0 and ex["completion_tokens"] == 6

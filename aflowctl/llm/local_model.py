@@ -69,6 +69,17 @@ def embedded_gguf() -> Path:
     return path
 
 
+def _quiet_transformers() -> None:
+    """No progress bars or deprecation chatter on stderr from library code."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except Exception:  # noqa: BLE001 - cosmetic only
+        pass
+
+
 @contextlib.contextmanager
 def _file_lock(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,6 +114,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
             raise ProviderError("loading a GGUF file needs the accelerate package", "pip install 'aflowctl[local]'")
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        _quiet_transformers()
         tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         try:
@@ -182,6 +194,7 @@ def load(path: Union[str, Path], device: Optional[str] = None, dtype: Any = None
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _quiet_transformers()
     device = device or default_device()
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)

@@ -53,18 +53,23 @@ def _semaphore(model: str, limit: int) -> asyncio.Semaphore:
         return sem
 
 
-async def _rpm_wait(model: str, rpm: int) -> None:
+RPM_WINDOW_S = 60.0
+
+
+async def _rpm_wait(model: str, rpm: int, window_s: Optional[float] = None) -> None:
+    """Wait until fewer than ``rpm`` requests to ``model`` started in the last ``window_s``."""
+    window_s = RPM_WINDOW_S if window_s is None else window_s
     loop = asyncio.get_running_loop()
     with _limits_lock:
         window = _rpm_windows.setdefault(loop, {}).setdefault(model, collections.deque())
     while True:
         now = time.monotonic()
-        while window and now - window[0] >= 60.0:
+        while window and now - window[0] >= window_s:
             window.popleft()
         if len(window) < rpm:
             window.append(now)
             return
-        await asyncio.sleep(60.0 - (now - window[0]) + 0.001)
+        await asyncio.sleep(window_s - (now - window[0]) + 0.001)
 
 
 def call_log_for(store) -> cache_mod.CallLog:

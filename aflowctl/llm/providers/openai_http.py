@@ -3,35 +3,20 @@ Ollama's /v1, test servers).
 
 litellm costs a few milliseconds of CPU per call, which caps throughput at high
 concurrency on small machines; for a server on the loopback interface the router
-can instead POST ``/chat/completions`` itself with one pooled ``httpx.AsyncClient``
-per event loop. Remote providers always go through litellm.
+can instead POST ``/chat/completions`` itself, with the small keep-alive HTTP/1.1
+client of :mod:`aflowctl.llm.providers._http` (httpx's pool was the bottleneck at
+high concurrency). Remote providers always go through litellm.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-import weakref
 from typing import Any, Optional
 
 from aflowctl.llm import pricing
 from aflowctl.llm.providers._common import one_line, parse_retry_after, status_error
 from aflowctl.llm.types import LLMRequest, ProviderCallError, Sample
-
-_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
-
-
-def _client():
-    import httpx
-
-    loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
-    if client is None or client.is_closed:
-        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=1024, keepalive_expiry=30.0)
-        client = httpx.AsyncClient(limits=limits, timeout=None, trust_env=False)
-        _clients[loop] = client
-    return client
-
 
 def request_body(request: LLMRequest, model: str, n: int) -> dict:
     body: dict[str, Any] = {"model": model, "messages": request.messages, "temperature": request.temperature}
@@ -51,31 +36,29 @@ def request_body(request: LLMRequest, model: str, n: int) -> dict:
 async def complete(
     request: LLMRequest, *, prefix: str, model: str, api_base: str, api_key: Optional[str]
 ) -> list[Sample]:
-    import httpx
+    from aflowctl.llm.providers import _http
 
     url = f"{api_base}/chat/completions"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     timeout = request.timeout_s or 120.0
     t0 = time.perf_counter()
     try:
-        resp = await _client().post(url, json=request_body(request, model, request.n), headers=headers, timeout=timeout)
-    except httpx.TimeoutException as exc:
+        resp = await asyncio.wait_for(_http.post_json(url, request_body(request, model, request.n), headers), timeout)
+    except asyncio.TimeoutError:
         raise ProviderCallError(
-            f"{request.model}: no answer from {url} within {timeout:g} s ({type(exc).__name__})",
+            f"{request.model}: no answer from {url} within {timeout:g} s",
             "raise the timeout (llm.timeout_s) or check the server",
             retryable=True,
         ) from None
-    except httpx.HTTPError as exc:
+    except (OSError, ValueError) as exc:  # refused, reset, DNS, malformed HTTP
         raise ProviderCallError(
             f"{request.model}: cannot reach {url} ({type(exc).__name__}: {one_line(str(exc), 120)})",
             "check that the server is running and the base URL (api_base / OPENAI_API_BASE) is right",
             retryable=True,
         ) from None
     latency = time.perf_counter() - t0
-    if resp.status_code != 200:
-        raise status_error(
-            request.model, url, resp.status_code, resp.text, parse_retry_after(resp.headers.get("retry-after"))
-        )
+    if resp.status != 200:
+        raise status_error(request.model, url, resp.status, resp.text, parse_retry_after(resp.headers.get("retry-after")))
     try:
         data = resp.json()
         choices = data["choices"]
@@ -122,7 +105,6 @@ def samples_from_choices(
 
 
 async def aclose_all() -> None:
-    loop = asyncio.get_running_loop()
-    client = _clients.pop(loop, None)
-    if client is not None:
-        await client.aclose()
+    from aflowctl.llm.providers import _http
+
+    await _http.close_all()
