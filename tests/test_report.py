@@ -157,6 +157,7 @@ def test_train_run_report(tmp_path):
     assert [float(x[loss]) for x in rows] == pytest.approx([1.0 / (u + 1) for u in range(6)], abs=5e-5)
     rmean = header.index("reward_mean")
     assert [float(x[rmean]) for x in rows] == pytest.approx([0.1 * u for u in range(6)], abs=5e-5)
+    assert "6 calls had no known price" in md  # the local executor calls of the helper have cost None
 
 
 def test_empty_run_still_reports(tmp_path):

@@ -415,6 +415,9 @@ def render_markdown(data: dict[str, Any]) -> str:
         lines.append(f"| {role} | {r['calls']} | {r['cached_calls']} | {r['tokens']} | {r['cost_usd']:.4f} |")
     if not data["spend_by_role"]:
         lines.append("| (no LLM calls) | 0 | 0 | 0 | 0.0000 |")
+    unpriced = sum(r["unpriced_calls"] for r in data["spend_by_role"].values())
+    if unpriced:
+        lines += ["", f"{unpriced} calls had no known price: they are not in the spend."]
     lines.append("")
     return "\n".join(lines)
 
@@ -566,6 +569,9 @@ def render_html(data: dict[str, Any], png: bytes) -> str:
     body.append("<h2>Spend by role</h2>" + _table(["role", "calls", "cached", "tokens", "cost (USD)"], roles, left=(0,)))
     models = [[m["role"], m["model"], m["calls"], m["cached_calls"], m["tokens"], f"{m['cost_usd']:.4f}"] for m in data["spend_by_model"]]
     body.append(_table(["role", "model", "calls", "cached", "tokens", "cost (USD)"], models, left=(0, 1)))
+    unpriced = sum(r["unpriced_calls"] for r in data["spend_by_role"].values())
+    if unpriced:
+        body.append(f"<p class=muted>{unpriced} calls had no known price: they are not in the spend.</p>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>aflowctl report {_esc(meta['id'])}</title><style>{_CSS}</style></head><body>"
             + "\n".join(body) + "</body></html>\n")
