@@ -215,6 +215,8 @@ class Optimizer:
         self.kind = self.bench.kind
         self._val_problems: Optional[list[dict]] = None
         self._optimizer_llm = None
+        self._wait_s = 0.0  # time spent waiting on LLM calls and evaluations in this round
+        self.round_stats: list[dict] = []  # per round: wall_s, wait_s, overhead_s
         self._check_models()
 
     def _check_models(self) -> None:
@@ -250,6 +252,15 @@ class Optimizer:
 
         if indices is None and split == "validate" and limit is None:
             indices = list(range(len(self.val_problems)))
+        t0 = time.perf_counter()
+        try:
+            return self._evaluate_call(evaluate_workflow, WorkflowSource, graph, prompt, workflow_id, repeats, split,
+                                       indices, limit, store_rows)
+        finally:
+            self._wait_s += time.perf_counter() - t0
+
+    def _evaluate_call(self, evaluate_workflow, WorkflowSource, graph, prompt, workflow_id, repeats, split, indices,
+                       limit, store_rows):
         return evaluate_workflow(
             self.store, WorkflowSource(graph=graph, prompt=prompt), dataset=self.oc.dataset, split=split,
             executor=self.oc.executor, llm_cfg=self._llm_cfg(), rollout_cfg=self.cfg.rollout, repeats=repeats,
@@ -365,8 +376,12 @@ class Optimizer:
                 else:
                     msgs = render_optimize_prompt(**render, error_feedback=feedback)
                     llm = self._get_optimizer_llm()
-                    sample = _run_async(llm.generate(msgs, temperature=self.oc.optimizer.temperature,
-                                                     seed=self.oc.seed * 1_000_003 + round_no * 101 + k))
+                    t0 = time.perf_counter()
+                    try:
+                        sample = _run_async(llm.generate(msgs, temperature=self.oc.optimizer.temperature,
+                                                         seed=self.oc.seed * 1_000_003 + round_no * 101 + k))
+                    finally:
+                        self._wait_s += time.perf_counter() - t0
                     action = sample.text
                     last = _Child(k=k, modification=None, action_text=action, prompt_text=prompt_text)
                     p = parse_proposal(action)
@@ -548,10 +563,14 @@ class Optimizer:
                 self._round_one()
                 done = 1
             while done < self.oc.max_rounds:
+                t0, self._wait_s = time.perf_counter(), 0.0
                 if self._converged():
                     status, message = "converged", f"converged after round {done}"
                     break
                 self._round(done + 1)
+                wall = time.perf_counter() - t0
+                self.round_stats.append({"round": done + 1, "wall_s": wall, "wait_s": self._wait_s,
+                                         "overhead_s": max(wall - self._wait_s, 0.0)})
                 done += 1
             else:
                 if self._converged():
