@@ -130,12 +130,13 @@ def test_evaluate_json(_isolated_home):
     assert json.loads(r.stdout)["scores"] == [0.5]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_of_aflowctl_evaluate(_isolated_home, tmp_path):
     """Kill the CLI process mid-run; the same command again redoes no finished task."""
     home = _isolated_home
     exe = shutil.which("aflowctl") or str(Path(sys.executable).parent / "aflowctl")
     answers = _answers()
-    with OpenAIServer(_responder(answers), latency_s=0.25) as srv:
+    with OpenAIServer(_responder(answers), latency_s=0.15) as srv:
         cmd = [exe, "evaluate", "--dataset", "gsm8k", "--limit", "24", "--executor-model", "openai/m", "--api-base", srv.url,
                "--workers", "1", "--concurrency", "1", "--json"]
         env = {**os.environ, "AFLOWCTL_HOME": str(home)}

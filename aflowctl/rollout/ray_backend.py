@@ -6,7 +6,9 @@ function by reference (``aflowctl.rollout.worker.run_task``), so a Ray worker
 imports it from the aflowctl installed on its machine: no ``runtime_env`` and no
 ``sys.path`` edits. Every node needs aflowctl installed (``pip install
 'aflowctl[ray]'``) and, for the executor's LLM calls to be logged, access to the
-store's file (a shared file system) - otherwise pass no database to the workers.
+store's file (a shared file system). The driver's ``AFLOWCTL_HOME``,
+``AFLOWCTL_DATA_PATH``, ``AFLOWCTL_MODELS_DIR`` and ``AFLOWCTL_LOAD_PLUGINS`` are set
+in each task's process (Ray workers are long-lived and shared between pools).
 
 The durable queue, the retries and the bookkeeping are the pool's
 (:class:`~aflowctl.rollout.pool.RolloutPool`); this module only submits, waits,
@@ -18,12 +20,18 @@ fails.
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 from typing import Any, Optional
 
 from aflowctl.config import RolloutConfig
 from aflowctl.rollout.pool import RolloutError, _Died, _Handle
+
+
+#: environment variables of the driver passed to every Ray task (paths and switches, never secrets)
+FORWARDED_ENV = ("AFLOWCTL_HOME", "AFLOWCTL_DATA_PATH", "AFLOWCTL_MODELS_DIR", "AFLOWCTL_LOAD_PLUGINS",
+                 "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 def _import_ray() -> Any:
@@ -42,6 +50,12 @@ class RayBackend:
     def __init__(self, cfg: RolloutConfig, options: dict):
         self.cfg = cfg
         self.options = dict(options)
+        # Ray workers outlive pools and do not inherit this process's environment
+        # (on a cluster): hand them aflowctl's own settings explicitly.
+        env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+        if "load_plugins" in self.options:
+            env["AFLOWCTL_LOAD_PLUGINS"] = self.options["load_plugins"]
+        self.options["env"] = {**env, **(self.options.get("env") or {})}
         self.ray = _import_ray()
         self.lock = threading.RLock()
         self.remote: Any = None

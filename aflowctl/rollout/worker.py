@@ -70,8 +70,10 @@ def init_worker(options: Optional[dict] = None, start_queue: Any = None) -> None
     logger.remove()
     logger.configure(patcher=lambda record: record.update(message=redact(record["message"])))
     logger.add(sys.stderr, level=options.get("log_level", "WARNING"), format="<level>{level: <7}</level> [worker {process}] {message}")
-    # A worker that is the child of a dying parent must not ignore Ctrl-C forever.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and shuts the pool down
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and shuts the pool down
+    except ValueError:  # not the main thread (some Ray setups)
+        pass
     if options.get("parent_pid"):
         _watch_parent(int(options["parent_pid"]))
 
@@ -119,6 +121,8 @@ def run_task(worker: str, key: str, payload: dict, options: Optional[dict] = Non
     retryable; any other exception is.
     """
     _ensure_initialized(options)
+    for name, value in ((options or {}).get("env") or {}).items():  # a long-lived (Ray) worker serves many pools
+        os.environ[str(name)] = str(value)
     if _start_queue is not None:
         _start_queue.put((key, os.getpid(), time.time()))
     t0 = time.perf_counter()
