@@ -1,0 +1,178 @@
+"""``aflowctl train``, ``aflowctl export-policy`` and ``aflowctl inspect training``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from aflowctl.cli._options import ConfigOpt, DbOpt, JsonOpt, SeedOpt
+from aflowctl.cli._output import console, err_console, print_json, print_table
+
+METRIC_COLUMNS = ["update", "reward_mean", "valid_rate", "loss", "kl", "entropy", "clip_frac", "grad_norm",
+                  "singleton_step_group_frac", "tokens_per_s", "samples_per_s"]
+
+
+def train_cmd(
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="continue this training run from its latest checkpoint")] = None,
+    run_id: Annotated[Optional[str], typer.Option("--run-id", help="id of a new run (default: train-<time>-<hex>)")] = None,
+    from_experiences: Annotated[
+        Optional[list[str]],
+        typer.Option("--from-experiences", help="warm start: SFT on the experiences of these runs (repeatable)"),
+    ] = None,
+    sft_only: Annotated[bool, typer.Option("--sft-only", help="only the SFT warm start, no GiGPO")] = False,
+    policy_model: Annotated[Optional[str], typer.Option("--policy-model", help="HF model directory or GGUF file of the policy")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="override train.epochs")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:N")] = None,
+    seed: SeedOpt = None,
+    max_updates: Annotated[Optional[int], typer.Option("--max-updates", help="stop after this many updates in total")] = None,
+    force: Annotated[bool, typer.Option("--force", help="resume even if the checkpoint's model or config differs")] = False,
+    fallback: Annotated[bool, typer.Option("--fallback", help="if the latest checkpoint is corrupt, use the previous one")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train the optimizer policy with GiGPO (episodes of workflow edits, PPO updates, checkpoints)."""
+    from aflowctl.config import load_config
+    from aflowctl.errors import UsageError
+    from aflowctl.store import open_store
+    from aflowctl.trainer.loop import Trainer
+
+    if resume and run_id and resume != run_id:
+        raise UsageError("--resume and --run-id name different runs", "pass only --resume RUN_ID")
+    if sft_only and not from_experiences:
+        raise UsageError("--sft-only needs --from-experiences RUN_ID", "name the runs whose experiences to learn from")
+    if max_updates is not None and max_updates < 1:
+        raise UsageError("--max-updates must be >= 1", "pass a positive number")
+    store = open_store(db)
+    overrides = {"train.policy_model": policy_model, "train.epochs": epochs, "train.device": device, "train.seed": seed}
+    if resume and config is None:
+        from aflowctl.config import Config
+        from aflowctl.store import Run
+
+        with store.read() as s:
+            run = s.get(Run, resume)
+        if run is not None:
+            from aflowctl.config import apply_overrides
+
+            cfg = apply_overrides(Config.model_validate(json.loads(run.config_json)), overrides, f"run {resume}")
+        else:
+            cfg = load_config(None, overrides)
+    else:
+        cfg = load_config(config, overrides)
+
+    progress = None if json_out else _Progress()
+    trainer = Trainer(cfg, store=store, run_id=resume or run_id, resume=bool(resume), force=force, fallback=fallback,
+                      from_experiences=from_experiences or (), sft_only=sft_only, max_updates=max_updates,
+                      callback=progress.event if progress else None)
+    try:
+        result = trainer.run()
+    finally:
+        if progress:
+            progress.close()
+    last = result.metrics[-1] if result.metrics else {}
+    summary = {"run_id": result.run_id, "status": result.status, "updates": result.updates,
+               "checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
+               "run_dir": str(result.run_dir), "last_metrics": last}
+    if json_out:
+        print_json(summary)
+        return
+    first = next((m for m in result.metrics if "reward_mean" in m), None)
+    console.print(f"run [bold]{result.run_id}[/bold]: {result.updates} updates, status {result.status}")
+    if first is not None and "reward_mean" in last:
+        console.print(f"reward mean {first['reward_mean']:.3f} (first update) -> {last['reward_mean']:.3f} (last)")
+    console.print(f"checkpoint: {summary['checkpoint']}")
+    console.print(f"inspect: aflowctl inspect training {result.run_id}; export: aflowctl export-policy {result.run_id} OUT_DIR")
+
+
+class _Progress:
+    """A rich progress bar fed by the trainer's callback events."""
+
+    def __init__(self):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.p = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                          TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                          console=err_console, transient=False)
+        self.task = None
+        self.started = False
+
+    def event(self, kind: str, data: dict) -> None:
+        if kind == "start":
+            self.p.start()
+            self.started = True
+            self.task = self.p.add_task(f"training {data['run_id']}", total=data["total_updates"],
+                                        completed=data.get("done", 0), info=f"device {data['device']}")
+        elif kind == "update" and self.task is not None:
+            self.p.update(self.task, advance=1,
+                          info=f"reward {data['reward_mean']:.3f} valid {data['valid_rate']:.2f} loss {data['loss']:.4f}")
+        elif kind == "resumed":
+            err_console.print(f"resumed from {data['checkpoint']} (update {data['update']})")
+        elif kind == "sft" and data["step"] % 10 == 1:
+            err_console.print(f"warm start (SFT) step {data['step']}: loss {data['loss']:.4f}")
+
+    def close(self) -> None:
+        if self.started:
+            self.p.stop()
+
+
+def export_policy_cmd(
+    source: Annotated[str, typer.Argument(help="training run id (its latest checkpoint) or a checkpoint directory")],
+    out: Annotated[Path, typer.Argument(help="output directory (a plain Hugging Face model directory)")],
+    force: Annotated[bool, typer.Option("--force", help="replace a non-empty output directory")] = False,
+    fallback: Annotated[bool, typer.Option("--fallback", help="if the latest checkpoint is corrupt, use the previous one")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Export a trained policy as a plain HF model directory (LoRA adapters merged)."""
+    from aflowctl.trainer.export import export_policy
+
+    path = export_policy(source, out, overwrite=force, fallback=fallback)
+    if json_out:
+        print_json({"path": str(path)})
+    else:
+        console.print(f"exported the policy to {path}")
+
+
+def training_cmd(
+    run_id: Annotated[str, typer.Argument(help="training run id")],
+    db: DbOpt = None,
+    json_out: JsonOpt = False,
+    last: Annotated[Optional[int], typer.Option("-n", "--last", help="only the last N updates")] = None,
+) -> None:
+    """Per-update training metrics and checkpoints of a training run."""
+    from aflowctl.errors import NotFoundError
+    from aflowctl.store import open_store, queries
+
+    store = open_store(db)
+    run = queries.get_run(store, run_id)
+    if run is None or run.get("kind") != "train":
+        raise NotFoundError(f"training run '{run_id}' does not exist", "see 'aflowctl inspect runs --kind train'")
+    metrics = queries.train_metrics(store, run_id)
+    if last:
+        metrics = metrics[-last:]
+    from sqlmodel import select
+
+    from aflowctl.store import Checkpoint
+
+    with store.read() as s:
+        rows = s.exec(select(Checkpoint).where(Checkpoint.run_id == run_id).order_by(Checkpoint.step)).all()
+    ckpts = [{"step": c.step, "path": c.path, "sha256": c.sha256, "created_at": c.created_at} for c in rows]
+    if json_out:
+        print_json({"run": {k: run[k] for k in ("id", "status", "dataset", "seed", "created_at", "updated_at", "message")},
+                    "state": json.loads(run.get("state_json") or "{}"), "metrics": metrics, "checkpoints": ckpts})
+        return
+    console.print(f"run {run_id}: status {run['status']}" + (f" ({run['message']})" if run.get("message") else ""))
+    print_table(metrics, METRIC_COLUMNS, title="training metrics")
+    print_table(ckpts, ["step", "path", "created_at"], title="checkpoints")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_cmd)
+    app.command("export-policy")(export_policy_cmd)
+    try:
+        from aflowctl.cli.inspect import inspect_app
+    except ImportError:  # inspect not built yet
+        return
+    inspect_app.command("training")(training_cmd)
