@@ -483,9 +483,28 @@ class Test(Operator):
     async def run_tests(self, solution: str, tests: Optional[list[str]], entry_point: str) -> sandbox.SandboxResult:
         """One sandboxed run of ``tests`` (assert lines using ``candidate``) against the solution;
         with no public tests, it only checks that the solution runs and defines entry_point."""
-        body = "".join(f"    {t.strip()}\n" for t in (tests or []) if str(t).strip())
+        body = "".join(_explained_assert(str(t).strip()) for t in (tests or []) if str(t).strip())
         test_src = "def check(candidate):\n" + (body or "    pass\n")
         return await sandbox.check_solution_async(solution, test_src, entry_point, **self._limits())
+
+
+def _explained_assert(line: str) -> str:
+    """One public test as the body of ``check(candidate)``; ``assert X == Y`` reports
+    the value it got, so the repair prompt says what the code returned."""
+    import ast
+
+    try:
+        tree = ast.parse(line)
+    except SyntaxError:
+        return f"    {line}\n"
+    node = tree.body[0] if len(tree.body) == 1 else None
+    if (isinstance(node, ast.Assert) and node.msg is None and isinstance(node.test, ast.Compare)
+            and len(node.test.ops) == 1 and isinstance(node.test.ops[0], ast.Eq)):
+        left = ast.unparse(node.test.left)
+        right = ast.unparse(node.test.comparators[0])
+        return (f"    _got = {left}\n"
+                f"    assert _got == {right}, {('failed: ' + line)!r} + '; got ' + repr(_got)[:300]\n")
+    return "".join(f"    {ln}\n" for ln in line.splitlines())
 
 
 class Format(Operator):

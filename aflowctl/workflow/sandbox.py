@@ -466,13 +466,14 @@ def _report(status, detail=""):
     import json as _j
     _o.write(1, ("\n" + _nonce + " " + _j.dumps({{"status": status, "detail": detail}}) + "\n").encode())
 
-def _where(exc):
+def _where(exc, with_line=True):
     import traceback
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.endswith(("test.py", "solution.py"))]
     if not frames:
         return ""
     f = frames[-1]
-    return " at %s line %d: %s" % (_o.path.basename(f.filename), f.lineno, (f.line or "").strip()[:200])
+    where = " at %s line %d" % (_o.path.basename(f.filename), f.lineno)
+    return where + (": " + (f.line or "").strip()[:200] if with_line else "")
 
 def _run():
     ns = {{"__name__": "__main__", "__builtins__": __builtins__}}
@@ -505,7 +506,7 @@ except RecursionError as _e:
     _status, _detail = "exception", "RecursionError: maximum recursion depth exceeded" + _where(_e)
 except BaseException as _e:
     _msg = ("%s: %s" % (type(_e).__name__, _e)).strip().rstrip(":")
-    _status, _detail = "exception", _msg[:300] + _where(_e)
+    _status, _detail = "exception", _msg[:400] + _where(_e, with_line=not (isinstance(_e, AssertionError) and str(_e)))
 _report(_status, _detail)
 _o._exit(0 if _status == "passed" else 1)
 '''
