@@ -91,6 +91,7 @@ class Router:
         self.cfg = llm_cfg or LLMConfig()
         self.store = store
         self.log = call_log_for(store) if store is not None else None
+        self._run_caps: dict[str, Optional[float]] = {}
 
     # ------------------------------------------------------------------ public
     async def complete(
@@ -173,7 +174,10 @@ class Router:
         cap = self.cfg.budget_usd
         spent_db = 0.0
         if self.store is not None and run_id is not None:
+            if cap is None and self._run_caps.get(run_id, 1.0) is None:
+                return 0.0  # the run has no cap (looked up once per router)
             spent_db, run_cap = await asyncio.to_thread(cache_mod.spent, self.store, run_id)
+            self._run_caps[run_id] = run_cap
             if cap is None:
                 cap = run_cap
         elif run_id is None:
@@ -224,7 +228,10 @@ class Router:
                     if cfg.requests_per_minute:
                         await _rpm_wait(request.model, cfg.requests_per_minute)
                     t0 = time.perf_counter()
-                    samples = await asyncio.wait_for(provider.complete(request), timeout=request.timeout_s)
+                    if getattr(provider, "timeout_exempt", False):  # e.g. in-process models
+                        samples = await provider.complete(request)
+                    else:
+                        samples = await asyncio.wait_for(provider.complete(request), timeout=request.timeout_s)
                 if len(samples) != request.n:
                     raise ProviderCallError(
                         f"{request.model}: provider {prefix} returned {len(samples)} samples for n={request.n}",

@@ -156,6 +156,9 @@ class _Batcher:
 
 class LocalProvider:
     name = "local"
+    # Generation runs in this process and cannot be cut short by cancelling: no
+    # per-call timeout (a slow CPU is not a failing server).
+    timeout_exempt = True
 
     def __init__(self, local_model: Optional[str] = None, window_ms: float = 20.0, max_batch: int = 8):
         self.local_model = local_model
