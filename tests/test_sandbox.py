@@ -194,3 +194,29 @@ def test_async_variant_runs_concurrently():
     rs, dt = asyncio.run(main())
     assert all(r.ok for r in rs)
     assert dt < 1.9  # ran in parallel, not 4 x 0.5 s
+
+
+def test_root_runs_code_as_nobody_when_the_interpreter_allows(tmp_path):
+    """As root the child drops to `nobody`; checked with a system Python that `nobody`
+    can execute (this venv's interpreter may live under a private /root)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    system_py = shutil.which("python3", path="/usr/bin:/usr/local/bin")
+    if os.geteuid() != 0 or system_py is None or not sandbox._world_usable(Path(system_py)):
+        pytest.skip("needs root and a world-executable system python3")
+    target = tmp_path / "owned-by-root"
+    target.mkdir(mode=0o755)
+    script = (
+        "from aflowctl.workflow import sandbox\n"
+        "r = sandbox.run_python('import os\\nprint(os.getuid())\\nopen(%r, \"w\")\\n')\n"
+        "print(sandbox.describe()['run_as_uid'], r.stdout.strip(), r.kind)\n" % str(target / "x")
+    )
+    repo = Path(sandbox.__file__).resolve().parents[2]
+    out = subprocess.run([system_py, "-c", script], env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True, timeout=60)
+    uid, child_uid, kind = out.stdout.split()
+    assert uid == child_uid != "0" and kind == "exception"
+    assert not (target / "x").exists()
