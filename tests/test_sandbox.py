@@ -209,14 +209,16 @@ def test_root_runs_code_as_nobody_when_the_interpreter_allows(tmp_path):
         pytest.skip("needs root and a world-executable system python3")
     target = tmp_path / "owned-by-root"
     target.mkdir(mode=0o755)
+    child = f"import os\nprint(os.getuid())\nopen({str(target / 'x')!r}, 'w')\n"
     script = (
         "from aflowctl.workflow import sandbox\n"
-        "r = sandbox.run_python('import os\\nprint(os.getuid())\\nopen(%r, \"w\")\\n')\n"
-        "print(sandbox.describe()['run_as_uid'], r.stdout.strip(), r.kind)\n" % str(target / "x")
+        f"r = sandbox.run_python({child!r})\n"
+        "print(sandbox.describe()['run_as_uid'], r.stdout.strip(), r.kind)\n"
     )
     repo = Path(sandbox.__file__).resolve().parents[2]
     out = subprocess.run([system_py, "-c", script], env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"},
                          capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
     uid, child_uid, kind = out.stdout.split()
     assert uid == child_uid != "0" and kind == "exception"
     assert not (target / "x").exists()
