@@ -95,10 +95,14 @@ def test_statistics_across_seeds():
     st = open_store()
     base = [0.60, 0.62, 0.58]
     treat = [0.70, 0.74, 0.72]
+    base_test = [0.55, 0.57, 0.50]
+    treat_test = [0.60, 0.66, 0.62]
     for i, sc in enumerate(base):
-        build_optimize_run(st, f"base-{i}", [("root", [Child("x", "m", [sc] * 3)])], seed=i, t_offset=1000 * i)
+        build_optimize_run(st, f"base-{i}", [("root", [Child("x", "m", [sc] * 3, test=[base_test[i]])])], seed=i,
+                           t_offset=1000 * i)
     for i, sc in enumerate(treat):
-        build_optimize_run(st, f"rl-{i}", [("root", [Child("x", "m", [sc] * 3)])], seed=i, policy="ckpt", t_offset=9000 + 1000 * i)
+        build_optimize_run(st, f"rl-{i}", [("root", [Child("x", "m", [sc] * 3, test=[treat_test[i]])])], seed=i,
+                           policy="ckpt", t_offset=9000 + 1000 * i)
     ids = [f"base-{i}" for i in range(3)] + [f"rl-{i}" for i in range(3)]
     out = cmp.compare_runs(st, ids)
     g0, g1 = out["groups"]
@@ -106,10 +110,21 @@ def test_statistics_across_seeds():
     assert g0["final_best"]["mean"] == pytest.approx(np.mean(base))
     assert g0["final_best"]["std"] == pytest.approx(np.std(base, ddof=1))
     assert g1["final_best"]["std"] == pytest.approx(np.std(treat, ddof=1))
-    (d,) = out["differences"]
+    assert g1["test"]["mean"] == pytest.approx(np.mean(treat_test))
+    assert g0["test"]["std"] == pytest.approx(np.std(base_test, ddof=1))
+    d, t = out["differences"]
+    assert d["metric"] == "final_best_score" and t["metric"] == "test_score"
     assert d["difference"] == pytest.approx(np.mean(treat) - np.mean(base))
     assert d["ci_low"] <= d["difference"] <= d["ci_high"] and d["excludes_zero"] and d["ci_low"] > 0
+    assert t["difference"] == pytest.approx(np.mean(treat_test) - np.mean(base_test))
+    # the interval lies within the range of differences any resample can give
+    assert min(treat_test) - max(base_test) <= t["ci_low"] <= t["difference"] <= t["ci_high"] <= max(treat_test) - min(base_test)
     assert cmp.compare_runs(st, ids)["differences"] == out["differences"]  # seeded: reproducible
+    r = runner.invoke(app, ["compare", *ids, "--no-plot"])
+    assert r.exit_code == 0, r.output
+    flat = " ".join(r.stdout.split())
+    assert "final best validation score, group 1 − group 0: +0.1200" in flat
+    assert "test score of the best workflow, group 1 − group 0: +0.0867" in flat
 
 
 def test_bootstrap_ci_contains_the_true_difference():

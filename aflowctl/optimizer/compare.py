@@ -12,7 +12,8 @@ settings that do not change the search: workers, concurrency, timeouts, retries)
 left out. For each group: mean and standard deviation (ddof=1) across its runs of
 the final best validation score (and of the test score when every run has one). Each
 later group is compared with the first run's group (the baseline): the difference of
-the means with a percentile bootstrap 95% confidence interval (both groups resampled
+the means (of the final best validation score, and of the test score when every run of
+both groups has one) with a percentile bootstrap 95% confidence interval (both groups resampled
 with replacement, numpy generator seeded, so the interval is reproducible). A group
 needs at least two runs for a standard deviation or an interval.
 """
@@ -196,19 +197,25 @@ def compare_runs(store: Store, run_ids: Sequence[str], *, n_boot: int = BOOTSTRA
             s["group"] = i
     differences = []
     base = groups[0]
-    base_vals = [s["best_score"] for s in base["runs"] if s["best_score"] is not None]
-    for i, g in enumerate(groups[1:], start=1):
-        vals = [s["best_score"] for s in g["runs"] if s["best_score"] is not None]
-        if len(base_vals) < 2 or len(vals) < 2:
-            notes.append(f"group {i} vs group 0: no confidence interval (needs at least two runs, i.e. seeds, "
-                         f"per group; have {len(base_vals)} and {len(vals)})")
-            continue
-        diff, lo, hi = bootstrap_diff_ci(base_vals, vals, n_boot=n_boot, seed=seed)
-        differences.append({
-            "baseline_group": 0, "group": i, "metric": "final_best_score", "difference": diff,
-            "ci_low": lo, "ci_high": hi, "level": 0.95, "n_boot": n_boot, "bootstrap_seed": seed,
-            "excludes_zero": bool(lo > 0 or hi < 0),
-        })
+    for metric, field in (("final_best_score", "best_score"), ("test_score", "test_score")):
+        base_vals = [s[field] for s in base["runs"] if s[field] is not None]
+        for i, g in enumerate(groups[1:], start=1):
+            vals = [s[field] for s in g["runs"] if s[field] is not None]
+            if len(base_vals) < 2 or len(vals) < 2:
+                if metric == "final_best_score":
+                    notes.append(f"group {i} vs group 0: no confidence interval (needs at least two runs, i.e. seeds, "
+                                 f"per group; have {len(base_vals)} and {len(vals)})")
+                continue
+            if metric == "test_score" and (len(base_vals) < len(base["runs"]) or len(vals) < len(g["runs"])):
+                notes.append(f"group {i} vs group 0: test scores are missing for some runs (run optimize with --test); "
+                             "no test-score interval")
+                continue
+            diff, lo, hi = bootstrap_diff_ci(base_vals, vals, n_boot=n_boot, seed=seed)
+            differences.append({
+                "baseline_group": 0, "group": i, "metric": metric, "difference": diff,
+                "ci_low": lo, "ci_high": hi, "level": 0.95, "n_boot": n_boot, "bootstrap_seed": seed,
+                "excludes_zero": bool(lo > 0 or hi < 0),
+            })
     if len(groups) == 1:
         notes.append("all runs share one config apart from the seed: one group, no difference to test")
     if any(len(g["runs"]) == 1 for g in groups) and len(groups) > 1:
@@ -306,6 +313,7 @@ def plot_comparison(result: dict[str, Any], path: str | Path) -> Path:
 
 
 def format_ci(d: dict[str, Any]) -> str:
-    return (f"group {d['group']} − group {d['baseline_group']}: {d['difference']:+.4f} "
+    what = "final best validation score" if d["metric"] == "final_best_score" else "test score of the best workflow"
+    return (f"{what}, group {d['group']} − group {d['baseline_group']}: {d['difference']:+.4f} "
             f"(95% bootstrap CI [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}], {d['n_boot']} resamples"
             f"{'; excludes 0' if d['excludes_zero'] else '; includes 0'})")
