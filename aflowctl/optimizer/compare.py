@@ -298,9 +298,13 @@ def plot_comparison(result: dict[str, Any], path: str | Path) -> Path:
         ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax1.set_xlabel("round")
         ax2.set_xlabel("cumulative spend (USD)")
+        ys = [p["best_score"] for s in result["runs"] for p in s["curve"] if p["best_score"] is not None]
         for ax in (ax1, ax2):
             ax.set_ylabel("best validation score")
             ax.grid(alpha=0.3)
+            if ys:  # scores live in [0, 1]: pad the data range, never far outside it
+                pad = max(0.02, 0.1 * (max(ys) - min(ys)))
+                ax.set_ylim(max(-0.02, min(ys) - pad), min(1.02, max(ys) + pad))
         ax1.set_title("best score vs round", fontsize=10)
         ax2.set_title("best score vs spend", fontsize=10)
         ax1.legend(fontsize=7, loc="lower right")
