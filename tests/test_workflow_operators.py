@@ -372,3 +372,25 @@ def test_public_tests_pass_on_reference_solutions(shared_data):
         return checked
 
     assert run(go()) >= 15
+
+
+@pytest.mark.slow
+def test_operators_with_the_embedded_local_model(tmp_path):
+    """The real SmolLM2 executor: a seed workflow and AnswerGenerate run end to end."""
+    from aflowctl.config import ModelConfig
+    from aflowctl.workflow import executor_config, instantiate, seed_workflow, workflow_usage
+
+    cfg = executor_config(ModelConfig(model="local/smollm2", max_tokens=24), db_path=tmp_path / "l.db", seed=1)
+
+    async def go():
+        wf = instantiate(seed_workflow("arith"), "seed", cfg, "arith")
+        answer, cost = await wf("What is 2 + 3?")
+        ag = await AnswerGenerate(wf.llm)(input="What is 2 + 3?")
+        return wf, answer, cost, ag
+
+    wf, answer, cost, ag = run(go())
+    assert isinstance(answer, str) and answer.strip()
+    assert set(ag) == {"thought", "answer"} and isinstance(ag["answer"], str)
+    assert wf.llm.calls == 2
+    _, tokens = workflow_usage(wf)
+    assert tokens > 0
