@@ -120,6 +120,17 @@ def test_metagpt_and_other_variants():
     compile("\n".join(out), "g", "exec")
 
 
+def test_star_import_of_aflow_operators():
+    g = ("from scripts.operators import *\nfrom scripts.async_llm import create_llm_instance\n"
+         "class Workflow:\n    def __init__(self, name, llm_config, dataset):\n"
+         "        self.custom = Custom(create_llm_instance(llm_config))\n"
+         "    async def __call__(self, problem):\n        return (await self.custom(input=problem, instruction='I:'))['response'], 0\n")
+    assert rewrite_imports(g).startswith("from aflowctl.workflow.api import *\n")
+    fake = FakeLLM(text="ok")
+    assert asyncio.run(instantiate(WorkflowSource(g, ""), "w", fake, "gsm8k")("x"))[0] == "ok"
+    assert fake.prompts == ["I:x"]
+
+
 def test_canonical_hash_ignores_imports_form_formatting_comments_and_docstrings():
     original = WorkflowSource(AFLOW_GRAPH, AFLOW_PROMPT)
     rewritten = original.rewritten()

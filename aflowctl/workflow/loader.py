@@ -77,7 +77,7 @@ def _map_import(node: ast.AST) -> Optional[tuple[list[str], list[str]]]:
         for a in node.names:
             name = a.name
             if name == "*":
-                return None
+                return ([], ["*"])
             if name == "prompt":
                 name = "prompt_custom"
             if name == "operators":
