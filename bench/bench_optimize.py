@@ -45,7 +45,10 @@ def run(rounds: int, limit: int, repeats: int, latency: float, workers: int, con
     def responder(messages, body):
         if messages and OPT_SYSTEM_MARK in str(messages[0].get("content", "")):
             calls["optimizer"] += 1
-            return optimizer_reply(messages, "good")
+            # K candidates carry different seeds: give each its own modification
+            reply = optimizer_reply(messages, "good")
+            tag = f"seed {body.get('seed')}"
+            return reply.replace("variant ", f"{tag} variant ")
         calls["executor"] += 1
         return executor_reply("\n".join(str(m.get("content")) for m in messages))
 
