@@ -112,10 +112,12 @@ ScoreFn = Callable[..., Any]
 class WorkflowEnv:
     """AFlow workflow search as an MDP (see the module docstring).
 
-    ``score_fn(sources, dataset, *, rng) -> list[float | Exception]`` scores child
-    workflows on a validation sample (an exception marks a child that failed to
-    compile or run); the default evaluates them through the rollout pool with the
-    executor model of the config.
+    ``score_fn(sources, dataset, *, rng) -> list[(score, failed_cases) | Exception]``
+    scores child workflows on a validation sample (an exception marks a child that
+    failed to compile or run); the default evaluates them through one rollout pool
+    (started on first use, closed by :meth:`close`) with the executor of the config.
+    The prompt is the one ``aflowctl optimize`` renders (same experience and failed
+    cases sections), so a trained policy can act in ``optimize --policy``.
     """
 
     name = "workflow"
@@ -126,8 +128,9 @@ class WorkflowEnv:
         self.store = store
         self.run_id = run_id
         self.score_fn = score_fn or self._evaluate_through_pool
-        self._scores: dict[tuple[str, str], float] = {}
-        self._failed: dict[tuple[str, str], list] = {}
+        self._scores: dict[tuple[str, str], tuple[float, list]] = {}
+        self._pool = None
+        self._problems: dict[str, list] = {}
 
     # -- states
     def start_states(self) -> list[State]:
@@ -138,77 +141,90 @@ class WorkflowEnv:
         for ds in self.train.datasets:
             src = seed_workflow(ds)
             h = loader.canonical_hash(src)
-            out.append(State(anchor=h, start=ds, data={
-                "dataset": ds, "source": src, "score": None, "modifications": [], "experience": [],
-            }))
+            out.append(State(anchor=h, start=ds, data={"dataset": ds, "source": src, "score": None, "tried": []}))
         return out
 
     def prepare(self, states: Sequence[State], rng: random.Random) -> None:
-        """Score the states whose score is not known yet (start workflows), in one batch."""
-        todo = [s for s in states if s.data.get("score") is None]
-        by_key: dict[tuple[str, str], State] = {}
-        for s in todo:
+        """Score the states whose score is not known yet (start workflows), once per workflow."""
+        todo: dict[tuple[str, str], State] = {}
+        for s in states:
             key = (s.data["dataset"], s.anchor)
-            if key in self._scores:
-                s.data["score"] = self._scores[key]
-                s.data["failed_cases"] = self._failed.get(key, [])
-            else:
-                by_key.setdefault(key, s)
-        if not by_key:
-            return
-        keys = list(by_key)
-        for ds in {k[0] for k in keys}:
-            ks = [k for k in keys if k[0] == ds]
-            results = self.score_fn([by_key[k].data["source"] for k in ks], ds, rng=rng)
-            for k, r in zip(ks, results):
+            if s.data.get("score") is None and key not in self._scores:
+                todo.setdefault(key, s)
+        for ds in sorted({k[0] for k in todo}):
+            keys = [k for k in todo if k[0] == ds]
+            results = self.score_fn([todo[k].data["source"] for k in keys], ds, rng=rng)
+            for k, r in zip(keys, results):
                 if isinstance(r, BaseException):
                     from aflowctl.trainer import TrainingError
 
-                    raise TrainingError(f"the start workflow of {ds} failed to run: {r}", "check the executor model settings")
-                score, failed = (r if isinstance(r, tuple) else (r, []))
-                self._scores[k] = float(score)
-                self._failed[k] = failed
-        for s in todo:
+                    raise TrainingError(f"the start workflow of {ds} failed to run: {str(r).splitlines()[0][:300]}",
+                                        "check train.executor (model, api_base) and the rollout settings")
+                self._scores[k] = (float(r[0]), list(r[1]))
+        for s in states:
             key = (s.data["dataset"], s.anchor)
-            s.data["score"] = self._scores[key]
-            s.data["failed_cases"] = self._failed.get(key, [])
+            if s.data.get("score") is None:
+                s.data["score"], s.data["failed_cases"] = self._scores[key]
 
     def observe(self, state: State) -> list[dict]:
-        from aflowctl.optimizer import prompt as opt_prompt
+        from aflowctl.optimizer.prompt import render_optimize_prompt
+        from aflowctl.workflow.registry import operator_descriptions
 
         if state.data.get("score") is None:
             self.prepare([state], random.Random(0))
-        return opt_prompt.render_optimize_prompt(
-            dataset=state.data["dataset"],
-            parent_src=state.data["source"],
-            parent_score=state.data["score"],
-            experience=self._experience_text(state),
-            failed_cases=state.data.get("failed_cases", [])[: self.cfg.optimize.failed_cases],
-            operators=self.cfg.optimize.operators,
+        ds = state.data["dataset"]
+        src = state.data["source"]
+        return render_optimize_prompt(
+            dataset=ds, kind=self._bench(ds).kind, parent_graph=src.graph, parent_prompt=src.prompt,
+            parent_score=state.data["score"], experience=list(state.data.get("tried", [])),
+            failed_cases=self._failed_case_texts(ds, state.data.get("failed_cases", [])),
+            operator_descriptions=operator_descriptions(list(self.cfg.optimize.operators)),
         )
 
-    @staticmethod
-    def _experience_text(state: State):
-        return list(state.data.get("experience", []))
+    def _bench(self, ds: str):
+        from aflowctl import benchmarks
+
+        return benchmarks.get(ds)
+
+    def _failed_case_texts(self, ds: str, details: list) -> list[dict]:
+        if not details:
+            return []
+        bench = self._bench(ds)
+        if ds not in self._problems:
+            self._problems[ds] = bench.load("validate")
+        problems = self._problems[ds]
+        out = []
+        for d in details:
+            idx = d.get("index")
+            if idx is None or idx >= len(problems):
+                continue
+            p = problems[idx]
+            out.append({"question": bench.inputs(p)[0], "expected": bench.expected(p),
+                        "prediction": d.get("prediction") if d.get("prediction") is not None else d.get("error", "")})
+            if len(out) >= self.cfg.optimize.failed_cases:
+                break
+        return out
 
     def step_batch(self, states, actions, *, rng):
         from aflowctl.errors import AflowctlError
-        from aflowctl.optimizer import parse
+        from aflowctl.optimizer.experience import Tried
+        from aflowctl.optimizer.parse import ProposalError, normalise_modification, parse_proposal
         from aflowctl.workflow import loader
 
         self.prepare(states, rng)
         out: list[Optional[Transition]] = [None] * len(states)
         pending: dict[str, list[tuple[int, Any, Any]]] = {}
         for i, (s, text) in enumerate(zip(states, actions)):
+            mod = None
             try:
-                prop = parse.parse_proposal(text)
-                mod = (prop.modification or "").strip()
-                if mod and mod in s.data.get("modifications", []):
-                    raise parse.ProposalError("repeated modification", "propose something new")
+                prop = parse_proposal(text)
+                mod = prop.modification
+                if normalise_modification(mod) in {normalise_modification(t.modification) for t in s.data.get("tried", [])}:
+                    raise ProposalError(f"the modification '{mod[:80]}' was already tried on this workflow", "propose another")
                 src = loader.WorkflowSource(graph=prop.graph, prompt=prop.prompt)
                 loader.check_source(src)
             except AflowctlError as exc:
-                out[i] = Transition(s, 0.0, False, error=str(exc).splitlines()[0][:300])
+                out[i] = self._invalid(s, mod, str(exc))
                 continue
             pending.setdefault(s.data["dataset"], []).append((i, prop, src))
         for ds, items in pending.items():
@@ -216,45 +232,66 @@ class WorkflowEnv:
             for (i, prop, src), r in zip(items, results):
                 s = states[i]
                 if isinstance(r, BaseException):
-                    out[i] = Transition(s, 0.0, False, error=f"child failed: {str(r).splitlines()[0][:300]}")
+                    out[i] = self._invalid(s, prop.modification, f"the child failed to run: {r}")
                     continue
-                score, failed = (r if isinstance(r, tuple) else (r, []))
+                score, failed = float(r[0]), list(r[1])
                 child_hash = loader.canonical_hash(src)
-                self._scores[(ds, child_hash)] = float(score)
-                self._failed[(ds, child_hash)] = failed
-                mods = list(s.data.get("modifications", [])) + [(prop.modification or "").strip()]
-                exp = list(s.data.get("experience", [])) + [{
-                    "modification": prop.modification, "score_before": s.data["score"], "score_after": float(score),
-                }]
+                self._scores[(ds, child_hash)] = (score, failed)
+                before = float(s.data["score"])
+                tried = Tried(modification=prop.modification, score_before=before, score_after=score, valid=True)
+                s.data.setdefault("tried", []).append(tried)  # the parent's experience grows (AFlow's experience)
                 child = State(anchor=child_hash, start=s.start, data={
-                    "dataset": ds, "source": src, "score": float(score), "failed_cases": failed,
-                    "modifications": mods, "experience": exp,
+                    "dataset": ds, "source": src, "score": score, "failed_cases": failed, "tried": [],
                 })
-                out[i] = Transition(child, float(score) - float(s.data["score"]), True,
-                                    info={"modification": prop.modification, "score_before": s.data["score"],
-                                          "score_after": float(score)})
+                out[i] = Transition(child, score - before, True, info={
+                    "modification": prop.modification, "score_before": before, "score_after": score,
+                })
         return out  # type: ignore[return-value]
 
-    def _evaluate_through_pool(self, sources, dataset, *, rng):
-        """Evaluate children on the validation sample through the rollout pool."""
-        from aflowctl.rollout import evaluate as ev
+    @staticmethod
+    def _invalid(s: State, mod, error: str) -> Transition:
+        from aflowctl.optimizer.experience import Tried
 
+        err = error.splitlines()[0][:300] if error else "invalid"
+        if mod:
+            s.data.setdefault("tried", []).append(Tried(modification=mod, score_before=s.data.get("score"),
+                                                        score_after=None, valid=False, error=err))
+        return Transition(s, 0.0, False, error=err, info={"modification": mod, "score_before": s.data.get("score")})
+
+    def _evaluate_through_pool(self, sources, dataset, *, rng):
+        """Evaluate workflows on the validation sample through one shared rollout pool."""
+        from aflowctl.rollout.evaluate import evaluate_workflow
+        from aflowctl.rollout.pool import RolloutPool
+
+        if self._pool is None:
+            self._pool = RolloutPool(self.store, self.cfg.rollout)
+            self._pool.start()
         results = []
         for src in sources:
             try:
-                res = ev.evaluate_workflow(
-                    src, dataset=dataset, split="validate", repeats=1, limit=self.train.validation_limit,
-                    executor=self.train.executor, rollout_cfg=self.cfg.rollout, llm_cfg=self.cfg.llm,
-                    store=self.store, run_id=self.run_id,
+                res = evaluate_workflow(
+                    self.store, src, dataset=dataset, split="validate", executor=self.train.executor,
+                    llm_cfg=self.cfg.llm, rollout_cfg=self.cfg.rollout, repeats=1, limit=self.train.validation_limit,
+                    run_id=self.run_id, seed=self.train.seed, pool=self._pool, store_rows=False,
                 )
-            except Exception as exc:  # noqa: BLE001 - a child that fails to run is an invalid action
+            except Exception as exc:  # noqa: BLE001 - a child that fails to compile or run is an invalid action
+                from aflowctl.errors import BudgetExceeded
+
+                if isinstance(exc, BudgetExceeded):
+                    raise
                 results.append(exc)
                 continue
-            mean = res["mean"] if isinstance(res, dict) else getattr(res, "mean")
-            details = res.get("details", []) if isinstance(res, dict) else getattr(res, "details", [])
-            failed = [d for d in details if float(d.get("score", 0)) < 1.0]
-            results.append((float(mean), failed))
+            if res.errors and res.errors >= max(1, res.n):
+                results.append(RuntimeError(f"the workflow raised on all {res.n} problems"))
+                continue
+            failed = [d for d in res.details if float(d.get("score", 0.0)) < 1.0]
+            results.append((float(res.mean_score), failed))
         return results
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
 
 def make_env(cfg, *, store=None, run_id=None) -> Environment:

@@ -324,6 +324,8 @@ class Trainer:
         finally:
             if self._tb is not None:
                 self._tb.close()
+            if hasattr(self.env, "close"):
+                self.env.close()
         return TrainResult(self.run_id, "completed", self.counters["update"], self.run_dir, self.last_checkpoint,
                            self.metrics_log)
 

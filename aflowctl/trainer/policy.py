@@ -184,42 +184,24 @@ def sample(model, tokenizer, prompts: Sequence[Sequence[dict]], *, temperature: 
            max_new_tokens: int, seed: int, batch_size: int = 16, device: str = "cpu") -> list[Rollout]:
     """Sample one response per prompt (chat messages) from the current policy.
 
-    Seeded per call so that a resumed run samples exactly what an uninterrupted one
-    would. Prompts are generated in batches (left padding).
+    Generation is :func:`aflowctl.llm.local_model.generate_batch` (left padding, KV
+    cache, batched on the model's device) in chunks of ``batch_size``; row ``i`` is
+    seeded with ``seed + i``, so a resumed run samples exactly what an uninterrupted
+    one would, whatever the batching.
     """
-    import torch
+    from aflowctl.llm.local_model import generate_batch
 
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    all_ids = [render_prompt_ids(tokenizer, m) for m in prompts]
     out: list[Rollout] = []
     was_training = model.training
     model.eval()
-    torch.manual_seed(seed)
     try:
-        for start in range(0, len(all_ids), batch_size):
-            chunk = all_ids[start : start + batch_size]
-            width = max(len(x) for x in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            att = torch.zeros((len(chunk), width), dtype=torch.long)
-            for i, x in enumerate(chunk):
-                ids[i, width - len(x):] = torch.tensor(x)
-                att[i, width - len(x):] = 1
-            with torch.no_grad():
-                gen = model.generate(
-                    input_ids=ids.to(device), attention_mask=att.to(device), do_sample=True,
-                    temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
-                    pad_token_id=pad, eos_token_id=eos, use_cache=True,
-                )
-            for i, x in enumerate(chunk):
-                resp = gen[i, width:].tolist()
-                if eos in resp:
-                    resp = resp[: resp.index(eos) + 1]
-                    reason = "stop"
-                else:
-                    reason = "length"
-                text = tokenizer.decode([t for t in resp if t != eos], skip_special_tokens=True)
-                out.append(Rollout(list(x), resp, text, reason))
+        for start in range(0, len(prompts), batch_size):
+            chunk = [list(m) for m in prompts[start : start + batch_size]]
+            res = generate_batch(model, tokenizer, chunk, temperature=temperature, top_p=top_p,
+                                 max_new_tokens=max_new_tokens, seed=[(seed + start + i) % (2**63) for i in range(len(chunk))])
+            for r in res:
+                out.append(Rollout(list(r.prompt_ids), list(r.token_ids), r.text, r.finish_reason,
+                                   meta={"sample_logprobs": list(r.logprobs)}))
     finally:
         model.train(was_training)
     return out
