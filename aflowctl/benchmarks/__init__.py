@@ -54,8 +54,9 @@ def _collect() -> dict[str, Any]:
     pm = get_plugin_manager()
     found: dict[str, Any] = {}
     errors: dict[str, str] = {}
-    # pluggy calls implementations last-registered first; walk them in registration order.
-    for impl in reversed(pm.hook.register_benchmarks.get_hookimpls()):
+    # get_hookimpls() lists implementations in registration order (built-ins first);
+    # pluggy would call them the other way round.
+    for impl in pm.hook.register_benchmarks.get_hookimpls():
         plugin_name = impl.plugin_name
 
         def register(benchmark: Any, _plugin: str = plugin_name) -> None:

@@ -275,16 +275,36 @@ def fetch_local(benchmark, source: Path, splits: Optional[list[str]] = None) -> 
 
 
 def fetch_hub(benchmark, splits: Optional[list[str]] = None) -> list[Fetched]:
-    """Download ``benchmark``'s splits from the Hugging Face hub (needs ``datasets``)."""
-    hub = getattr(benchmark, "hub_rows", None)
-    if hub is None:
+    """Download ``benchmark``'s splits from the Hugging Face hub (needs ``datasets``).
+
+    A benchmark provides ``hub_rows(split) -> (rows, source)`` to support this; the
+    built-ins use :mod:`aflowctl.benchmarks.hub`.
+    """
+    from aflowctl.benchmarks import hub
+
+    fetcher = getattr(benchmark, "hub_rows", None)
+    if fetcher is None and type(benchmark).__module__.startswith("aflowctl.benchmarks."):
+        fetcher = hub.FETCHERS.get(benchmark.name)
+    if fetcher is None:
         raise BenchmarkError(
             f"benchmark {benchmark.name!r} cannot be fetched from the Hugging Face hub",
             f"fetch it from a local copy: aflowctl data fetch {benchmark.name} --from PATH",
         )
+    if splits:
+        wanted = list(splits)
+    elif benchmark.name in hub.split_ids():
+        wanted = [s for s in ("validate", "test") if s in hub.split_ids()[benchmark.name]]
+    else:
+        wanted = ["validate", "test"]
+    for s in wanted:
+        if s not in benchmark.all_splits():
+            raise BenchmarkError(
+                f"benchmark {benchmark.name!r} has no split {s!r}",
+                f"choose from: {', '.join(benchmark.all_splits())}",
+            )
     if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get("HF_DATASETS_OFFLINE", "") not in ("", "0"):
         raise BenchmarkError(
-            "the Hugging Face hub is switched off (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set)",
+            "the Hugging Face hub is switched off here (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set)",
             f"unset it when online, or fetch from a local copy: aflowctl data fetch {benchmark.name} --from PATH",
         )
     try:
@@ -295,7 +315,7 @@ def fetch_hub(benchmark, splits: Optional[list[str]] = None) -> list[Fetched]:
             f"pip install datasets, or fetch from a local copy: aflowctl data fetch {benchmark.name} --from PATH",
         ) from None
     out = []
-    for split in splits or ["validate", "test"]:
-        rows, source = hub(split)
+    for split in wanted:
+        rows, source = fetcher(split)
         out.append(install_rows(benchmark, split, rows, source))
     return out
