@@ -80,6 +80,17 @@ def test_majority_uses_final_answers():
     assert final_answer_key("answer 1,2") == "12"
     assert majority_index(sols) == 1
     assert majority_index(["x", "y"]) == 0
+    # code is compared as code, not by its last number
+    a, b = "def f(x):\n    return x + 1\n", "def f(x):\n    return x - 1\n"
+    assert final_answer_key(a) != final_answer_key(b)
+    assert final_answer_key(a) == final_answer_key("```python\ndef f(x):  # inc\n    return (x + 1)\n```")
+
+
+def test_sc_ensemble_asks_when_code_candidates_differ():
+    a, b = "def f(x):\n    return 0\n", "def f(x):\n    return x * 0\n"
+    llm = llm_with(lambda p, i: "<solution_letter>B</solution_letter>")
+    assert run(ScEnsemble(llm)(solutions=[a, b], problem="f")) == {"response": b}
+    assert len(llm.client.prompts) == 1
 
 
 # ------------------------------------------------------------------ operators

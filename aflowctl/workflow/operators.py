@@ -176,9 +176,13 @@ def extract_code(text: str, entry_point: Optional[str] = None) -> str:
 
 
 def final_answer_key(solution: Any) -> str:
-    """What two solutions must share to count as the same answer in a vote: the last
-    ``\\boxed{}``, else the last number, else the normalised text."""
+    """What two solutions must share to count as the same answer in a vote: for code,
+    the code itself (formatting and comments ignored); else the last ``\\boxed{}``,
+    else the last number, else the normalised text."""
     s = str(solution or "")
+    code_key = _code_key(s)
+    if code_key is not None:
+        return code_key
     boxed = _last_boxed(s)
     if boxed is not None:
         return re.sub(r"\s+", "", boxed)
@@ -191,6 +195,18 @@ def final_answer_key(solution: Any) -> str:
         except ValueError:
             return n
     return re.sub(r"\s+", " ", s.strip().lower())
+
+
+def _code_key(s: str) -> Optional[str]:
+    if not re.search(r"^\s*(async\s+)?(def|class)\s", s, re.M):
+        return None
+    import ast
+
+    code = extract_code(s) if "```" in s else s
+    try:
+        return "code:" + ast.dump(ast.parse(code))
+    except (SyntaxError, ValueError):
+        return None
 
 
 def _last_boxed(s: str) -> Optional[str]:
