@@ -284,7 +284,10 @@ def load_folder(path: str | Path, *, check: bool = True) -> WorkflowSource:
         raise WorkflowError(f"{p}: graph.py or prompt.py is not UTF-8 text", "save the files as UTF-8") from None
     src = WorkflowSource(graph=rewrite_imports(graph), prompt=rewrite_imports(prompt))
     if check:
-        check_source(src)
+        try:
+            check_source(src)
+        except WorkflowError as exc:  # say which folder
+            raise WorkflowError(f"{p}/{exc.message}", exc.hint) from None
     return src
 
 
