@@ -269,3 +269,10 @@ def test_drop_details():
     assert b.score("x", {"context": "c", "ref_text": "|"}) == 0.0  # AFlow raised: 0
     assert b.score("\u22125", {"context": "c", "ref_text": "-5"}) == 1.0
     assert b.expected(p) == p["ref_text"]
+
+
+def test_latex_parser_is_available():
+    """MATH scoring matches AFlow only with sympy's LaTeX parser (antlr4 runtime 4.11)."""
+    from sympy.parsing.latex import parse_latex
+
+    assert str(parse_latex("\\frac{1}{2}")) == "1/2"
