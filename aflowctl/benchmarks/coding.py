@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ast
-from typing import Any, ClassVar
+from typing import Any
 
 from aflowctl.benchmarks import data
 from aflowctl.benchmarks.base import Benchmark
@@ -24,13 +24,16 @@ class CodeBenchmark(Benchmark):
     """
 
     kind = "code"
-    splits: ClassVar[tuple[str, ...]] = ("validate", "test", "sample", PUBLIC)
     timeout_s: float = 15.0
     memory_mb: int = 1024
 
     def __init__(self) -> None:
         super().__init__()
         self._public: list[dict] | None = None
+
+    def all_splits(self) -> tuple[str, ...]:
+        """The problem splits plus ``public_test`` (the public asserts file)."""
+        return tuple(self.splits) + (PUBLIC,)
 
     def validate_rows(self, rows: list[dict], split: str, where: str) -> None:
         if split != PUBLIC:
