@@ -93,3 +93,40 @@ def test_api_module_exposes_operators_by_name():
     from aflowctl.workflow.api import Custom, operator  # noqa: F401  (module __getattr__)
 
     assert Custom.__name__ == "Custom" and operator.ScEnsemble.__name__ == "ScEnsemble"
+
+
+def test_repeated_identical_requests_get_distinct_seeds():
+    """A k-sample ensemble written as a loop must not get the cached first sample k times."""
+    import asyncio
+
+    from aflowctl.workflow.api import OCCURRENCE_SEED_STRIDE, WorkflowLLM, problem_context
+
+    seen = []
+
+    class Client:
+        model = "fake/x"
+
+        async def generate(self, prompt, **kw):
+            seen.append((prompt, kw.get("seed")))
+
+            class S:
+                text, prompt_tokens, completion_tokens, cost_usd = "ok", 1, 1, 0.0
+
+            return S()
+
+    llm = WorkflowLLM(Client(), context={"seed": 5})
+
+    async def solve(problem):
+        with problem_context({"question": problem}):
+            for _ in range(3):
+                await llm.generate(f"solve {problem}")
+
+    async def main():
+        await asyncio.gather(solve("a"), solve("b"))
+
+    asyncio.run(main())
+    by_prompt = {}
+    for prompt, seed in seen:
+        by_prompt.setdefault(prompt, []).append(seed)
+    assert by_prompt["solve a"] == [5, 5 + OCCURRENCE_SEED_STRIDE, 5 + 2 * OCCURRENCE_SEED_STRIDE]
+    assert by_prompt["solve b"] == by_prompt["solve a"]  # counted per problem, not across problems

@@ -389,7 +389,7 @@ class Optimizer:
                 last = _Child(k=k, modification=modification, action_text=action, prompt_text=prompt_text, graph=graph, prompt=prompt)
                 if normalise_modification(modification) in tried_keys:
                     raise ProposalError(f"the modification '{modification[:80]}' was already tried on this workflow", "propose a different one")
-                check_source(WorkflowSource(graph=graph, prompt=prompt))
+                check_source(WorkflowSource(graph=graph, prompt=prompt), known_operators=self.oc.operators)
                 smoke = self._evaluate(graph, prompt, workflow_id=None, repeats=1, indices=[0], store_rows=False)
                 err = _first_error(smoke)
                 if err:

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hashlib
+import json
 import threading
 import types
 import weakref
@@ -97,11 +99,15 @@ class ProblemScope:
     completion_tokens: int = 0
     cost_usd: float = 0.0
     unknown_cost_calls: int = 0
+    occurrences: dict = field(default_factory=dict)  # request key -> times asked (see WorkflowLLM)
 
     @property
     def tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+
+# Seed step between repeated identical requests within one problem (see WorkflowLLM._overrides).
+OCCURRENCE_SEED_STRIDE = 7919
 
 _scope: contextvars.ContextVar[Optional[ProblemScope]] = contextvars.ContextVar("aflowctl_problem", default=None)
 
@@ -246,6 +252,7 @@ class WorkflowLLM:
         self.total_cost = 0.0
         self.unknown_cost_calls = 0
         self._lock = threading.Lock()
+        self._occurrences: dict = {}
 
     def __repr__(self) -> str:
         return f"WorkflowLLM({getattr(self._client, 'model', type(self._client).__name__)!r})"
@@ -267,11 +274,25 @@ class WorkflowLLM:
         sb = self.context.get("sandbox") or {}
         return {"timeout_s": float(sb.get("timeout_s", 10.0)), "memory_mb": int(sb.get("memory_mb", 1024))}
 
-    def _overrides(self, overrides: dict) -> dict:
+    def _overrides(self, overrides: dict, prompt: Any = None) -> dict:
+        """Add the repeat's seed; a request asked again while solving the same problem
+        (a k-sample ensemble written as a loop) gets the next seed, so the response cache
+        returns the k-th sample instead of the first one k times."""
         seed = self.context.get("seed")
-        if seed is not None and "seed" not in overrides:
-            overrides = {**overrides, "seed": seed}
+        if "seed" not in overrides:
+            k = self._occurrence(prompt, overrides)
+            if seed is not None or k:
+                overrides = {**overrides, "seed": (seed or 0) + OCCURRENCE_SEED_STRIDE * k}
         return overrides
+
+    def _occurrence(self, prompt: Any, overrides: dict) -> int:
+        key = hashlib.sha256(json.dumps([prompt, sorted(overrides.items())], default=str, sort_keys=True).encode()).hexdigest()
+        scope = _scope.get()
+        counter = scope.occurrences if scope is not None else self._occurrences
+        with self._lock:
+            k = counter.get(key, 0)
+            counter[key] = k + 1
+        return k
 
     def _account(self, samples: list) -> None:
         scope = _scope.get()
@@ -308,7 +329,7 @@ class WorkflowLLM:
             text = await self._client(prompt_or_messages)
             sample = _TextSample(str(text))
         else:
-            sample = await gen(prompt_or_messages, **self._overrides(overrides))
+            sample = await gen(prompt_or_messages, **self._overrides(overrides, prompt_or_messages))
         self._account([sample])
         return sample
 
@@ -316,7 +337,7 @@ class WorkflowLLM:
         gen_n = getattr(self._client, "generate_n", None)
         if gen_n is None:
             return [await self.generate(prompt_or_messages, **overrides) for _ in range(n)]
-        samples = list(await gen_n(prompt_or_messages, n, **self._overrides(overrides)))
+        samples = list(await gen_n(prompt_or_messages, n, **self._overrides(overrides, prompt_or_messages)))
         self._account(samples)
         return samples
 
