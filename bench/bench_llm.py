@@ -163,12 +163,18 @@ def local_section(new_tokens: int) -> dict:
 
     out: dict = {"rss_mb_before": rss_mb()}
     t0 = time.perf_counter()
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    out["import_torch_transformers_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     path = local_model.resolve()
     out["resolve_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     model, tok = local_model.load(path)
     out["load_s"] = time.perf_counter() - t0
     out["rss_mb_after_load"] = rss_mb()
+    out["torch_threads"] = torch.get_num_threads()
     local_model.generate_batch(model, tok, ["warm up"], max_new_tokens=4)
     for batch in (1, 8):
         prompts = [f"Write a short story about a robot number {i}." for i in range(batch)]

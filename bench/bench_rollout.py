@@ -12,6 +12,8 @@ cached answers, no reused tasks).
     python bench/bench_rollout.py --concurrency 32 --workers 2 --problems 200 --json
 
 With ``--workers W`` the C problems in flight are spread over W processes (C/W each).
+With ``--limit-calls``, C is instead the number of LLM calls in flight (the router's
+per-model limit, C/W per process) and every problem may start at once.
 Note: problems are the unit of concurrency, so at C=32 with 200 problems of 3 x
 100 ms the best possible schedule is ceil(200/32) = 7 waves of 0.3 s = 2.1 s, i.e.
 1.12x the ideal 1.875 s before any overhead.
@@ -57,7 +59,8 @@ ANSWER = "Give only the final number."
 '''
 
 
-def run_one(*, problems: int, concurrency: int, workers: int, latency: float, calls_per_problem: int = 3) -> dict:
+def run_one(*, problems: int, concurrency: int, workers: int, latency: float, calls_per_problem: int = 3,
+            limit_calls: bool = False) -> dict:
     from helpers.openai_server import OpenAIServer
 
     from aflowctl.config import LLMConfig, ModelConfig, RolloutConfig
@@ -76,8 +79,12 @@ def run_one(*, problems: int, concurrency: int, workers: int, latency: float, ca
 
     with OpenAIServer(responder, latency_s=latency) as srv:
         store = open_store(Path(home) / "bench.db", cached=False)
-        rcfg = RolloutConfig(workers=workers, concurrency=per_worker)
-        llm_cfg = LLMConfig(concurrency_per_model=max(32, per_worker))
+        if limit_calls:  # C = LLM calls in flight (the router's limit); every problem may start at once
+            rcfg = RolloutConfig(workers=workers, concurrency=math.ceil(problems / workers))
+            llm_cfg = LLMConfig(concurrency_per_model=per_worker)
+        else:  # C = problems in flight
+            rcfg = RolloutConfig(workers=workers, concurrency=per_worker)
+            llm_cfg = LLMConfig(concurrency_per_model=max(32, per_worker))
         executor = ModelConfig(model="openai/bench-model", api_base=srv.url)
         src = WorkflowSource(graph=GRAPH, prompt=PROMPT)
         t0 = time.perf_counter()
@@ -92,18 +99,30 @@ def run_one(*, problems: int, concurrency: int, workers: int, latency: float, ca
             pool.close()
         total = time.perf_counter() - t0
         calls = srv.count
+        import sqlite3
+
+        conn = sqlite3.connect(store.path)
+        lat = conn.execute("SELECT AVG(latency_s), MAX(latency_s) FROM llm_calls WHERE cached = 0").fetchone()
+        conn.close()
+        per_problem = sum(d["duration_s"] for d in res.details) / max(1, len(res.details))
         max_in_flight = srv.max_in_flight
         store.dispose()
     expected_calls = problems * calls_per_problem
     ideal = expected_calls * latency / (per_worker * workers)
-    waves = math.ceil(problems / (per_worker * workers)) * calls_per_problem * latency
+    if limit_calls:
+        waves = math.ceil(expected_calls / (per_worker * workers)) * latency
+    else:
+        waves = math.ceil(problems / (per_worker * workers)) * calls_per_problem * latency
     return {
+        "mode": "calls" if limit_calls else "problems",
         "problems": problems, "workers": workers, "concurrency_total": per_worker * workers, "concurrency_per_worker": per_worker,
         "latency_s": latency, "calls": calls, "expected_calls": expected_calls, "errors": res.errors,
         "wall_s": round(wall, 3), "ideal_s": round(ideal, 3), "ratio": round(wall / ideal, 3),
         "best_schedule_s": round(waves, 3), "ratio_to_best_schedule": round(wall / waves, 3),
         "pool_startup_s": round(startup, 3), "total_with_startup_s": round(total, 3), "max_in_flight": max_in_flight,
         "tasks": res.tasks,
+        "call_latency_mean_s": round(lat[0] or 0, 4), "call_latency_max_s": round(lat[1] or 0, 4),
+        "problem_duration_mean_s": round(per_problem, 4),
     }
 
 
@@ -113,6 +132,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, action="append", help="total concurrency (repeatable; default 8 and 32)")
     ap.add_argument("--workers", type=int, action="append", help="worker processes (repeatable; default 1 and 2)")
     ap.add_argument("--latency", type=float, default=0.1)
+    ap.add_argument("--limit-calls", action="store_true",
+                    help="C limits LLM calls in flight (router concurrency) instead of problems in flight")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO / "tests"))
@@ -121,13 +142,14 @@ def main() -> None:
     rows = []
     for c in args.concurrency or [8, 32]:
         for w in args.workers or [1, 2]:
-            r = run_one(problems=args.problems, concurrency=c, workers=w, latency=args.latency)
+            r = run_one(problems=args.problems, concurrency=c, workers=w, latency=args.latency, limit_calls=args.limit_calls)
             rows.append(r)
             if not args.json:
-                print(f"C={r['concurrency_total']:>3} (workers={w}, {r['concurrency_per_worker']} each): wall {r['wall_s']:.3f} s, "
+                print(f"[{r['mode']}] C={r['concurrency_total']:>3} (workers={w}, {r['concurrency_per_worker']} each): wall {r['wall_s']:.3f} s, "
                       f"ideal {r['ideal_s']:.3f} s, ratio {r['ratio']:.3f} (best schedule {r['best_schedule_s']:.2f} s: "
                       f"{r['ratio_to_best_schedule']:.3f}), pool start-up {r['pool_startup_s']:.2f} s, "
-                      f"{r['calls']} calls, max in flight {r['max_in_flight']}, errors {r['errors']}", flush=True)
+                      f"{r['calls']} calls, max in flight {r['max_in_flight']}, errors {r['errors']}; mean call {1000 * r['call_latency_mean_s']:.1f} ms, "
+                      f"mean problem {1000 * r['problem_duration_mean_s']:.0f} ms", flush=True)
     if args.json:
         print(json.dumps(rows, indent=2))
 

@@ -181,6 +181,39 @@ def resolve(spec: Optional[str] = None) -> Path:
     )
 
 
+_threads_set = False
+
+
+def default_threads() -> int:
+    """``AFLOWCTL_TORCH_THREADS``, else 1 on machines with up to 3 cores, else half the cores (at most 8).
+
+    Measured on the 2-core dev machine while other jobs ran: 2 intra-op threads made
+    generation 10-20x slower than 1 (OpenMP threads waiting for each other's
+    descheduled peers). The choice depends only on the machine, never on its load, so
+    results stay reproducible.
+    """
+    env = os.environ.get("AFLOWCTL_TORCH_THREADS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise ProviderError(f"AFLOWCTL_TORCH_THREADS must be a number (got {env!r})", "set it to e.g. 1 or 4") from None
+    cores = os.cpu_count() or 1
+    return 1 if cores <= 3 else min(8, cores // 2)
+
+
+def set_threads(n: Optional[int] = None) -> int:
+    """Set torch's intra-op thread count (process-wide) to ``n`` or :func:`default_threads`."""
+    global _threads_set
+    import torch
+
+    n = n or default_threads()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    _threads_set = True
+    return n
+
+
 def default_device() -> str:
     import torch
 
@@ -195,6 +228,8 @@ def load(path: Union[str, Path], device: Optional[str] = None, dtype: Any = None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_transformers()
+    if not _threads_set:  # the first load picks the thread count unless someone else did
+        set_threads()
     device = device or default_device()
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
