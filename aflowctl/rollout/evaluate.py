@@ -7,11 +7,11 @@ in parallel, runs them through a :class:`~aflowctl.rollout.pool.RolloutPool`
 (durable: re-running the same evaluation after a kill reuses the finished tasks),
 and stores one ``evaluations`` row per repeat with per-problem details.
 
-A task is a contiguous slice of the items in repeat-major order. Its size is chosen
-so that the number of tasks is a multiple of the workers and no task holds more than
-``MAX_WAVES`` waves of ``concurrency`` problems (a killed run loses at most the
-tasks that were running). Tasks depend on ``workers`` and ``concurrency``: resume
-with the same values to reuse every finished task.
+A task is a contiguous slice of the items in repeat-major order (see
+:func:`plan_items`): the items are shared evenly between the workers, and no task
+holds more than ``MAX_WAVES`` waves of ``concurrency`` problems (a killed run loses
+at most the tasks that were running). Tasks depend on ``workers`` and
+``concurrency``: resume with the same values to reuse every finished task.
 """
 
 from __future__ import annotations
@@ -87,18 +87,34 @@ class EvalResult:
 
 def plan_items(indices: Sequence[int], repeats: int, workers: int, concurrency: int,
                chunk_size: Optional[int] = None) -> list[list[tuple[int, int]]]:
-    """Split the (repeat, index) items into task chunks (see the module docstring)."""
+    """Split the (repeat, index) items into task chunks.
+
+    Problems run ``concurrency`` at a time inside a task, so a task of S problems
+    takes ceil(S / concurrency) "waves"; a task whose size is not a multiple of the
+    concurrency wastes part of its last wave. The items are split evenly over the
+    workers, and each worker's share into tasks of ``q * concurrency`` items
+    (q <= MAX_WAVES waves; the last one of a share may be smaller). Submitted largest
+    first, equal tasks keep every worker busy until the end.
+    """
     items = [(r, i) for r in range(repeats) for i in indices]
     total = len(items)
     if total == 0:
         return []
-    if chunk_size is None:
-        tasks = max(workers, math.ceil(total / (max(1, concurrency) * MAX_WAVES)))
-        tasks = math.ceil(tasks / workers) * workers
-        tasks = min(tasks, total)
-        chunk_size = math.ceil(total / tasks)
-    chunk_size = max(1, int(chunk_size))
-    return [items[k : k + chunk_size] for k in range(0, total, chunk_size)]
+    if chunk_size is not None:
+        size = max(1, int(chunk_size))
+        return [items[k : k + size] for k in range(0, total, size)]
+    c = max(1, concurrency)
+    w = max(1, min(workers, total))
+    share = math.ceil(total / w)
+    waves = math.ceil(share / c)
+    per_worker = math.ceil(waves / MAX_WAVES)
+    size = math.ceil(waves / per_worker) * c
+    chunks: list[list[tuple[int, int]]] = []
+    bounds = [round(k * total / w) for k in range(w + 1)]  # w even shares, contiguous
+    for a, b in zip(bounds, bounds[1:]):
+        part = items[a:b]
+        chunks.extend(part[k : k + size] for k in range(0, len(part), size))
+    return chunks
 
 
 def resolve_indices(n_available: int, *, dataset: str, split: str, limit: Optional[int] = None,
@@ -191,6 +207,9 @@ def evaluate_workflow(
     # executor in the context carries timeout_s/api_key_env to the worker (context wins).
     specs = [TaskSpec({**base, "items": [list(it) for it in chunk]}, context=context, worker=WORKER,
                       label=f"{dataset}/{split} items {k}") for k, chunk in enumerate(chunks)]
+    # Largest first (stable): the short remainders fill the gaps at the end.
+    order = sorted(range(len(chunks)), key=lambda k: -len(chunks[k]))
+    specs, chunks = [specs[k] for k in order], [chunks[k] for k in order]
     sizes = {task_label: len(c) for task_label, c in zip((s.label for s in specs), chunks)}
     total_items = sum(sizes.values())
 
@@ -229,7 +248,8 @@ def evaluate_workflow(
     items: list[dict] = []
     for o in outcomes:
         items.extend(o.result.get("items", []))
-    items.sort(key=lambda d: (d["repeat"], idx.index(d["index"]) if d["index"] in idx else d["index"]))
+    pos = {i: k for k, i in enumerate(idx)}
+    items.sort(key=lambda d: (d["repeat"], pos.get(d["index"], d["index"])))
     per_repeat: dict[int, list[dict]] = {r: [] for r in range(repeats)}
     for d in items:
         per_repeat.setdefault(d["repeat"], []).append(d)

@@ -222,7 +222,21 @@ def evaluate(payload: dict) -> dict:
     be compiled at all raises a WorkflowError, and a budget stop a BudgetExceeded:
     the task fails, not retried.
     """
-    return asyncio.run(_evaluate_async(payload))
+    return run_async(_evaluate_async(payload))
+
+
+_loop: Optional[asyncio.AbstractEventLoop] = None
+
+
+def run_async(coro: Any) -> Any:
+    """Run ``coro`` on this process's event loop, created once and kept between tasks:
+    what the LLM layer keeps per loop (HTTP connection pools, routers, concurrency
+    limits) then serves every task of the worker instead of being rebuilt each time."""
+    global _loop
+    if _loop is None or _loop.is_closed():
+        _loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(_loop)
+    return _loop.run_until_complete(coro)
 
 
 _problem_cache: dict[tuple[str, str], list] = {}
@@ -262,7 +276,15 @@ async def _evaluate_async(payload: dict) -> dict:
         async with sem:
             return await _run_problem(bench, factory, problems[idx], repeat, idx, timeout)
 
-    results = await asyncio.gather(*(one(r, i) for r, i in items))
+    tasks = [asyncio.ensure_future(one(r, i)) for r, i in items]
+    try:
+        results = await asyncio.gather(*tasks)
+    except BaseException:
+        # The loop outlives this task: leave nothing of it running (budget stop, cancel).
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
     return {"items": list(results)}
 
 
@@ -323,7 +345,10 @@ async def _run_problem(bench: Any, factory: _WorkflowFactory, problem: dict, rep
             answer = await (asyncio.wait_for(call, timeout) if timeout else call)
             prediction = answer[0] if isinstance(answer, tuple) and len(answer) >= 1 else answer
             out["prediction"] = _truncate(prediction)
-            out["score"] = float(await asyncio.to_thread(bench.score, prediction, problem))
+            if getattr(bench, "kind", None) in ("code", "math"):  # runs code / sympy: keep the loop free
+                out["score"] = float(await asyncio.to_thread(bench.score, prediction, problem))
+            else:
+                out["score"] = float(bench.score(prediction, problem))
         except asyncio.TimeoutError:
             out["error"] = f"problem timed out after {timeout:g} s"
         except Exception as exc:  # noqa: BLE001 - one problem's failure is that problem's score 0
