@@ -109,7 +109,8 @@ def resolve_policy_path(spec: Optional[str]) -> Path:
     """An HF model directory for ``spec`` (None: the embedded SmolLM2, converted once)."""
     if spec is not None:
         p = Path(spec).expanduser()
-        if not p.exists():
+        hub_id = not p.exists() and spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
+        if not p.exists() and not hub_id:
             raise TrainingError(
                 f"policy model path {p} does not exist",
                 "set train.policy_model (or --policy-model) to an HF model directory or a GGUF file",
@@ -121,14 +122,14 @@ def resolve_policy_path(spec: Optional[str]) -> Path:
                     "point train.policy_model at a Hugging Face model directory (config.json + weights)",
                 )
             return p
+    from aflowctl.errors import ProviderError
+    from aflowctl.llm import local_model
+
     try:
-        from aflowctl.llm import local_model
-    except ImportError:
-        raise TrainingError(
-            "the local model loader (aflowctl.llm.local_model) is not available",
-            "set train.policy_model to an HF model directory",
-        ) from None
-    return Path(local_model.resolve(spec))
+        return Path(local_model.resolve(spec))
+    except ProviderError as exc:
+        raise TrainingError(f"cannot resolve the policy model: {exc.message}",
+                            "set train.policy_model to an HF model directory, a GGUF file or a hub id") from None
 
 
 def model_fingerprint(path: Path) -> str:
