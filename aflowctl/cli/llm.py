@@ -28,6 +28,9 @@ def llm_cmd(
     ] = "off",
     budget_usd: Annotated[Optional[float], typer.Option("--budget-usd", help="refuse a call whose worst case passes this")] = None,
     run: Annotated[Optional[str], typer.Option("--run", help="log the call under this run id")] = None,
+    max_retries: Annotated[
+        Optional[int], typer.Option("--max-retries", help="retries of 429/5xx/timeouts/connection errors", min=0)
+    ] = None,
     db: DbOpt = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
@@ -44,7 +47,7 @@ def llm_cmd(
         raise UsageError(f"--cache must be one of {', '.join(CACHE_MODES)} (got {cache!r})", "pick one of them")
     if prompt == "-":
         prompt = sys.stdin.read()
-    cfg = load_config(config, {"llm.cache": cache, "llm.budget_usd": budget_usd})
+    cfg = load_config(config, {"llm.cache": cache, "llm.budget_usd": budget_usd, "llm.max_retries": max_retries})
     mc = {"model": model, "api_base": api_base, "api_key_env": api_key_env,
           "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens}
     model_cfg = ModelConfig(**{k: v for k, v in mc.items() if v is not None})

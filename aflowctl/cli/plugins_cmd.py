@@ -20,13 +20,18 @@ def list_cmd(json_out: JsonOpt = False) -> None:
 
         print_json(rows)
         return
-    from aflowctl.cli._output import print_table
+    from rich.table import Table
 
-    table = [
-        dict(r, hooks=", ".join(r["hooks"]), provides=", ".join(r.get("providers") or []), error=r["error"] or "")
-        for r in rows
-    ]
-    print_table(table, ["name", "package", "version", "hooks", "provides", "error"], title="plugins")
+    from aflowctl.cli._output import console
+
+    table = Table(title="plugins")
+    for col in ("name", "package", "version", "hooks", "provides", "error"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        provides = r.get("providers") or []
+        shown = ", ".join(provides[:6]) + (f", ... ({len(provides)} in all)" if len(provides) > 6 else "")
+        table.add_row(r["name"], r["package"] or "", r["version"] or "", "\n".join(r["hooks"]), shown, r["error"] or "")
+    console.print(table)
     if any(r["error"] for r in rows):
         from aflowctl.cli._output import err_console
 
