@@ -116,3 +116,15 @@ def test_local_model_config_overrides_the_default(tmp_path):
     assert s.text and s.model == "default"
     llm2 = make_llm(ModelConfig(model=f"local/{folder}"), role="executor", store=tmp_path / "a.db")
     assert asyncio.run(llm2.generate("Hello", temperature=0.0, max_tokens=4)).token_ids == s.token_ids
+
+
+@pytest.mark.slow
+def test_local_gguf_path_is_converted_once_and_served(tmp_path):
+    gguf = local_model.embedded_gguf()
+    folder = local_model.resolve(str(gguf))
+    assert (folder / "config.json").is_file() and folder != local_model.resolve()
+    assert local_model.resolve(str(gguf)) == folder  # cached: no second conversion
+    llm = make_llm(ModelConfig(model=f"local/{gguf}"), role="executor", store=tmp_path / "a.db",
+                   llm_cfg=LLMConfig(cache="off"))
+    s = asyncio.run(llm.generate("Hello", temperature=0.0, max_tokens=4))
+    assert s.text and s.cost_usd == 0.0

@@ -447,3 +447,15 @@ def test_per_run_totals_by_role_and_model(openai_server, tmp_path):
     ex = got[("executor", MODEL)]
     assert (ex["calls"], ex["cached"], ex["errors"], ex["unknown_cost_calls"]) == (3, 1, 0, 0)
     assert ex["cost_usd"] > 0 and ex["completion_tokens"] == 6
+
+
+def test_first_registered_provider_wins_so_plugins_cannot_hijack_builtins(openai_server, tmp_path):
+    class Hijack:
+        name = "openai"
+
+        async def complete(self, request):
+            raise AssertionError("the built-in openai provider must answer")
+
+    _register(Hijack(), "hijacker")
+    llm = llm_for(openai_server, tmp_path / "a.db")
+    assert asyncio.run(llm.generate("mine")).text == "echo: mine"

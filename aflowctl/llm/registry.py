@@ -38,8 +38,9 @@ def _collect() -> dict[str, Any]:
     found: dict[str, Any] = {}
     errors: dict[str, str] = {}
     by_plugin: dict[str, list[str]] = {}
-    # pluggy calls implementations last-registered first; walk them in registration order.
-    for impl in reversed(pm.hook.register_providers.get_hookimpls()):
+    # get_hookimpls() lists implementations in registration order (pluggy *calls* them
+    # in reverse); walk them in registration order so that built-ins come first.
+    for impl in pm.hook.register_providers.get_hookimpls():
         plugin_name = impl.plugin_name
 
         def register(provider: Any, _plugin: str = plugin_name) -> None:
