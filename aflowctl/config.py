@@ -48,6 +48,13 @@ class ModelConfig(_Strict):
         return v
 
 
+class ModelPrice(_Strict):
+    """USD per token of a model that litellm's price map does not know (a vLLM server...)."""
+
+    input_cost_per_token: float = Field(ge=0)
+    output_cost_per_token: float = Field(ge=0)
+
+
 class LLMConfig(_Strict):
     """The LLM layer: router limits, cache, budget."""
 
@@ -59,6 +66,9 @@ class LLMConfig(_Strict):
     timeout_s: float = Field(default=120.0, gt=0)
     cache: Literal["readwrite", "read", "write", "off"] = "readwrite"
     budget_usd: Optional[float] = Field(default=None, ge=0)
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=dict, description="prices of models litellm does not know, keyed by provider/model"
+    )
     local_model: Optional[str] = Field(
         default=None, description="path to an HF directory or GGUF file for local/ models (default: embedded SmolLM2)"
     )

@@ -38,8 +38,23 @@ def _cost_map() -> dict:
         return _map
 
 
+_user_prices: dict[str, dict] = {}
+
+
+def register_prices(prices: dict) -> None:
+    """Prices from the config (``[llm.prices."provider/model"]``); they win over litellm's map."""
+    for key, p in (prices or {}).items():
+        d = p.model_dump() if hasattr(p, "model_dump") else dict(p)
+        with _lock:
+            _user_prices[key] = {"input_cost_per_token": float(d["input_cost_per_token"]),
+                                 "output_cost_per_token": float(d["output_cost_per_token"])}
+
+
 def model_info(provider: str, model: str) -> Optional[dict]:
     """The cost-map entry of ``provider/model`` (``None`` if unknown)."""
+    user = _user_prices.get(f"{provider}/{model}")
+    if user is not None:
+        return user
     cm = _cost_map()
     for key in (f"{provider}/{model}", model):
         info = cm.get(key)

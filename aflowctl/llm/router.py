@@ -90,6 +90,8 @@ class Router:
     def __init__(self, llm_cfg: Optional[LLMConfig] = None, store=None):
         self.cfg = llm_cfg or LLMConfig()
         self.store = store
+        if self.cfg.prices:
+            pricing.register_prices(self.cfg.prices)
         self.log = call_log_for(store) if store is not None else None
         self._run_caps: dict[str, Optional[float]] = {}
 
