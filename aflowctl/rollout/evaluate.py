@@ -237,9 +237,12 @@ def evaluate_workflow(
     try:
         outcomes = pool.run(specs, run_id=run_id, scope=scope, progress=adapter)
         startup = pool.startup_s
-    finally:
+    except BaseException:
         if own:
-            pool.close()
+            pool.close(kill=True)
+        raise
+    if own:
+        pool.close()
 
     failed = [o for o in outcomes if o.status != "done"]
     if failed:

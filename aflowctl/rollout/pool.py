@@ -285,9 +285,17 @@ class _ProcessBackend:
             procs = getattr(self.executor, "_processes", None) or {}
             return list(procs)
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
+        """Stop the workers; ``kill`` ends running tasks at once (Ctrl-C, an error)
+        instead of waiting for them: they are stored as unfinished and rerun later."""
         with self.lock:
             if self.executor is not None:
+                if kill:
+                    for p in list((getattr(self.executor, "_processes", None) or {}).values()):
+                        try:
+                            p.terminate()
+                        except Exception:  # noqa: BLE001 - already gone
+                            pass
                 self.executor.shutdown(wait=True, cancel_futures=True)
                 self.executor = None
             self.queue = None
@@ -318,6 +326,7 @@ class RolloutPool:
         self._backend: Any = None
         self.startup_s: Optional[float] = None
         self._lock = threading.Lock()
+        self._start_lock = threading.Lock()
 
     # -- life cycle
 
@@ -334,26 +343,29 @@ class RolloutPool:
             return self._backend
 
     def start(self) -> float:
-        """Start the workers (idempotent); returns the start-up time in seconds."""
-        if self.startup_s is None:
-            t0 = time.perf_counter()
-            self.backend.start()
-            self.startup_s = time.perf_counter() - t0
-        return self.startup_s
+        """Start the workers (idempotent, thread-safe); returns the start-up time in seconds."""
+        with self._start_lock:
+            if self.startup_s is None:
+                t0 = time.perf_counter()
+                self.backend.start()
+                self.startup_s = time.perf_counter() - t0
+            return self.startup_s
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
+        """Stop the workers. ``kill=True`` (used when leaving on an exception or
+        Ctrl-C) does not wait for running tasks: they stay unfinished in the store."""
         with self._lock:
             backend, self._backend = self._backend, None
         if backend is not None:
-            backend.close()
+            backend.close(kill=kill)
         self.startup_s = None
 
     def __enter__(self) -> "RolloutPool":
         self.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        self.close(kill=exc_type is not None)
 
     @property
     def rebuilds(self) -> int:
@@ -429,6 +441,20 @@ class RolloutPool:
 
         self.store.transact(txn)
 
+    def _mark_unfinished(self, task_ids: list[int], reason: str) -> None:
+        from sqlmodel import select
+
+        from aflowctl.store import RolloutTask
+
+        def txn(session: Any) -> None:
+            for row in session.exec(select(RolloutTask).where(RolloutTask.id.in_(task_ids))).all():
+                if row.status != "done":
+                    row.status, row.error = "pending", reason
+                    session.add(row)
+
+        if task_ids:
+            self.store.transact(txn)
+
     # -- running
 
     def run(
@@ -460,7 +486,15 @@ class RolloutPool:
         total = len(dict.fromkeys(keys))
         if todo:
             self.start()
-            self._run_loop(todo, rows, outcomes, progress, total, reused)
+            try:
+                self._run_loop(todo, rows, outcomes, progress, total, reused)
+            except BaseException as exc:  # Ctrl-C, or the pool itself broke: record where we stand
+                unfinished = [rows[k][0] for k in todo if k not in outcomes]
+                try:
+                    self._mark_unfinished(unfinished, f"interrupted ({type(exc).__name__})")
+                except Exception:  # noqa: BLE001 - never hide the original exception
+                    pass
+                raise
         elif progress:
             progress(PoolProgress(total, total, 0, 0, reused))
         return [outcomes[k] for k in keys]

@@ -143,7 +143,9 @@ class RayBackend:
         except Exception:  # noqa: BLE001 - already finished
             pass
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
+        """Shut down the Ray instance if this backend started it (``kill``: running
+        tasks are cancelled with it; on a shared cluster they finish unrecorded)."""
         with self.lock:
             if self.owns_ray and self.ray.is_initialized():
                 self.ray.shutdown()
