@@ -41,6 +41,44 @@ def resolve_workflow(store: Any, workflow: Optional[str], dataset: str) -> tuple
                         "pass a folder holding graph.py and prompt.py, an AFlow round folder, or a number from the store")
 
 
+def _fingerprint(cfg_json: dict, workflow_hash: str, dataset: str, split: str, repeats: int, indices: list) -> str:
+    """What makes two evaluate commands the same evaluation (for resuming)."""
+    import hashlib
+
+    blob = json.dumps({"rollout": cfg_json.get("rollout"), "executor": cfg_json.get("optimize", {}).get("executor"),
+                       "seed": cfg_json.get("optimize", {}).get("seed"), "llm": cfg_json.get("llm"),
+                       "workflow": workflow_hash, "dataset": dataset, "split": split, "repeats": repeats,
+                       "indices": indices}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _unfinished_run(store: Any, fingerprint: str) -> Optional[str]:
+    """The latest evaluate run with this fingerprint that did not complete, if any."""
+    from sqlmodel import select
+
+    from aflowctl.store import Run
+
+    with store.read() as s:
+        rows = s.exec(select(Run).where(Run.kind == "evaluate", Run.status.in_(("running", "interrupted", "failed")))
+                      .order_by(Run.created_at.desc())).all()
+    for row in rows:
+        try:
+            if json.loads(row.state_json or "{}").get("fingerprint") == fingerprint:
+                return row.id
+        except ValueError:
+            continue
+    return None
+
+
+def _run_workflow_id(session: Any, run_id: str) -> Optional[int]:
+    from sqlmodel import select
+
+    from aflowctl.store import Workflow
+
+    row = session.exec(select(Workflow).where(Workflow.run_id == run_id).order_by(Workflow.id)).first()
+    return row.id if row is not None else None
+
+
 def _new_run_id() -> str:
     import secrets
     from datetime import datetime, timezone
@@ -97,9 +135,9 @@ def evaluate(
 ) -> None:
     """Evaluate a workflow on a benchmark split: mean score, per-repeat scores, std, cost, tokens.
 
-    Results are stored in the `evaluations` table of a new run of kind "evaluate".
+    Results are stored in the `evaluations` table of a run of kind "evaluate".
     Finished rollout tasks are stored as they complete: after an interruption, the
-    same command again reuses them.
+    same command again resumes that run and reuses them. Change --seed for fresh samples.
     """
     from aflowctl import __version__, benchmarks
     from aflowctl.config import load_config
@@ -132,14 +170,26 @@ def evaluate(
     check_source(src)
     exec_cfg = cfg.optimize.executor
 
-    rid = _new_run_id()
     now = utcnow()
     cfg_json = cfg.model_dump(mode="json", by_alias=True)
-    state = {"workflow": what, "split": split, "repeats": repeats, "indices": idx if index else None, "limit": limit}
-    with store.write() as s:
-        s.add(Run(id=rid, kind="evaluate", dataset=ds, config_json=json.dumps(cfg_json, sort_keys=True), config_hash=cfg.hash(),
-                  status="running", created_at=now, updated_at=now, seed=cfg.optimize.seed, version=__version__,
-                  budget_usd=cfg.llm.budget_usd, state_json=json.dumps(state)))
+    fingerprint = _fingerprint(cfg_json, canonical_hash(src), ds, split, repeats, idx)
+    state = {"workflow": what, "split": split, "repeats": repeats, "indices": idx if index else None, "limit": limit,
+             "fingerprint": fingerprint}
+    rid = _unfinished_run(store, fingerprint)
+    if rid is not None:  # the same evaluation was interrupted: resume it, reusing its finished tasks
+        with store.write() as s:
+            run = s.get(Run, rid)
+            run.status, run.message, run.updated_at = "running", None, now
+            s.add(run)
+            wid = wid if wid is not None else _run_workflow_id(s, rid)
+        if not json_out:
+            err_console.print(f"resuming the interrupted run {rid} (same workflow, data and options)", markup=False)
+    else:
+        rid = _new_run_id()
+        with store.write() as s:
+            s.add(Run(id=rid, kind="evaluate", dataset=ds, config_json=json.dumps(cfg_json, sort_keys=True),
+                      config_hash=cfg.hash(), status="running", created_at=now, updated_at=now, seed=cfg.optimize.seed,
+                      version=__version__, budget_usd=cfg.llm.budget_usd, state_json=json.dumps(state)))
     if wid is None:
         with store.write() as s:
             row = Workflow(run_id=rid, round=0, dataset=ds, graph_code=src.graph, prompt_code=src.prompt or "",

@@ -161,7 +161,7 @@ def evaluate_workflow(
     pool: Optional[RolloutPool] = None,
     progress: Optional[Callable[[EvalProgress], None]] = None,
     store_rows: bool = True,
-    scope: Optional[str] = None,
+    scope: Optional[str] = "run",
     chunk_size: Optional[int] = None,
     name: Optional[str] = None,
 ) -> EvalResult:
@@ -170,8 +170,10 @@ def evaluate_workflow(
     ``pool``: a started pool to reuse (the optimizer's); without one, a pool is
     started for this call and closed after it. ``run_id`` (an existing ``runs``
     row) tags the tasks, the evaluations and the executor's logged calls.
-    ``store_rows=False`` skips the ``evaluations`` rows (smoke runs). ``scope``:
-    see :meth:`RolloutPool.run`. Raises :class:`BenchmarkError` (unknown benchmark,
+    ``store_rows=False`` skips the ``evaluations`` rows (smoke runs). ``scope``
+    decides which finished tasks are reused: ``"run"`` (default) those of the same
+    run (a resumed run; two runs never share work, so each pays for and logs its own
+    calls), ``None`` those of any run, another string that scope. Raises :class:`BenchmarkError` (unknown benchmark,
     missing split, index out of range), :class:`WorkflowError` (bad code),
     :class:`BudgetExceeded`, or :class:`RolloutError` when tasks failed for good
     (what finished is stored; run the same evaluation again to retry the rest).
@@ -231,6 +233,8 @@ def evaluate_workflow(
                 score_sum=sum(v[1] for v in done_items.values()),
             ))
 
+    if scope == "run":
+        scope = f"run:{run_id}" if run_id is not None else None
     own = pool is None
     if own:
         pool = RolloutPool(store, rollout_cfg)
