@@ -167,3 +167,22 @@ def test_code_that_fails_to_load_in_the_worker_fails_the_evaluation(store):
                           rollout_cfg=RolloutConfig(workers=1))
     row = sqlite3.connect(store.path).execute("SELECT status, attempts, error FROM rollout_tasks").fetchone()
     assert row[0] == "failed" and row[1] == 1 and "ZeroDivisionError" in row[2]
+
+
+def test_finished_tasks_are_reused_within_a_run_not_across_runs(store):
+    answers = gsm8k_answers()
+    for rid in ("run-a", "run-b"):
+        _run_row(store, rid)
+    ex_cfg = dict(dataset="gsm8k", split="validate", limit=3, rollout_cfg=RolloutConfig(workers=1, concurrency=3))
+    with OpenAIServer(correct_for_even(answers)) as srv, RolloutPool(store, RolloutConfig(workers=1, concurrency=3)) as pool:
+        ex = ModelConfig(model="openai/m", api_base=srv.url)
+        a = evaluate_workflow(store, seed_workflow("gsm8k"), executor=ex, run_id="run-a", workflow_id=None, pool=pool, **ex_cfg)
+        assert srv.count == 3 and a.tasks_reused == 0
+        b = evaluate_workflow(store, seed_workflow("gsm8k"), executor=ex, run_id="run-b", pool=pool, **ex_cfg)
+        assert srv.count == 6 and b.tasks_reused == 0  # another run pays for (and logs) its own calls
+        a2 = evaluate_workflow(store, seed_workflow("gsm8k"), executor=ex, run_id="run-a", pool=pool, **ex_cfg)
+        assert srv.count == 6 and a2.tasks_reused == a2.tasks == 1  # the same run (resumed) reuses its work
+    assert a.scores == b.scores == a2.scores == [pytest.approx(2 / 3)]
+    conn = sqlite3.connect(store.path)
+    assert dict(conn.execute("SELECT run_id, COUNT(*) FROM llm_calls GROUP BY run_id").fetchall()) == {"run-a": 3, "run-b": 3}
+    conn.close()
