@@ -282,7 +282,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ run
 
+    def preflight(self) -> None:
+        """Checks that need no run row: the policy model exists, the experiences to learn from exist."""
+        from aflowctl.trainer import policy as pol
+
+        pol.resolve_policy_path(self.t.policy_model)
+        if self.from_experiences:
+            from aflowctl.trainer.sft import load_pairs
+
+            load_pairs(self.store, self.from_experiences, self.t)
+
     def run(self) -> TrainResult:
+        self.preflight()
         ckpt = self._setup_run()
         if self.env is None:
             from aflowctl.trainer.env import make_env
