@@ -286,6 +286,13 @@ def fetch_hub(benchmark, splits: Optional[list[str]] = None) -> list[Fetched]:
     if fetcher is None and type(benchmark).__module__.startswith("aflowctl.benchmarks."):
         fetcher = hub.FETCHERS.get(benchmark.name)
     if fetcher is None:
+        shipped = [s for s in ("validate", "test") if s in benchmark.all_splits()
+                   and split_info(benchmark, s).origin == "shipped with the package"]
+        if shipped and len(shipped) == len([s for s in ("validate", "test") if s in benchmark.all_splits()]):
+            raise BenchmarkError(
+                f"benchmark {benchmark.name!r} ships its {' and '.join(shipped)} splits with its package: nothing to fetch",
+                f"to use other problems: aflowctl data fetch {benchmark.name} --from FILE --split validate",
+            )
         raise BenchmarkError(
             f"benchmark {benchmark.name!r} cannot be fetched from the Hugging Face hub",
             f"fetch it from a local copy: aflowctl data fetch {benchmark.name} --from PATH",

@@ -71,6 +71,15 @@ def test_missing_split_message():
         b.load("sample")
 
 
+def test_nothing_to_fetch():
+    from aflowctl.benchmarks.data import fetch_hub
+    from aflowctl.errors import BenchmarkError
+
+    b = _register()
+    with pytest.raises(BenchmarkError, match="ships its validate and test splits with its package"):
+        fetch_hub(b)
+
+
 def test_user_data_dir_overrides_shipped_files():
     from aflowctl import paths
 
