@@ -180,13 +180,14 @@ def test_errors_user_vs_unexpected(pool_env, tmp_path):
     out = pool_env.run([
         TaskSpec({"crash": "error", "log": str(log), "tag": "user"}, worker=SELFTEST),
         TaskSpec({"crash": "raise", "log": str(log), "tag": "bug"}, worker=SELFTEST),
-        TaskSpec({"crash": "exit", "crash_once": str(tmp_path / "x"), "log": str(log), "tag": "exit"}, worker=SELFTEST),
+        TaskSpec({"crash": "exit", "crash_once": str(tmp_path / "x"), "sleep": 0.5, "log": str(log), "tag": "exit"}, worker=SELFTEST),
     ])
     assert out[0].status == "failed" and out[0].attempts == 1 and out[0].error.startswith("selftest asked to fail")
     assert out[1].status == "failed" and out[1].attempts == 3 and "RuntimeError" in out[1].error
     assert out[2].status == "done" and out[2].attempts == 2  # os._exit(3) once, then fine
     tags = [line.split()[1] for line in _lines(log)]
-    assert tags.count("user") == 1 and tags.count("bug") == 3
+    # (a task that a worker's death interrupts is run again uncharged, so these are lower bounds)
+    assert tags.count("user") >= 1 and tags.count("bug") >= 3 and tags.count("exit") >= 2
 
 
 def test_task_timeout_kills_the_worker(tmp_path):
