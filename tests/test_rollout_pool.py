@@ -167,7 +167,7 @@ def test_worker_death_is_retried_and_others_survive(pool_env, tmp_path):
     assert out[5].status == "failed" and out[5].attempts == 3
     assert "worker process died (killed by SIGKILL)" in out[5].error and "gave up after 3 attempts" in out[5].error
     tags = [line.split()[1] for line in _lines(log)]
-    assert tags.count("once") == 2 and tags.count("always") == 3
+    assert tags.count("once") >= 2 and tags.count("always") >= 3  # bystanders of a death rerun uncharged
     assert pool.rebuilds >= rebuilds + 3  # five deaths, some in the same generation
     row = {r["key"]: r for r in _rows(pool.store.path)}[out[5].key]
     assert row["status"] == "failed" and "SIGKILL" in row["error"]
