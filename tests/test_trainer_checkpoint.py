@@ -208,3 +208,16 @@ def test_lora_checkpoint_resume_and_merge_export(tmp_path):
 
     export_policy("r4", out)
     assert (out / "config.json").is_file() and not (out / "adapter_config.json").exists()
+
+
+def test_resume_without_any_checkpoint_starts_over_cleanly():
+    import shutil
+
+    policy = tiny_policy_dir()
+    store = open_store()
+    res = Trainer(_small_cfg(policy, **{"train.epochs": 1}), store=store, run_id="r5").run()
+    shutil.rmtree(res.run_dir / "checkpoints")  # as if killed before its first checkpoint
+    res2 = Trainer(_small_cfg(policy, **{"train.epochs": 1}), store=store, run_id="r5", resume=True).run()
+    assert res2.updates == 1
+    assert [m["update"] for m in queries.train_metrics(store, "r5")] == [0]
+    assert len(queries.list_experiences(store, run_id="r5")) == 8

@@ -301,8 +301,9 @@ class Trainer:
             self.env = make_env(self.cfg, store=self.store, run_id=self.run_id)
         try:
             self._load_model(ckpt)
-            if ckpt is not None:
+            if self.resume:  # drop what was written after the checkpoint (or everything, when there is none)
                 self._cleanup_after(int(self.counters["update"]))
+            if ckpt is not None:
                 self.callback("resumed", {"checkpoint": str(ckpt.path), "update": self.counters["update"]})
             self._set_status("running")
             self._open_tensorboard()
