@@ -36,7 +36,9 @@ def _collect() -> dict[str, tuple[type, str]]:
     pm = get_plugin_manager()
     found: dict[str, tuple[type, str]] = {}
     errors: dict[str, str] = {}
-    for impl in reversed(pm.hook.register_operators.get_hookimpls()):  # registration order
+    # get_hookimpls() lists implementations in registration order (built-ins first): first wins,
+    # so a plugin cannot silently replace a built-in operator (the same rule as providers and benchmarks).
+    for impl in pm.hook.register_operators.get_hookimpls():
         plugin = impl.plugin_name
 
         def register(operator_class: Any, description: Any = None, _plugin: str = plugin) -> None:
