@@ -272,9 +272,9 @@ def _run_cli(args, env, timeout=300):
 
 @pytest.mark.slow
 def test_kill9_and_resume_gives_the_same_store(tmp_path):
-    server = make_server(latency=0.02)
+    server = make_server(latency=0.25)
     try:
-        cfg = write_config(tmp_path, server, optimizer="mutate", rounds=5, extra_opt="check_convergence = false")
+        cfg = write_config(tmp_path, server, optimizer="mutate", rounds=6, extra_opt="check_convergence = false")
         env = {**os.environ, "OPENAI_API_KEY": "sk-test-not-a-real-key-123456", "AFLOWCTL_HOME": str(tmp_path / "home")}
         ref_db = tmp_path / "ref.db"
         p = _run_cli(["optimize", "--config", str(cfg), "--db", str(ref_db), "--run-id", "k"], env)
@@ -287,7 +287,7 @@ def test_kill9_and_resume_gives_the_same_store(tmp_path):
             args = ["optimize", "--config", str(cfg), "--db", str(db)] + (["--resume", "k"] if db.exists() and attempt else ["--run-id", "k"])
             p = _run_cli(args, env)
             try:
-                p.wait(timeout=rng.uniform(2.0, 6.0))
+                p.wait(timeout=rng.uniform(3.0, 7.0))
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
