@@ -79,7 +79,9 @@ def optimizer_reply(messages: list, mode: str) -> str:
 def make_server(optimizer_mode: str = "good", latency: float = 0.0) -> OpenAIServer:
     def responder(messages, body):
         if messages and messages[0].get("role") == "system" and OPT_SYSTEM_MARK in messages[0].get("content", ""):
-            return optimizer_reply(messages, optimizer_mode)
+            reply = optimizer_reply(messages, optimizer_mode)
+            # sampled candidates differ: the request's seed picks the variant
+            return reply.replace("variant ", f"seed {body.get('seed')} variant ")
         return executor_reply("\n".join(str(m.get("content")) for m in messages))
 
     return OpenAIServer(responder=responder, latency_s=latency).start()
@@ -306,5 +308,29 @@ def test_kill9_and_resume_gives_the_same_store(tmp_path):
             "SELECT COUNT(*) FROM (SELECT request_hash, sample_index FROM llm_calls WHERE cached = 0 AND error IS NULL "
             "GROUP BY request_hash, sample_index HAVING COUNT(*) > 1)").fetchone()[0]
         assert dup == 0
+    finally:
+        server.stop()
+
+
+def test_k_candidates_are_all_kept_as_one_step_group(tmp_path, env_keys):
+    server = make_server()
+    try:
+        cfg = write_config(tmp_path, server, rounds=3)
+        db = tmp_path / "k.db"
+        r = runner.invoke(app, ["optimize", "--config", str(cfg), "--db", str(db), "--run-id", "k3", "--candidates", "3", "--json"])
+        assert r.exit_code == 0, r.output
+        rows = _store_rows(db)
+        assert [w["round"] for w in rows["workflows"]] == [1, 2, 2, 2, 3, 3, 3]
+        ex = rows["experiences"]
+        assert len(ex) == 6
+        for rnd in (2, 3):
+            group = [e for e in ex if e["round"] == rnd]
+            assert len(group) == 3
+            assert len({e["anchor"] for e in group}) == 1  # one step group: the parent is the anchor
+            assert len({e["group_id"] for e in group}) == 1
+            assert len({e["episode_id"] for e in group}) == 3
+            assert len({e["modification"] for e in group}) == 3
+        # every child was evaluated (validation_rounds = 2)
+        assert sum(1 for e in rows["evaluations"] if e["round"] == 2) == 6
     finally:
         server.stop()

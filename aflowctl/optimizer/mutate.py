@@ -88,6 +88,9 @@ def _first_prompt_constant(prompt: str) -> str | None:
     for node in tree.body:
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
             text = node.value.value.strip()
+            if text.endswith(":"):  # "...\n\nProblem:" — keep the instruction, not the label
+                head = text.rsplit("\n", 1)[0].strip()
+                text = head or text
             if text:
                 return text
     return None
@@ -196,7 +199,8 @@ def render(spec: Spec, import_lines: Sequence[str]) -> tuple[str, str]:
         + ["", f"    async def __call__(self, {args}):"]
         + [f"        {line}" for line in body]
     ) + "\n"
-    prompt = f"ANSWER_PROMPT = {spec.instruction!r}\n"
+    # Custom sends instruction + input with nothing between them: end the instruction with a blank line
+    prompt = f"ANSWER_PROMPT = {spec.instruction.rstrip() + chr(10) * 2!r}\n"
     return graph, prompt
 
 

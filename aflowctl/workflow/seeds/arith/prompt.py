@@ -1,4 +1,3 @@
-SOLVE_PROMPT = """Compute the answer to the arithmetic problem below. Work it out step by step, and write the final number alone on the last line.
+SOLVE_PROMPT = """Answer the arithmetic question. Give the final number at the end.
 
-Problem:
 """
