@@ -102,12 +102,16 @@ def check_torch() -> list[dict]:
         mem = props.total_memory / 2**30
         bf16 = torch.cuda.is_bf16_supported()
         out.append(_check("cuda", "ok", f"{torch.cuda.device_count()} GPU(s): {props.name}, {mem:.0f} GiB, bf16 {'yes' if bf16 else 'no'}"))
-        can = "full fine-tune of models up to ~1.5B parameters" if mem >= 40 else "LoRA of small models (set train.lora = true)"
-        out.append(_check("training", "ok", f"GPU training: {can}"))
     else:
         out.append(_check("cuda", "warn", "no CUDA GPU: training runs on the CPU (slow; fine for tests and the 135M model)",
                           "use a machine with an NVIDIA GPU and a CUDA build of torch for real training"))
-        out.append(_check("training", "ok", f"CPU training with {os.cpu_count()} cores (test configurations)"))
+    try:
+        from aflowctl.trainer.capabilities import training_capabilities
+
+        caps = training_capabilities()
+        out.append(_check("training", "ok", caps.get("suggestion") or "see docs/training.md"))
+    except Exception as exc:  # noqa: BLE001
+        out.append(_check("training", "warn", f"cannot tell what this machine can train: {exc}", None))
     return out
 
 
