@@ -77,7 +77,8 @@ def optimize(
         "optimize.seed": seed,
         "optimize.budget_usd": budget_usd,
         "optimize.candidates": candidates,
-        "optimize.policy": str(Path(policy).resolve()) if policy else None,
+        # a path is stored absolute (resume from anywhere); a training run id as it is
+        "optimize.policy": (str(Path(policy).resolve()) if Path(policy).exists() else policy) if policy else None,
         "rollout.workers": workers,
         "rollout.executor": executor,
         "rollout.ray_address": ray_address,
