@@ -102,6 +102,11 @@ class LLM:
                     self.total_cost += s.cost_usd
         return samples
 
+    async def flush(self) -> None:
+        """Wait until this process's call-log rows queued on this event loop are committed
+        (only :func:`~aflowctl.llm.router.deferred_logging` leaves rows uncommitted)."""
+        await self.router.flush()
+
     def generate_sync(self, prompt_or_messages: PromptOrMessages, **overrides: Any) -> Sample:
         """:meth:`generate` for code without an event loop."""
         return asyncio.run(self.generate(prompt_or_messages, **overrides))

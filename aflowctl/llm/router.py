@@ -7,12 +7,21 @@ concurrency limit (one semaphore per event loop) and an optional requests-per-mi
 limit, with a timeout, retrying rate limits, 5xx, timeouts and connection errors
 with exponential back-off and jitter (honouring Retry-After), and (5) logs every
 attempt, success or failure, and every cache hit to ``llm_calls``.
+
+Per-call store round trips are kept off the common path: cache misses are decided
+from an in-memory index of the run's cached keys (:class:`~aflowctl.llm.cache.CacheIndex`),
+and inside :func:`deferred_logging` (what rollout workers use) rows are committed in
+the background instead of holding each call until its group commit ends; the task
+then awaits :func:`flush_logs` before its result counts as done. Costs logged but
+not committed yet still count against the budget.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import contextvars
 import json
 import random
 import threading
@@ -72,6 +81,36 @@ async def _rpm_wait(model: str, rpm: int, window_s: Optional[float] = None) -> N
         await asyncio.sleep(window_s - (now - window[0]) + 0.001)
 
 
+# Inside deferred_logging(): rows are queued and committed in the background.
+_deferred: contextvars.ContextVar[bool] = contextvars.ContextVar("aflowctl_llm_deferred_logging", default=False)
+
+
+@contextlib.contextmanager
+def deferred_logging(enabled: bool = True):
+    """Within this block (and the asyncio tasks started in it) the router does not wait
+    for its ``llm_calls`` rows to be committed: they are written in the background.
+    Await :func:`flush_logs` (or ``Router.flush``) before treating the work as done;
+    rows not flushed when the process is killed are lost."""
+    token = _deferred.set(enabled)
+    try:
+        yield
+    finally:
+        _deferred.reset(token)
+
+
+async def flush_logs() -> None:
+    """Wait until every ``llm_calls`` row queued on this event loop (any store) is
+    committed; raises the error of a background insert that failed."""
+    errors = []
+    for log in list(_call_logs.values()):
+        try:
+            await log.flush()
+        except Exception as exc:  # noqa: BLE001 - flush every store, then raise
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
 def call_log_for(store) -> cache_mod.CallLog:
     key = str(store.path)
     log = _call_logs.get(key)
@@ -94,6 +133,32 @@ class Router:
             pricing.register_prices(self.cfg.prices)
         self.log = call_log_for(store) if store is not None else None
         self._run_caps: dict[str, Optional[float]] = {}
+        self._indexes: dict[tuple[str, Optional[str]], cache_mod.CacheIndex] = {}
+
+    async def flush(self) -> None:
+        """Wait until the rows this process queued on this event loop are committed."""
+        if self.log is not None:
+            await self.log.flush()
+
+    async def _write(self, rows: list[dict]) -> None:
+        if _deferred.get():
+            self.log.enqueue(rows)
+        else:
+            await self.log.write(rows)
+
+    async def _lookup(self, rhash: str, indices: list[int], run_id: Optional[str]) -> dict[int, dict]:
+        scope = getattr(self.cfg, "cache_scope", "run")
+        key = (scope, run_id if scope == "run" else None)
+        index = self._indexes.get(key)
+        if index is None:
+            index = self._indexes[key] = cache_mod.CacheIndex(self.store, scope=scope, run_id=key[1])
+            self.log.register(index)
+        if index.stale():
+            await asyncio.to_thread(index.refresh)
+        in_db, found = index.split(rhash, indices)
+        if in_db:
+            found.update(await asyncio.to_thread(cache_mod.lookup, self.store, rhash, in_db, run_id=run_id, scope=scope))
+        return found
 
     # ------------------------------------------------------------------ public
     async def complete(
@@ -117,10 +182,7 @@ class Router:
         results: dict[int, Sample] = {}
 
         if self.store is not None and mode in ("readwrite", "read"):
-            hits = await asyncio.to_thread(
-                cache_mod.lookup, self.store, rhash, list(range(request.n)), run_id=run_id,
-                scope=getattr(self.cfg, "cache_scope", "run"),
-            )
+            hits = await self._lookup(rhash, list(range(request.n)), run_id)
             if hits:
                 rows = []
                 for idx, hit in sorted(hits.items()):
@@ -131,7 +193,7 @@ class Router:
                         sample_index=idx,
                     )
                     rows.append(self._row(request, run_id, role, rhash, idx, messages_json, mode, results[idx]))
-                await self.log.write(rows)
+                await self._write(rows)
         missing = [i for i in range(request.n) if i not in results]
         if missing:
             if hasattr(provider, "indices"):
@@ -178,6 +240,7 @@ class Router:
         if self.store is not None and run_id is not None:
             if cap is None and self._run_caps.get(run_id, 1.0) is None:
                 return 0.0  # the run has no cap (looked up once per router)
+            committed_before = cache_mod.committed_counter(self.store, run_id)
             spent_db, run_cap = await asyncio.to_thread(cache_mod.spent, self.store, run_id)
             self._run_caps[run_id] = run_cap
             if cap is None:
@@ -194,6 +257,10 @@ class Router:
         worst = worst or 0.0
         with _reserved_lock:
             in_flight = _reserved[run_id]
+            if self.store is not None and run_id is not None:
+                # logged by this process but not committed yet (read after the reservations:
+                # a finished call is queued before its reservation is released)
+                spent_db += cache_mod.unflushed(self.store, run_id, committed_before)
             total = spent_db + in_flight
             if total >= cap or total + worst > cap:
                 where = f"run {run_id}" if run_id else "this session"
@@ -262,24 +329,31 @@ class Router:
                 self._release(run_id, reserved)
                 raise
             else:
-                self._release(run_id, reserved)
                 for idx, s in zip(indices, samples):
                     s.request_hash = rhash
                     s.sample_index = idx
                 if run_id is None:
                     _spent_no_run[id(self)] += sum(s.cost_usd or 0.0 for s in samples)
-                if self.log is not None:
-                    await self.log.write(
-                        [self._row(request, run_id, role, rhash, idx, messages_json, mode, s)
-                         for idx, s in zip(indices, samples)]
-                    )
+                if self.log is None:
+                    self._release(run_id, reserved)
+                    return samples
+                rows = [self._row(request, run_id, role, rhash, idx, messages_json, mode, s)
+                        for idx, s in zip(indices, samples)]
+                # queue the rows (their cost now counts as unflushed) before the reservation goes
+                if _deferred.get():
+                    self.log.enqueue(rows)
+                    self._release(run_id, reserved)
+                else:
+                    committed = self.log.submit(rows)
+                    self._release(run_id, reserved)
+                    await asyncio.shield(committed)
                 return samples
             # failure
             self._release(run_id, reserved)
             last = err
             latency = time.perf_counter() - t0
             if self.log is not None:
-                await self.log.write(
+                await self._write(
                     [self._row(request, run_id, role, rhash, indices[0], messages_json, mode, error=str(err),
                                latency=latency, provider=prefix, model=name)]
                 )

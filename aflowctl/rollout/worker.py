@@ -271,12 +271,20 @@ async def _evaluate_async(payload: dict) -> dict:
     factory = _WorkflowFactory(payload)  # compiles once: bad code fails the task here
     sem = asyncio.Semaphore(max(1, int(payload.get("concurrency") or 1)))
     timeout = payload.get("problem_timeout_s")
+    from aflowctl.llm import cache as llm_cache
+    from aflowctl.llm.router import deferred_logging, flush_logs
 
     async def one(repeat: int, idx: int) -> dict:
         async with sem:
             return await _run_problem(bench, factory, problems[idx], repeat, idx, timeout)
 
-    tasks = [asyncio.ensure_future(one(r, i)) for r, i in items]
+    # The executor's calls are logged in the background; the task's result counts as
+    # done only after they are committed (flush below), so a kill loses only calls of
+    # tasks that are not done, which a resume runs again. Cached answers committed
+    # before this task started (other processes, earlier tasks) are all seen.
+    llm_cache.invalidate_indexes()
+    with deferred_logging():
+        tasks = [asyncio.ensure_future(one(r, i)) for r, i in items]
     try:
         results = await asyncio.gather(*tasks)
     except BaseException:
@@ -284,7 +292,12 @@ async def _evaluate_async(payload: dict) -> dict:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        try:  # the calls made so far are logged (and count against the budget)
+            await asyncio.shield(flush_logs())
+        except Exception:  # noqa: BLE001 - the task's own error is the one to report
+            pass
         raise
+    await flush_logs()
     return {"items": list(results)}
 
 
