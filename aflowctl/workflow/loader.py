@@ -119,6 +119,12 @@ def rewrite_imports(source: str) -> str:
         if kept:
             text = f"import {', '.join(kept)}; " + text
         edits.append((node.lineno, node.col_offset, node.end_lineno, node.end_col_offset, text))  # type: ignore[arg-type]
+    return splice(source, edits)
+
+
+def splice(source: str, edits: list[tuple[int, int, int, int, str]]) -> str:
+    """Replace AST spans ``(lineno, col, end_lineno, end_col, text)`` (1-based lines,
+    byte columns as ``ast`` reports them) in ``source``; everything else is kept."""
     if not edits:
         return source
     data = source.encode("utf-8")
