@@ -100,13 +100,17 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--optimizer", default="llm", choices=["llm", "mutate"])
     ap.add_argument("--skip-k", action="store_true", help="skip the K=4 vs K=1 comparison")
+    ap.add_argument("--fixed-concurrency", action="store_true",
+                    help="K=4 with the same total concurrency as K=1 (default: K times the concurrency, so that the "
+                         "K evaluations run in parallel, each with the concurrency of a K=1 evaluation)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["AFLOWCTL_HOME"] = tmp
         home = Path(tmp)
         res = {"k1": run(args.rounds, args.limit, args.repeats, args.latency, args.workers, args.concurrency, 1, args.optimizer, home)}
         if not args.skip_k:
-            res["k4"] = run(args.rounds, args.limit, args.repeats, args.latency, args.workers, args.concurrency, 4, args.optimizer, home)
+            conc = args.concurrency if args.fixed_concurrency else 4 * args.concurrency
+            res["k4"] = run(args.rounds, args.limit, args.repeats, args.latency, args.workers, conc, 4, args.optimizer, home)
             k1 = sum(res["k1"]["round_wall_s"]) / max(len(res["k1"]["round_wall_s"]), 1)
             k4 = sum(res["k4"]["round_wall_s"]) / max(len(res["k4"]["round_wall_s"]), 1)
             res["k4_over_k1_round_wall"] = round(k4 / k1, 3)
