@@ -334,3 +334,29 @@ def test_k_candidates_are_all_kept_as_one_step_group(tmp_path, env_keys):
         assert sum(1 for e in rows["evaluations"] if e["round"] == 2) == 6
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_an_interrupted_resumable_run(tmp_path):
+    server = make_server(latency=0.25)
+    try:
+        cfg = write_config(tmp_path, server, optimizer="mutate", rounds=4, extra_opt="check_convergence = false")
+        env = {**os.environ, "OPENAI_API_KEY": "sk-test-not-a-real-key-123456", "AFLOWCTL_HOME": str(tmp_path / "home")}
+        db = tmp_path / "int.db"
+        p = _run_cli(["optimize", "--config", str(cfg), "--db", str(db), "--run-id", "i1"], env)
+        time.sleep(4.0)
+        os.killpg(p.pid, signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 130, err
+        assert "resume" in err.lower()
+        conn = sqlite3.connect(db)
+        assert conn.execute("SELECT status FROM runs WHERE id = 'i1'").fetchone()[0] == "interrupted"
+        conn.close()
+        p = _run_cli(["optimize", "--config", str(cfg), "--db", str(db), "--resume", "i1"], env)
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+        conn = sqlite3.connect(db)
+        assert conn.execute("SELECT status FROM runs WHERE id = 'i1'").fetchone()[0] == "completed"
+        assert conn.execute("SELECT COUNT(*) FROM experiences WHERE run_id = 'i1'").fetchone()[0] == 3
+    finally:
+        server.stop()
