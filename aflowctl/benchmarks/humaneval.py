@@ -47,5 +47,36 @@ class HumanEval(CodeBenchmark):
         task_id = problem.get("task_id")
         for row in self.public_rows():
             if row.get("problem_id") == task_id:
-                return [str(t) for t in row["test"]]
+                return _usable_public_tests(task_id, [str(t) for t in row["test"]])
         return []
+
+
+# Deviation from AFlow: asserts of AFlow's humaneval_public_test.jsonl that the reference
+# solution fails (wrong expected values, or written for another problem's function) are
+# not shown to the Test operator, which would otherwise "repair" correct code. Found by
+# running every public assert against every reference solution
+# (tests/test_benchmarks_code.py::test_every_humaneval_public_test_passes_with_the_reference_solution).
+WRONG_PUBLIC_ASSERTS: dict[str, set[int]] = {
+    "HumanEval/41": {0, 1, 2, 3},  # car_race_collision(n) is n*n, not 0
+    "HumanEval/47": {1},  # median of that list is 8.0
+    "HumanEval/53": {0, 1},  # add(x, y) called with one list
+    "HumanEval/116": {0, 1, 2},  # expectations of another sort order
+    "HumanEval/148": {1},  # ('Venus') is a string, the function returns a tuple
+}
+
+
+def _usable_public_tests(task_id: str, tests: list[str]) -> list[str]:
+    """Drop known-wrong asserts and asserts that do not parse (HumanEval/33 is cut off)."""
+    import ast
+
+    wrong = WRONG_PUBLIC_ASSERTS.get(task_id, set())
+    out = []
+    for i, t in enumerate(tests):
+        if i in wrong:
+            continue
+        try:
+            ast.parse(t)
+        except SyntaxError:
+            continue
+        out.append(t)
+    return out
