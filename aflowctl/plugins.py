@@ -160,3 +160,41 @@ def list_plugins() -> list[dict[str, Any]]:
         dist = _failed_dists.get(name, (None, None))
         out.append({"name": name, "package": dist[0], "version": dist[1], "hooks": [], "providers": [], "error": err})
     return out
+
+
+def collect_registrations(
+    hook_name: str, accept: Any, what: str
+) -> tuple[dict[str, Any], dict[str, list[str]], dict[str, str]]:
+    """Call every implementation of ``register_*`` hook ``hook_name`` with a callback.
+
+    Implementations are walked in registration order (built-ins first; pluggy would
+    *call* them the other way round), so the first registration of a name wins.
+    ``accept(plugin, *args, **kwargs) -> (name, value)`` checks one registration and
+    raises :class:`~aflowctl.errors.PluginError` for a bad one. A hook that raises is
+    recorded and does not hide the others. Returns (name -> value, plugin -> names,
+    plugin -> error line).
+    """
+    from loguru import logger
+
+    pm = get_plugin_manager()
+    found: dict[str, Any] = {}
+    by_plugin: dict[str, list[str]] = {}
+    errors: dict[str, str] = {}
+    for impl in getattr(pm.hook, hook_name).get_hookimpls():
+        plugin_name = impl.plugin_name
+
+        def register(*args: Any, _plugin: str = plugin_name, **kwargs: Any) -> None:
+            name, value = accept(_plugin, *args, **kwargs)
+            if name in found:
+                logger.warning("{} {!r} from plugin {} ignored: already registered", what, name, _plugin)
+                return
+            found[name] = value
+            by_plugin.setdefault(_plugin, []).append(name)
+
+        try:
+            impl.function(register=register)
+        except Exception as exc:  # a broken plugin must not take the others down
+            errors[plugin_name] = f"{hook_name} raised {type(exc).__name__}: {exc}"
+            logger.warning("plugin {} failed in {}: {}", plugin_name, hook_name, exc)
+    return found, by_plugin, errors
+

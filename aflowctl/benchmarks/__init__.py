@@ -47,30 +47,11 @@ def _check(benchmark: Any, plugin: str) -> str:
 
 
 def _collect() -> dict[str, Any]:
-    from loguru import logger
+    from aflowctl.plugins import collect_registrations
 
-    from aflowctl.plugins import get_plugin_manager
-
-    pm = get_plugin_manager()
-    found: dict[str, Any] = {}
-    errors: dict[str, str] = {}
-    # get_hookimpls() lists implementations in registration order (built-ins first);
-    # pluggy would call them the other way round.
-    for impl in pm.hook.register_benchmarks.get_hookimpls():
-        plugin_name = impl.plugin_name
-
-        def register(benchmark: Any, _plugin: str = plugin_name) -> None:
-            name = _check(benchmark, _plugin)
-            if name in found:
-                logger.warning("benchmark {!r} from plugin {} ignored: already registered", name, _plugin)
-                return
-            found[name] = benchmark
-
-        try:
-            impl.function(register=register)
-        except Exception as exc:  # a broken plugin must not take the others down
-            errors[plugin_name] = f"register_benchmarks raised {type(exc).__name__}: {exc}"
-            logger.warning("plugin {} failed in register_benchmarks: {}", plugin_name, exc)
+    found, _, errors = collect_registrations(
+        "register_benchmarks", lambda plugin, benchmark: (_check(benchmark, plugin), benchmark), "benchmark"
+    )
     _hook_errors.clear()
     _hook_errors.update(errors)
     return found

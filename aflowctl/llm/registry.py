@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 from typing import Any, Optional
 
-from loguru import logger
 
 from aflowctl.errors import PluginError, ProviderError
 from aflowctl.llm.types import split_model
@@ -31,41 +30,25 @@ def _reset() -> None:
         _by_plugin.clear()
 
 
+def _accept(plugin: str, provider: Any) -> tuple[str, Any]:
+    name = getattr(provider, "name", None)
+    if not isinstance(name, str) or not name or "/" in name:
+        raise PluginError(
+            f"plugin {plugin} registered a provider without a valid name ({name!r})",
+            "give the provider a `name` attribute: the model-string prefix, without '/'",
+        )
+    if not callable(getattr(provider, "complete", None)):
+        raise PluginError(
+            f"plugin {plugin} registered provider {name!r} without an async complete(request) method",
+            "implement `async def complete(self, request) -> list[Sample]`",
+        )
+    return name, provider
+
+
 def _collect() -> dict[str, Any]:
-    from aflowctl.plugins import get_plugin_manager
+    from aflowctl.plugins import collect_registrations
 
-    pm = get_plugin_manager()
-    found: dict[str, Any] = {}
-    errors: dict[str, str] = {}
-    by_plugin: dict[str, list[str]] = {}
-    # get_hookimpls() lists implementations in registration order (pluggy *calls* them
-    # in reverse); walk them in registration order so that built-ins come first.
-    for impl in pm.hook.register_providers.get_hookimpls():
-        plugin_name = impl.plugin_name
-
-        def register(provider: Any, _plugin: str = plugin_name) -> None:
-            name = getattr(provider, "name", None)
-            if not isinstance(name, str) or not name or "/" in name:
-                raise PluginError(
-                    f"plugin {_plugin} registered a provider without a valid name ({name!r})",
-                    "give the provider a `name` attribute: the model-string prefix, without '/'",
-                )
-            if not callable(getattr(provider, "complete", None)):
-                raise PluginError(
-                    f"plugin {_plugin} registered provider {name!r} without an async complete(request) method",
-                    "implement `async def complete(self, request) -> list[Sample]`",
-                )
-            if name in found:
-                logger.warning("provider {!r} from plugin {} ignored: already registered", name, _plugin)
-                return
-            found[name] = provider
-            by_plugin.setdefault(_plugin, []).append(name)
-
-        try:
-            impl.function(register=register)
-        except Exception as exc:  # a broken plugin must not take the others down
-            errors[plugin_name] = f"register_providers raised {type(exc).__name__}: {exc}"
-            logger.warning("plugin {} failed in register_providers: {}", plugin_name, exc)
+    found, by_plugin, errors = collect_registrations("register_providers", _accept, "provider")
     _hook_errors.clear()
     _hook_errors.update(errors)
     _by_plugin.clear()

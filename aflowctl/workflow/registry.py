@@ -30,33 +30,23 @@ def _reset() -> None:
         _hook_errors.clear()
 
 
+def _accept(plugin: str, operator_class: Any, description: Any = None) -> tuple[str, tuple[type, str]]:
+    name = getattr(operator_class, "__name__", None)
+    if not isinstance(operator_class, type) or not name or not name.isidentifier():
+        raise PluginError(f"plugin {plugin} registered an operator that is not a class ({operator_class!r})",
+                          "pass the operator class itself to register()")
+    if not callable(getattr(operator_class, "__call__", None)):
+        raise PluginError(f"plugin {plugin}: operator {name} has no __call__",
+                          "operators are called as `await op(**kwargs)`")
+    return name, (operator_class, _describe(name, description))
+
+
 def _collect() -> dict[str, tuple[type, str]]:
-    from aflowctl.plugins import get_plugin_manager
+    # First registration wins (built-ins first), so a plugin cannot silently replace a
+    # built-in operator: the same rule as providers and benchmarks.
+    from aflowctl.plugins import collect_registrations
 
-    pm = get_plugin_manager()
-    found: dict[str, tuple[type, str]] = {}
-    errors: dict[str, str] = {}
-    # get_hookimpls() lists implementations in registration order (built-ins first): first wins,
-    # so a plugin cannot silently replace a built-in operator (the same rule as providers and benchmarks).
-    for impl in pm.hook.register_operators.get_hookimpls():
-        plugin = impl.plugin_name
-
-        def register(operator_class: Any, description: Any = None, _plugin: str = plugin) -> None:
-            name = getattr(operator_class, "__name__", None)
-            if not isinstance(operator_class, type) or not name or not name.isidentifier():
-                raise PluginError(f"plugin {_plugin} registered an operator that is not a class ({operator_class!r})",
-                                  "pass the operator class itself to register()")
-            if not callable(getattr(operator_class, "__call__", None)):
-                raise PluginError(f"plugin {_plugin}: operator {name} has no __call__",
-                                  "operators are called as `await op(**kwargs)`")
-            if name in found:
-                return
-            found[name] = (operator_class, _describe(name, description))
-
-        try:
-            impl.function(register=register)
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the others down
-            errors[plugin] = f"register_operators raised {type(exc).__name__}: {exc}"
+    found, _, errors = collect_registrations("register_operators", _accept, "operator")
     _hook_errors.clear()
     _hook_errors.update(errors)
     return found
