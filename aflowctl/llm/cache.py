@@ -386,22 +386,7 @@ def lookup(
     if scope == "run":
         sql += " AND run_id IS :run_id"
         params["run_id"] = run_id
-    sql += " ORDER BY id"
-    want = set(indices)
-    found: dict[int, dict] = {}
-    with store.read() as session:
-        for row in session.connection().execute(text(sql), params):
-            idx = row[0]
-            if idx in want and idx not in found:
-                found[idx] = {
-                    "response": row[1],
-                    "finish_reason": row[2],
-                    "prompt_tokens": row[3],
-                    "completion_tokens": row[4],
-                    "provider": row[5],
-                    "model": row[6],
-                }
-    return found
+    return _first_answers(store, sql, params, indices)
 
 
 def replay_lookup(store, request_hash: str, indices: list[int], run_id: Optional[str] = None) -> dict[int, dict]:
@@ -414,13 +399,19 @@ def replay_lookup(store, request_hash: str, indices: list[int], run_id: Optional
     if run_id is not None:
         sql += " AND run_id = :run_id"
         params["run_id"] = run_id
-    sql += " ORDER BY id"
+    return _first_answers(store, sql, params, indices)
+
+
+def _first_answers(store, sql: str, params: dict[str, Any], indices: list[int]) -> dict[int, dict]:
+    """Run ``sql`` (selecting sample_index, response, finish_reason, prompt_tokens,
+    completion_tokens, provider, model) in id order; the earliest row of each wanted index."""
     want = set(indices)
     found: dict[int, dict] = {}
     with store.read() as session:
-        for row in session.connection().execute(text(sql), params):
-            if row[0] in want and row[0] not in found:
-                found[row[0]] = {
+        for row in session.connection().execute(text(sql + " ORDER BY id"), params):
+            idx = row[0]
+            if idx in want and idx not in found:
+                found[idx] = {
                     "response": row[1],
                     "finish_reason": row[2],
                     "prompt_tokens": row[3],
