@@ -79,13 +79,6 @@ def _run_workflow_id(session: Any, run_id: str) -> Optional[int]:
     return row.id if row is not None else None
 
 
-def _new_run_id() -> str:
-    import secrets
-    from datetime import datetime, timezone
-
-    return f"eval-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-
-
 class _Bar:
     """A rich progress bar on stderr, fed by evaluate_workflow's progress callback."""
 
@@ -143,7 +136,7 @@ def evaluate(
     from aflowctl.config import load_config
     from aflowctl.errors import BudgetExceeded, UsageError
     from aflowctl.rollout.evaluate import evaluate_workflow, resolve_indices
-    from aflowctl.store import Run, Workflow, open_store, utcnow
+    from aflowctl.store import Run, Workflow, new_run_id, open_store, utcnow
     from aflowctl.workflow.loader import canonical_hash, check_source
 
     if split not in ("validate", "test"):
@@ -185,7 +178,7 @@ def evaluate(
         if not json_out:
             err_console.print(f"resuming the interrupted run {rid} (same workflow, data and options)", markup=False)
     else:
-        rid = _new_run_id()
+        rid = new_run_id("eval")
         with store.write() as s:
             s.add(Run(id=rid, kind="evaluate", dataset=ds, config_json=json.dumps(cfg_json, sort_keys=True),
                       config_hash=cfg.hash(), status="running", created_at=now, updated_at=now, seed=cfg.optimize.seed,

@@ -18,11 +18,9 @@ table, so nothing is paid twice and the result equals an uninterrupted run.
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -38,7 +36,7 @@ from aflowctl.optimizer.convergence import check_convergence
 from aflowctl.optimizer.parse import ProposalError, normalise_modification, parse_proposal
 from aflowctl.optimizer.prompt import messages_to_text, render_optimize_prompt
 from aflowctl.optimizer.selection import Candidate, round_rng, select_parent, top_candidates
-from aflowctl.store import Experience, Run, Workflow, utcnow
+from aflowctl.store import Experience, Run, Workflow, new_run_id, utcnow
 from aflowctl.store import queries
 from aflowctl.store.db import Store
 
@@ -90,10 +88,6 @@ class _Child:
     scores: list[float] = field(default_factory=list)
 
 
-def new_run_id(prefix: str = "opt") -> str:
-    return f"{prefix}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-
-
 def _optimizer_name(cfg: Config) -> str:
     if cfg.optimize.policy:
         return f"policy:{cfg.optimize.policy}"
@@ -132,7 +126,7 @@ def start_run(store: Store, cfg: Config, *, run_id: Optional[str], resume: Optio
             run.budget_usd = cfg.optimize.budget_usd
             run.updated_at = now
         return resume, cfg
-    rid = run_id or new_run_id()
+    rid = run_id or new_run_id("opt")
     if queries.get_run(store, rid) is not None:
         raise ConfigError(f"run '{rid}' already exists", f"resume it with --resume {rid}, or choose another --run-id")
     with store.write() as s:
@@ -254,19 +248,14 @@ class Optimizer:
             indices = list(range(len(self.val_problems)))
         t0 = time.perf_counter()
         try:
-            return self._evaluate_call(evaluate_workflow, WorkflowSource, graph, prompt, workflow_id, repeats, split,
-                                       indices, limit, store_rows)
+            return evaluate_workflow(
+                self.store, WorkflowSource(graph=graph, prompt=prompt), dataset=self.oc.dataset, split=split,
+                executor=self.oc.executor, llm_cfg=self._llm_cfg(), rollout_cfg=self.cfg.rollout, repeats=repeats,
+                limit=limit, indices=indices, run_id=self.run_id, workflow_id=workflow_id if store_rows else None,
+                seed=self.oc.seed, pool=self.pool, store_rows=store_rows,
+            )
         finally:
             self._wait_s += time.perf_counter() - t0
-
-    def _evaluate_call(self, evaluate_workflow, WorkflowSource, graph, prompt, workflow_id, repeats, split, indices,
-                       limit, store_rows):
-        return evaluate_workflow(
-            self.store, WorkflowSource(graph=graph, prompt=prompt), dataset=self.oc.dataset, split=split,
-            executor=self.oc.executor, llm_cfg=self._llm_cfg(), rollout_cfg=self.cfg.rollout, repeats=repeats,
-            limit=limit, indices=indices, run_id=self.run_id, workflow_id=workflow_id if store_rows else None,
-            seed=self.oc.seed, pool=self.pool, store_rows=store_rows,
-        )
 
     def _insert_workflow(self, *, round_no: int, parent_id: Optional[int], graph: str, prompt: str,
                          modification: Optional[str], status: str = "valid", error: Optional[str] = None) -> int:

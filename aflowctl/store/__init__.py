@@ -1,6 +1,6 @@
 """The SQLite store: models, engine and migrations, and the read API."""
 
-from aflowctl.store.db import Store, open_store, utcnow
+from aflowctl.store.db import Store, new_run_id, open_store, utcnow
 from aflowctl.store.models import (
     Checkpoint,
     Evaluation,
@@ -13,6 +13,6 @@ from aflowctl.store.models import (
 )
 
 __all__ = [
-    "Store", "open_store", "utcnow", "Run", "Workflow", "Evaluation", "RolloutTask",
+    "Store", "open_store", "utcnow", "new_run_id", "Run", "Workflow", "Evaluation", "RolloutTask",
     "Experience", "LLMCall", "Checkpoint", "TrainMetric",
 ]

@@ -34,6 +34,13 @@ def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+def new_run_id(kind: str) -> str:
+    """A fresh run id: ``<kind>-<UTC time>-<4 hex>`` (e.g. ``opt-20261126-110328-ae85``)."""
+    import secrets
+
+    return f"{kind}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
 def _check_file(path: Path) -> None:
     """Refuse a file that is not an SQLite database, without touching it."""
     if not path.exists():

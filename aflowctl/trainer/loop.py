@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from aflowctl.errors import CheckpointError, ConfigError, NotFoundError
+from aflowctl.store.db import new_run_id
 from aflowctl.trainer import TrainingError
 
 Callback = Callable[[str, dict], None]
@@ -44,13 +45,6 @@ def derive_seed(*parts: Any) -> int:
     """A 63-bit seed derived from the run seed and counters (stable across processes)."""
     h = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
-
-
-def new_run_id() -> str:
-    import secrets
-    from datetime import datetime, timezone
-
-    return "train-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 
 def pick_device(requested: Optional[str]) -> str:
@@ -117,7 +111,7 @@ class Trainer:
         self.resume = resume
         self.force = force
         self.fallback = fallback
-        self.run_id = run_id or new_run_id()
+        self.run_id = run_id or new_run_id("train")
         self.env = env
         self.from_experiences = list(from_experiences)
         self.sft_only = sft_only
