@@ -10,7 +10,7 @@ import pytest
 from aflowctl import benchmarks, plugins
 from aflowctl.benchmarks import data, hub
 from aflowctl.benchmarks.base import Benchmark
-from aflowctl.errors import BenchmarkError, PluginError
+from aflowctl.errors import BenchmarkError
 from aflowctl.hookspecs import hookimpl
 
 BUILTIN = ["drop", "gsm8k", "hotpotqa", "humaneval", "math", "mbpp"]

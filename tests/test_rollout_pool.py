@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from aflowctl.config import RolloutConfig
-from aflowctl.errors import AflowctlError
 from aflowctl.rollout.importer import ImportFromStringError, import_from_string, resolve_worker
 from aflowctl.rollout.pool import RolloutPool, TaskSpec, task_key
 from aflowctl.store import open_store

@@ -201,7 +201,6 @@ def test_root_runs_code_as_nobody_when_the_interpreter_allows(tmp_path):
     can execute (this venv's interpreter may live under a private /root)."""
     import shutil
     import subprocess
-    import sys
     from pathlib import Path
 
     system_py = shutil.which("python3", path="/usr/bin:/usr/local/bin")

@@ -8,7 +8,6 @@ real client against the loopback OpenAI-compatible server.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 
 import pytest

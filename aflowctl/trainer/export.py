@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Optional
 
 from aflowctl.errors import CheckpointError, ConfigError, NotFoundError
 

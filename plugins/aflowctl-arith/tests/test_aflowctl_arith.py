@@ -83,7 +83,7 @@ def test_nothing_to_fetch():
 def test_user_data_dir_overrides_shipped_files():
     from aflowctl import paths
 
-    b = _register()
+    _register()
     paths.data_dir().mkdir(parents=True, exist_ok=True)
     row = {"id": "mine", "question": "What is 1 + 1?", "answer": "2"}
     (paths.data_dir() / "arith_validate.jsonl").write_text(json.dumps(row) + "\n")
