@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from enum import Enum
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Iterator, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -25,6 +26,40 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+class Role(str, Enum):
+    """What a config field means for a run; every field declares one (``role`` metadata).
+
+    The role decides what may change when a run is resumed, what ``compare`` groups
+    runs by, and what makes two ``evaluate`` commands the same evaluation.
+    """
+
+    EXPERIMENT = "experiment"  # defines the experiment: fixed for a run's life, compared
+    RESUMABLE = "resumable"  # a limit (rounds, budget, epochs): may change on resume, compared
+    RESOURCE = "resource"  # resource only (workers, retries, timeouts): may change on resume, not compared
+    SEED = "seed"  # the random seed: fixed for a run's life; runs differing only in it are replicates
+
+
+ROLE_DOCS = {
+    Role.EXPERIMENT: "defines the experiment: a resumed run must keep it (or pass --force); `compare` groups runs by it",
+    Role.RESUMABLE: "a limit: may change when a run is resumed; `compare` still groups runs by it",
+    Role.RESOURCE: "resource only: may change when a run is resumed; ignored by `compare` and by `evaluate`'s resume check",
+    Role.SEED: "the random seed: a resumed run must keep it; `compare` treats runs that differ only in it as replicates",
+}
+
+
+def _f(default: Any = ..., *, role: Role, description: str, **kw: Any) -> Any:
+    """A config field with its role (see :class:`Role`) and its description (docs/config.md)."""
+    return Field(default, description=description, json_schema_extra={"role": role.value}, **kw)
+
+
+def _section(model: type, description: str) -> Any:
+    """A nested table: its fields carry their own roles."""
+    return Field(default_factory=model, description=description)
+
+
+E, R, X, S = Role.EXPERIMENT, Role.RESUMABLE, Role.RESOURCE, Role.SEED
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -32,13 +67,13 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     """How to reach one model (a role's model)."""
 
-    model: str = Field(description="provider/model, e.g. openai/gpt-4o-mini, local/smollm2, mutate")
-    api_base: Optional[str] = Field(default=None, description="base URL of an OpenAI-compatible server")
-    api_key_env: Optional[str] = Field(default=None, description="name of the env var holding the key")
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_tokens: Optional[int] = None
-    timeout_s: float = 120.0
+    model: str = _f(role=E, description="provider/model, e.g. openai/gpt-4o-mini, local/smollm2, mutate")
+    api_base: Optional[str] = _f(None, role=X, description="base URL of an OpenAI-compatible server")
+    api_key_env: Optional[str] = _f(None, role=X, description="name of the environment variable holding the key")
+    temperature: float = _f(0.0, role=E, description="sampling temperature")
+    top_p: float = _f(1.0, role=E, description="nucleus sampling: keep the smallest token set with this probability")
+    max_tokens: Optional[int] = _f(None, role=E, description="most tokens in one answer (default: the provider's)")
+    timeout_s: float = _f(120.0, role=X, description="seconds to wait for one answer of this model")
 
     @field_validator("api_key_env")
     @classmethod
@@ -51,81 +86,100 @@ class ModelConfig(_Strict):
 class ModelPrice(_Strict):
     """USD per token of a model that litellm's price map does not know (a vLLM server...)."""
 
-    input_cost_per_token: float = Field(ge=0)
-    output_cost_per_token: float = Field(ge=0)
+    input_cost_per_token: float = _f(role=X, description="USD per prompt token", ge=0)
+    output_cost_per_token: float = _f(role=X, description="USD per completion token", ge=0)
 
 
 class LLMConfig(_Strict):
     """The LLM layer: router limits, cache, budget."""
 
-    max_retries: int = Field(default=5, ge=0)
-    backoff_base_s: float = Field(default=0.5, gt=0)
-    backoff_max_s: float = Field(default=30.0, gt=0)
-    concurrency_per_model: int = Field(default=32, ge=1)
-    requests_per_minute: Optional[int] = Field(default=None, ge=1)
-    timeout_s: float = Field(default=120.0, gt=0)
-    cache: Literal["readwrite", "read", "write", "off"] = "readwrite"
-    budget_usd: Optional[float] = Field(default=None, ge=0)
-    prices: dict[str, ModelPrice] = Field(
-        default_factory=dict, description="prices of models litellm does not know, keyed by provider/model"
+    max_retries: int = _f(5, role=X, description="retries of a failed call (rate limits, 5xx, timeouts)", ge=0)
+    backoff_base_s: float = _f(0.5, role=X, description="first wait between retries; doubles each time", gt=0)
+    backoff_max_s: float = _f(30.0, role=X, description="longest wait between retries", gt=0)
+    concurrency_per_model: int = _f(32, role=X, description="most calls in flight to one model", ge=1)
+    requests_per_minute: Optional[int] = _f(None, role=X, description="most calls started per minute to one model", ge=1)
+    timeout_s: float = _f(120.0, role=X, description="seconds to wait for one answer", gt=0)
+    cache: Literal["readwrite", "read", "write", "off"] = _f(
+        "readwrite", role=X, description="response cache: read and write, read only, write only, or off"
     )
-    local_model: Optional[str] = Field(
-        default=None, description="path to an HF directory or GGUF file for local/ models (default: embedded SmolLM2)"
+    budget_usd: Optional[float] = _f(None, role=R, description="stop the run cleanly (resumably) at this spend", ge=0)
+    prices: dict[str, ModelPrice] = _f(
+        role=X, description="prices of models litellm does not know, keyed by provider/model", default_factory=dict
     )
-    cache_scope: Literal["run", "global"] = Field(
-        default="run", description="serve cached answers from the same run only, or from any run"
+    local_model: Optional[str] = _f(
+        None, role=E, description="path to an HF directory or GGUF file for local/ models (default: embedded SmolLM2)"
     )
-    http_client: Literal["auto", "litellm", "direct"] = Field(
-        default="auto",
+    cache_scope: Literal["run", "global"] = _f(
+        "run", role=X, description="serve cached answers from the same run only, or from any run"
+    )
+    http_client: Literal["auto", "litellm", "direct"] = _f(
+        "auto", role=X,
         description="OpenAI-compatible servers: auto = direct HTTP for loopback servers, litellm otherwise",
     )
-    replay_from: Optional[str] = Field(
-        default=None, description="answer every call from the call log of this run id ('*' = any run)"
+    replay_from: Optional[str] = _f(
+        None, role=E, description="answer every call from the call log of this run id ('*' = any run)"
     )
-    local_batch_window_ms: float = Field(
-        default=20.0, ge=0, description="local provider: how long to gather concurrent requests into one batch"
+    local_batch_window_ms: float = _f(
+        20.0, role=X, description="local provider: how long to gather concurrent requests into one batch", ge=0
     )
-    local_max_batch: int = Field(default=8, ge=1, description="local provider: most sequences in one batch")
+    local_max_batch: int = _f(8, role=X, description="local provider: most sequences in one batch", ge=1)
 
 
 class RolloutConfig(_Strict):
     """The rollout pool and the sandbox."""
 
-    executor: Literal["process", "ray"] = "process"
-    ray_address: Optional[str] = None
-    workers: int = Field(default=2, ge=1)
-    concurrency: int = Field(default=16, ge=1, description="problems evaluated at once inside one worker")
-    max_attempts: int = Field(default=3, ge=1)
-    task_timeout_s: float = Field(default=1800.0, gt=0)
-    code_timeout_s: float = Field(default=10.0, gt=0)
-    code_memory_mb: int = Field(default=1024, ge=64)
+    executor: Literal["process", "ray"] = _f("process", role=X, description="rollout backend: local processes or Ray")
+    ray_address: Optional[str] = _f(None, role=X, description="Ray cluster address (executor = ray; default: local Ray)")
+    workers: int = _f(2, role=X, description="rollout worker processes", ge=1)
+    concurrency: int = _f(16, role=X, description="problems evaluated at once inside one worker", ge=1)
+    max_attempts: int = _f(3, role=X, description="attempts of a rollout task whose worker died", ge=1)
+    task_timeout_s: float = _f(1800.0, role=X, description="seconds one rollout task may take", gt=0)
+    code_timeout_s: float = _f(10.0, role=E, description="seconds generated code may run in the sandbox", gt=0)
+    code_memory_mb: int = _f(1024, role=E, description="memory limit of generated code in the sandbox (MiB)", ge=64)
 
 
 class OptimizeConfig(_Strict):
     """AFlow-style search."""
 
-    dataset: str = "gsm8k"
-    initial_workflow: Optional[str] = Field(default=None, description="folder with graph.py/prompt.py; default: the dataset's seed")
-    optimizer: ModelConfig = ModelConfig(model="anthropic/claude-3-5-sonnet-20240620", temperature=1.0)
-    executor: ModelConfig = ModelConfig(model="openai/gpt-4o-mini", temperature=0.0)
-    operators: list[str] = ["Custom", "ScEnsemble", "Programmer"]
-    max_rounds: int = Field(default=20, ge=1)
-    sample: int = Field(default=4, ge=1, description="parents considered: the initial workflow plus the top sample-1 others")
-    validation_rounds: int = Field(default=5, ge=1)
-    validation_limit: Optional[int] = Field(default=None, ge=1, description="use only the first N validation problems")
-    test_limit: Optional[int] = Field(default=None, ge=1)
-    alpha: float = 0.2
-    lambda_: float = Field(default=0.3, alias="lambda", ge=0, le=1)
-    convergence_z: float = 0.0
-    consecutive_rounds: int = Field(default=5, ge=1)
-    check_convergence: bool = True
-    max_retries: int = Field(default=3, ge=0, description="proposal retries with the error fed back")
-    failed_cases: int = Field(default=3, ge=0, description="failed validation cases shown to the optimizer")
-    candidates: int = Field(default=1, ge=1)
-    policy: Optional[str] = None
-    policy_guidance_weight: float = Field(default=0.0, ge=0, le=1)
-    seed: int = 0
-    budget_usd: Optional[float] = Field(default=None, ge=0)
+    dataset: str = _f("gsm8k", role=E, description="benchmark to optimize on (see 'aflowctl data list')")
+    initial_workflow: Optional[str] = _f(
+        None, role=E, description="folder with graph.py/prompt.py; default: the dataset's seed"
+    )
+    optimizer: ModelConfig = Field(
+        default_factory=lambda: ModelConfig(model="anthropic/claude-3-5-sonnet-20240620", temperature=1.0),
+        description="the model that proposes modifications ('mutate': the LLM-free proposer)",
+    )
+    executor: ModelConfig = Field(
+        default_factory=lambda: ModelConfig(model="openai/gpt-4o-mini", temperature=0.0),
+        description="the model the workflows call",
+    )
+    operators: list[str] = _f(
+        role=E, description="operators the optimizer may use", default_factory=lambda: ["Custom", "ScEnsemble", "Programmer"]
+    )
+    max_rounds: int = _f(20, role=R, description="highest round number (round 1 evaluates the initial workflow)", ge=1)
+    sample: int = _f(4, role=E, description="parents considered: the initial workflow plus the top sample-1 others", ge=1)
+    validation_rounds: int = _f(5, role=E, description="validation repeats per workflow", ge=1)
+    validation_limit: Optional[int] = _f(None, role=E, description="use only the first N validation problems", ge=1)
+    test_limit: Optional[int] = _f(None, role=R, description="use only the first N test problems (--test)", ge=1)
+    alpha: float = _f(0.2, role=E, description="parent selection: sharpness of the softmax over scores (AFlow's alpha)")
+    lambda_: float = _f(
+        0.3, role=E, description="parent selection: weight of the uniform choice mixed into the softmax (AFlow's lambda)",
+        alias="lambda", ge=0, le=1,
+    )
+    convergence_z: float = _f(0.0, role=E, description="convergence: a top-3 mean change within z standard errors counts as no change")
+    consecutive_rounds: int = _f(5, role=E, description="convergence: workflows in a row without a significant change before stopping", ge=1)
+    check_convergence: bool = _f(True, role=E, description="stop early when the search has converged")
+    max_retries: int = _f(3, role=E, description="proposal retries with the error fed back", ge=0)
+    failed_cases: int = _f(3, role=E, description="failed validation cases shown to the optimizer", ge=0)
+    candidates: int = _f(1, role=E, description="K modifications sampled and evaluated per round", ge=1)
+    policy: Optional[str] = _f(
+        None, role=E, description="a trained policy (training run id, checkpoint or exported folder) as optimizer"
+    )
+    policy_guidance_weight: float = _f(
+        0.0, role=E, description="weight of the policy's value estimate in parent selection", ge=0, le=1
+    )
+    seed: int = _f(0, role=S, description="random seed of the run (selection, sampling, mutate)")
+    budget_usd: Optional[float] = _f(None, role=R, description="stop cleanly (resumably) at this spend", ge=0)
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
@@ -134,76 +188,171 @@ class TrainConfig(_Strict):
     """GiGPO training of the optimizer policy (see docs/training.md)."""
 
     # policy
-    policy_model: Optional[str] = Field(default=None, description="HF dir or GGUF; default: embedded SmolLM2")
-    lora: bool = False
-    lora_r: int = Field(default=8, ge=1)
-    lora_alpha: int = Field(default=16, ge=1)
+    policy_model: Optional[str] = _f(None, role=E, description="HF dir or GGUF; default: embedded SmolLM2")
+    lora: bool = _f(False, role=E, description="train LoRA adapters instead of all weights")
+    lora_r: int = _f(8, role=E, description="LoRA rank", ge=1)
+    lora_alpha: int = _f(16, role=E, description="LoRA scaling alpha", ge=1)
     # environment
-    env: Literal["workflow", "keyword"] = Field(
-        default="workflow", description="workflow: the AFlow MDP; keyword: reward 1 when the response contains `keyword`"
+    env: Literal["workflow", "keyword"] = _f(
+        "workflow", role=E,
+        description="workflow: the AFlow MDP; keyword: reward 1 when the response contains `keyword`",
     )
-    keyword: str = Field(default="workflow", min_length=1, description="the rewarded word of env = keyword")
-    prompts: list[str] = Field(default_factory=list, description="prompts of env = keyword (default: two built-in ones)")
-    datasets: list[str] = ["arith"]
-    executor: ModelConfig = ModelConfig(model="local/smollm2")
-    validation_limit: Optional[int] = Field(default=8, ge=1)
+    keyword: str = _f("workflow", role=E, description="the rewarded word of env = keyword", min_length=1)
+    prompts: list[str] = _f(
+        role=E, description="prompts of env = keyword (default: two built-in ones)", default_factory=list
+    )
+    datasets: list[str] = _f(role=E, description="benchmarks whose seed workflows are start states", default_factory=lambda: ["arith"])
+    executor: ModelConfig = Field(
+        default_factory=lambda: ModelConfig(model="local/smollm2"), description="the model the workflows call"
+    )
+    validation_limit: Optional[int] = _f(8, role=E, description="validation problems scored per workflow", ge=1)
     # episodes and batches
-    epochs: int = Field(default=1, ge=1)
-    groups_per_epoch: Optional[int] = Field(default=None, ge=1, description="default: one group per start state")
-    groups_per_batch: int = Field(default=1, ge=1)
-    episodes_per_group: int = Field(default=2, ge=1, description="G")
-    steps_per_episode: int = Field(default=1, ge=1, description="T")
-    temperature: float = Field(default=1.0, gt=0)
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    max_new_tokens: int = Field(default=256, ge=1)
-    generation_batch_size: int = Field(default=16, ge=1)
+    epochs: int = _f(1, role=R, description="passes over the start states", ge=1)
+    groups_per_epoch: Optional[int] = _f(None, role=E, description="default: one group per start state", ge=1)
+    groups_per_batch: int = _f(1, role=E, description="episode groups per update", ge=1)
+    episodes_per_group: int = _f(2, role=E, description="G: episodes from one start state", ge=1)
+    steps_per_episode: int = _f(1, role=E, description="T: edits per episode", ge=1)
+    temperature: float = _f(1.0, role=E, description="sampling temperature of the policy", gt=0)
+    top_p: float = _f(1.0, role=E, description="nucleus sampling of the policy", gt=0, le=1)
+    max_new_tokens: int = _f(256, role=E, description="most tokens in one policy response", ge=1)
+    generation_batch_size: int = _f(16, role=E, description="responses sampled in one batch", ge=1)
     # GiGPO
-    gamma: float = Field(default=0.95, ge=0, le=1)
-    mode: Literal["mean_norm", "mean_std_norm"] = "mean_norm"
-    step_advantage_w: float = 1.0
-    invalid_penalty: float = Field(default=0.1, ge=0)
+    gamma: float = _f(0.95, role=E, description="discount of later steps' rewards", ge=0, le=1)
+    mode: Literal["mean_norm", "mean_std_norm"] = _f(
+        "mean_norm", role=E, description="advantage normalisation: mean only, or mean and std"
+    )
+    step_advantage_w: float = _f(1.0, role=E, description="weight of the step-level (anchor) advantage")
+    invalid_penalty: float = _f(0.1, role=E, description="reward subtracted for an invalid action", ge=0)
     # PPO update
-    lr: float = Field(default=1e-6, gt=0)
-    weight_decay: float = Field(default=0.01, ge=0)
-    warmup_steps: int = Field(default=0, ge=0)
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
-    clip_ratio_low: float = Field(default=0.2, ge=0, lt=1)
-    clip_ratio_high: float = Field(default=0.2, ge=0)
-    dual_clip_c: float = Field(default=3.0, gt=1)
-    use_kl: bool = False
-    kl_coef: float = Field(default=0.001, ge=0)
-    entropy_coef: float = 0.001
-    grad_clip: float = Field(default=1.0, gt=0)
-    micro_batch_size: int = Field(default=4, ge=1)
-    ppo_epochs: int = Field(default=1, ge=1)
+    lr: float = _f(1e-6, role=E, description="learning rate", gt=0)
+    weight_decay: float = _f(0.01, role=E, description="AdamW weight decay", ge=0)
+    warmup_steps: int = _f(0, role=E, description="linear warm-up updates", ge=0)
+    lr_schedule: Literal["constant", "cosine"] = _f("constant", role=E, description="learning-rate schedule after warm-up")
+    min_lr_ratio: float = _f(0.1, role=E, description="cosine: final learning rate as a fraction of lr", ge=0, le=1)
+    clip_ratio_low: float = _f(0.2, role=E, description="PPO clip below 1", ge=0, lt=1)
+    clip_ratio_high: float = _f(0.2, role=E, description="PPO clip above 1", ge=0)
+    dual_clip_c: float = _f(3.0, role=E, description="dual-clip bound for negative advantages", gt=1)
+    use_kl: bool = _f(False, role=E, description="add a KL penalty to the initial policy")
+    kl_coef: float = _f(0.001, role=E, description="weight of the KL penalty", ge=0)
+    entropy_coef: float = _f(0.001, role=E, description="weight of the entropy bonus")
+    grad_clip: float = _f(1.0, role=E, description="gradient norm clip", gt=0)
+    micro_batch_size: int = _f(4, role=E, description="sequences per forward/backward pass", ge=1)
+    ppo_epochs: int = _f(1, role=E, description="optimizer passes over one batch", ge=1)
     # devices
-    device: Optional[str] = Field(default=None, description="cpu, cuda, cuda:N (default: cuda when available)")
-    bf16: bool = Field(default=True, description="bf16 autocast on CUDA (ignored on CPU)")
-    gradient_checkpointing: bool = False
+    device: Optional[str] = _f(None, role=X, description="cpu, cuda, cuda:N (default: cuda when available)")
+    bf16: bool = _f(True, role=E, description="bf16 autocast on CUDA (ignored on CPU)")
+    gradient_checkpointing: bool = _f(False, role=X, description="recompute activations to save memory")
     # offline warm start (--from-experiences)
-    sft_mode: Literal["filter", "weight"] = "filter"
-    sft_min_reward: float = Field(default=0.0, description="filter: keep valid experiences with reward > this")
-    sft_beta: float = Field(default=1.0, gt=0, description="weight: weight = softmax(reward / beta) over the pairs")
-    sft_epochs: int = Field(default=1, ge=1)
-    sft_lr: float = Field(default=1e-5, gt=0)
-    sft_max_pairs: Optional[int] = Field(default=None, ge=1)
+    sft_mode: Literal["filter", "weight"] = _f(
+        "filter", role=E, description="warm start: keep good experiences (filter) or weight them by reward"
+    )
+    sft_min_reward: float = _f(0.0, role=E, description="filter: keep valid experiences with reward > this")
+    sft_beta: float = _f(1.0, role=E, description="weight: weight = softmax(reward / beta) over the pairs", gt=0)
+    sft_epochs: int = _f(1, role=E, description="warm start: passes over the pairs", ge=1)
+    sft_lr: float = _f(1e-5, role=E, description="warm start: learning rate", gt=0)
+    sft_max_pairs: Optional[int] = _f(None, role=E, description="warm start: most pairs used", ge=1)
     # checkpoints and logs
-    checkpoint_every: int = Field(default=1, ge=1, description="updates between checkpoints (and one at the end)")
-    keep_checkpoints: int = Field(default=3, ge=1)
-    tensorboard: bool = False
-    seed: int = 0
+    checkpoint_every: int = _f(1, role=X, description="updates between checkpoints (and one at the end)", ge=1)
+    keep_checkpoints: int = _f(3, role=X, description="checkpoints kept on disk", ge=1)
+    tensorboard: bool = _f(False, role=X, description="write TensorBoard logs to the run folder")
+    seed: int = _f(0, role=S, description="random seed of the run")
 
 
 class Config(_Strict):
-    llm: LLMConfig = LLMConfig()
-    rollout: RolloutConfig = RolloutConfig()
-    optimize: OptimizeConfig = OptimizeConfig()
-    train: TrainConfig = TrainConfig()
+    llm: LLMConfig = _section(LLMConfig, "the LLM layer: retries, limits, cache, budget, prices")
+    rollout: RolloutConfig = _section(RolloutConfig, "rollout workers and the sandbox")
+    optimize: OptimizeConfig = _section(OptimizeConfig, "AFlow-style search (optimize, evaluate)")
+    train: TrainConfig = _section(TrainConfig, "GiGPO training of the optimizer policy")
 
     def hash(self) -> str:
         blob = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- field roles
+
+
+def _nested_model(annotation: Any) -> Optional[type]:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def iter_fields(model: type = None, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """``(dotted key, FieldInfo)`` of every leaf field (keys as written in a config file)."""
+    model = model or Config
+    for name, info in model.model_fields.items():
+        key = prefix + (info.alias or name)
+        sub = _nested_model(info.annotation)
+        if sub is not None:
+            yield from iter_fields(sub, key + ".")
+        else:
+            yield key, info
+
+
+def field_role(info: Any) -> Optional[Role]:
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    return Role(extra["role"]) if "role" in extra else None
+
+
+def role_of(key: str) -> Role:
+    """The role of a dotted config key (a key below a dict field, such as
+    ``llm.prices.openai/x.input_cost_per_token``, has that field's role). Unknown keys
+    count as :attr:`Role.EXPERIMENT`, the safe choice."""
+    model: Any = Config
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        fields = {(f.alias or n): f for n, f in model.model_fields.items()}
+        info = fields.get(part)
+        if info is None:
+            return Role.EXPERIMENT
+        sub = _nested_model(info.annotation)
+        if sub is None or i == len(parts) - 1:
+            return field_role(info) or Role.EXPERIMENT
+        model = sub
+    return Role.EXPERIMENT
+
+
+def keys_with_role(*roles: Role) -> set[str]:
+    """Dotted keys of every leaf field whose role is one of ``roles``."""
+    return {k for k, info in iter_fields() if field_role(info) in roles}
+
+
+def changeable_on_resume(key: str) -> bool:
+    """May this key differ between a run's stored config and the config it resumes with?"""
+    return role_of(key) in (Role.RESUMABLE, Role.RESOURCE)
+
+
+def conflicting_keys(stored: dict, new: dict) -> list[str]:
+    """Keys that differ between a run's stored config and a new one and may not change on
+    resume. A key one side lacks (a field added or removed since the run was stored)
+    conflicts only when the other side's value is not the field's default."""
+    a, b = flatten(stored), flatten(new)
+    defaults = flatten(Config().model_dump(mode="json", by_alias=True))
+    out = []
+    for key in diff_configs(stored, new):
+        if changeable_on_resume(key):
+            continue
+        if (key not in a or key not in b) and (a.get(key, b.get(key)) == defaults.get(key, object())):
+            continue
+        out.append(key)
+    return out
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as ``{dotted key: value}``."""
+    out: dict[str, Any] = {}
+    if isinstance(d, dict) and d:
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    else:
+        out[prefix[:-1]] = d
+    return out
+
+
+def defining_values(cfg_json: dict, prefixes: tuple[str, ...]) -> dict[str, Any]:
+    """The flattened values under ``prefixes`` that define a result (roles experiment and seed)."""
+    flat = flatten(cfg_json)
+    return {k: v for k, v in sorted(flat.items())
+            if k.startswith(prefixes) and role_of(k) in (Role.EXPERIMENT, Role.SEED)}
 
 
 def _loc(err: dict) -> str:

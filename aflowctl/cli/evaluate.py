@@ -42,13 +42,15 @@ def resolve_workflow(store: Any, workflow: Optional[str], dataset: str) -> tuple
 
 
 def _fingerprint(cfg_json: dict, workflow_hash: str, dataset: str, split: str, repeats: int, indices: list) -> str:
-    """What makes two evaluate commands the same evaluation (for resuming)."""
+    """What makes two evaluate commands the same evaluation (for resuming): the config keys
+    evaluate uses whose role defines a result (resource-only keys and limits may change)."""
     import hashlib
 
-    blob = json.dumps({"rollout": cfg_json.get("rollout"), "executor": cfg_json.get("optimize", {}).get("executor"),
-                       "seed": cfg_json.get("optimize", {}).get("seed"), "llm": cfg_json.get("llm"),
-                       "workflow": workflow_hash, "dataset": dataset, "split": split, "repeats": repeats,
-                       "indices": indices}, sort_keys=True)
+    from aflowctl.config import defining_values
+
+    config = defining_values(cfg_json, ("llm.", "rollout.", "optimize.executor.", "optimize.seed"))
+    blob = json.dumps({"config": config, "workflow": workflow_hash, "dataset": dataset, "split": split,
+                       "repeats": repeats, "indices": indices}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 

@@ -27,18 +27,14 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from aflowctl.config import Role, keys_with_role, role_of
 from aflowctl.errors import NotFoundError, UsageError
 from aflowctl.store import queries
 from aflowctl.store.db import Store
 
-#: config keys that do not define the experiment (left out when grouping runs)
-IGNORED_KEYS = {
-    "optimize.seed", "train.seed",
-    "llm.max_retries", "llm.timeout_s", "llm.concurrency_per_model", "llm.requests_per_minute", "llm.cache",
-    "llm.cache_scope", "llm.http_client", "llm.backoff_base_s", "llm.backoff_max_s",
-    "rollout.workers", "rollout.concurrency", "rollout.executor", "rollout.ray_address", "rollout.task_timeout_s",
-    "rollout.max_attempts",
-}
+#: config keys that do not define the experiment (left out when grouping runs): the seed and
+#: resource-only keys, from the roles the fields declare in aflowctl.config
+IGNORED_KEYS = keys_with_role(Role.SEED, Role.RESOURCE)
 #: config subtrees left out: train settings do not change an optimize run
 IGNORED_PREFIXES = ("train.",)
 
@@ -60,7 +56,7 @@ def experiment_key(config: dict) -> dict[str, Any]:
     """The flattened config that defines the experiment (seed and resource keys removed)."""
     flat = _flatten(config)
     return {k: v for k, v in sorted(flat.items())
-            if k not in IGNORED_KEYS and not k.startswith(IGNORED_PREFIXES)}
+            if role_of(k) not in (Role.SEED, Role.RESOURCE) and not k.startswith(IGNORED_PREFIXES)}
 
 
 def bootstrap_diff_ci(a: Sequence[float], b: Sequence[float], *, n_boot: int = BOOTSTRAP_SAMPLES,

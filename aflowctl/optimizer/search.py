@@ -28,7 +28,7 @@ from loguru import logger
 from sqlalchemy import text
 
 from aflowctl import __version__
-from aflowctl.config import Config, diff_configs
+from aflowctl.config import Config, conflicting_keys
 from aflowctl.errors import AflowctlError, BudgetExceeded, ConfigError, NotFoundError
 from aflowctl.optimizer import experience as exp_mod
 from aflowctl.optimizer import mutate as mutate_mod
@@ -39,24 +39,6 @@ from aflowctl.optimizer.selection import Candidate, round_rng, select_parent, to
 from aflowctl.store import Experience, Run, Workflow, new_run_id, utcnow
 from aflowctl.store import queries
 from aflowctl.store.db import Store
-
-# Keys that may differ when a run is resumed (limits and resources, not the search itself).
-RESUMABLE_KEYS = {
-    "optimize.max_rounds",
-    "optimize.budget_usd",
-    "optimize.test_limit",
-    "llm.budget_usd",
-    "llm.max_retries",
-    "llm.timeout_s",
-    "llm.concurrency_per_model",
-    "llm.requests_per_minute",
-    "rollout.workers",
-    "rollout.concurrency",
-    "rollout.executor",
-    "rollout.ray_address",
-    "rollout.task_timeout_s",
-    "rollout.max_attempts",
-}
 
 Progress = Callable[..., None]
 
@@ -111,7 +93,7 @@ def start_run(store: Store, cfg: Config, *, run_id: Optional[str], resume: Optio
             raise ConfigError(f"run '{resume}' is a {row['kind']} run, not an optimize run", "resume it with its own command")
         stored = json.loads(row["config_json"])
         new = cfg.model_dump(mode="json", by_alias=True)
-        differing = [k for k in diff_configs(stored, new) if k not in RESUMABLE_KEYS]
+        differing = conflicting_keys(stored, new)
         if differing and not force:
             raise ConfigError(
                 f"the config differs from run '{resume}' in {', '.join(differing)}",

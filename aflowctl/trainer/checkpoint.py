@@ -38,8 +38,6 @@ STATE = "trainer_state.json"
 LATEST = "latest"
 FORMAT_VERSION = 1
 _STEP_RE = re.compile(r"^step-(\d+)$")
-# Config keys that may change when a run is resumed (they do not change what was computed so far).
-RESUMABLE_KEYS = {"train.epochs", "train.checkpoint_every", "train.keep_checkpoints", "train.tensorboard", "train.device"}
 
 
 def checkpoints_dir(run_dir: Path) -> Path:
@@ -331,7 +329,7 @@ def latest_checkpoint(run_dir: Path, *, fallback: bool = False) -> Optional[Chec
 def compatibility_problems(saved: dict[str, Any], *, config: dict[str, Any], model_fingerprint: str,
                            lora: bool) -> list[str]:
     """What differs between a checkpoint and the run about to use it (empty: compatible)."""
-    from aflowctl.config import diff_configs
+    from aflowctl.config import conflicting_keys
 
     problems = []
     saved_model = saved.get("model", {})
@@ -342,7 +340,7 @@ def compatibility_problems(saved: dict[str, Any], *, config: dict[str, Any], mod
         )
     if bool(saved_model.get("lora")) != bool(lora):
         problems.append(f"train.lora differs (checkpoint: {saved_model.get('lora')}, now: {lora})")
-    keys = [k for k in diff_configs(saved.get("config", {}), config) if k not in RESUMABLE_KEYS]
+    keys = conflicting_keys(saved.get("config", {}), config)
     if keys:
         problems.append("config differs in " + ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else ""))
     return problems
