@@ -136,6 +136,13 @@ class RolloutConfig(_Strict):
     task_timeout_s: float = _f(1800.0, role=X, description="seconds one rollout task may take", gt=0)
     code_timeout_s: float = _f(10.0, role=E, description="seconds generated code may run in the sandbox", gt=0)
     code_memory_mb: int = _f(1024, role=E, description="memory limit of generated code in the sandbox (MiB)", ge=64)
+    problem_timeout_s: float = _f(300.0, role=E, gt=0,
+                                  description="wall-clock limit of one problem's attempt in the sandboxed worker; "
+                                              "on expiry that attempt ends with an error, not the whole task")
+    allow_unsandboxed: bool = _f(False, role=X,
+                                 description="run workflow code even where the sandbox (seccomp, Landlock, an "
+                                             "unprivileged uid when root) cannot be set up; `aflowctl doctor` names "
+                                             "what is missing. Unsafe: keep false")
 
 
 class OptimizeConfig(_Strict):

@@ -262,11 +262,41 @@ def check_disk() -> list[dict]:
                    None if ok else "free space: a checkpoint of a 135M model with optimizer state is ~1.6 GB")]
 
 
+def check_sandbox(cfg: Config) -> list[dict]:
+    """The layers the sandbox for untrusted code gets on this machine (docs/sandbox.md)."""
+    from aflowctl.sandbox.confine import capabilities
+
+    caps = capabilities()
+    layers = [f"landlock ABI {caps['landlock_abi']}" if caps["landlock_abi"] else "no landlock",
+              "seccomp" if caps["seccomp"] else "no seccomp"]
+    if caps["root"]:
+        layers.append(f"root drops to {caps['sandbox_user']}" if caps["can_drop_uid"] else "stays root")
+    else:
+        layers.append(f"runs as uid {os.geteuid()}")
+    out = []
+    if caps["ok"]:
+        out.append(_check("sandbox", "ok", ", ".join(layers)))
+    else:
+        p = caps["problems"][0]
+        allowed = cfg.rollout.allow_unsandboxed
+        out.append(_check("sandbox", "warn" if allowed else "fail",
+                          f"{', '.join(layers)}: {p['detail']}" + (" (rollout.allow_unsandboxed = true)" if allowed else ""),
+                          p["fix"] + ("" if allowed else "; runs refuse until then (or set rollout.allow_unsandboxed = true)")))
+    if caps["needs_read_capability"]:
+        out.append(_check("sandbox interpreter", "warn",
+                          f"{caps['sandbox_user']} cannot read {caps['interpreter']}'s files: the sandbox keeps "
+                          "CAP_DAC_READ_SEARCH, limited by Landlock to the interpreter's paths",
+                          "install Python in a world-readable place (e.g. /usr/local or /opt) and make the venv from it"))
+    elif caps["root"]:
+        out.append(_check("sandbox interpreter", "ok", f"{caps['sandbox_user']} can run {caps['interpreter']}"))
+    return out
+
+
 def run_checks(cfg: Config, *, db=None, explicit_config: bool = False) -> list[dict]:
     checks: list[Callable[[], list[dict]]] = [
         check_python, check_dependencies, check_litellm, check_torch, check_sqlite,
         lambda: check_store(db), check_plugins, lambda: check_models(cfg, explicit_config),
-        check_local_model, lambda: check_datasets(cfg, explicit_config), check_disk,
+        check_local_model, lambda: check_datasets(cfg, explicit_config), check_disk, lambda: check_sandbox(cfg),
     ]
     results: list[dict] = []
     for fn in checks:

@@ -75,3 +75,18 @@ def test_unwritable_home_fails(tmp_path, monkeypatch):
     c = next(c for c in checks if c["name"] == "database")
     assert c["status"] == "fail" and "AFLOWCTL_HOME" in c["hint"]
     assert r.exit_code == 1
+
+
+def test_sandbox_capabilities_are_shown_with_a_fix():
+    from aflowctl.sandbox.confine import capabilities
+
+    caps = capabilities()
+    _, checks = _doctor()
+    row = next(c for c in checks if c["name"] == "sandbox")
+    assert f"landlock ABI {caps['landlock_abi']}" in row["detail"] or (not caps["landlock_abi"] and "no landlock" in row["detail"])
+    assert row["status"] == ("ok" if caps["ok"] else "fail")
+    if row["status"] != "ok":
+        assert row["hint"] and "allow_unsandboxed" in row["hint"]
+    interp = [c for c in checks if c["name"] == "sandbox interpreter"]
+    if caps["needs_read_capability"]:
+        assert interp[0]["status"] == "warn" and "world-readable" in interp[0]["hint"]

@@ -1,0 +1,75 @@
+"""Confine this process, then try every escape; print one JSON object of outcomes.
+
+    python confine_probe.py '<json config>'
+
+config: scratch, memory_mb, targets (paths to read / write / delete), port (a
+loopback TCP port to connect to), parent_pid, unix_socket (a path to connect to,
+also passed as allow_unix_sockets), allow_unsandboxed. Each probe records "ok:<value>"
+or "err:<ExceptionName>"; the test decides what must have failed.
+"""
+
+import json
+import os
+import sys
+
+
+def probe(fn):
+    try:
+        return "ok:" + repr(fn())[:200]
+    except BaseException as exc:  # noqa: BLE001 - every outcome is data
+        return "err:" + type(exc).__name__
+
+
+def main() -> None:
+    cfg = json.loads(sys.argv[1])
+    from aflowctl.errors import SandboxError
+    from aflowctl.sandbox.confine import confine_current_process
+
+    sockets = [cfg["unix_socket"]] if cfg.get("unix_socket") else []
+    try:
+        rep = confine_current_process(scratch_dir=cfg["scratch"], memory_mb=cfg.get("memory_mb", 512), cpu_s=20,
+                                      allow_unix_sockets=sockets, nofile=cfg.get("nofile"),
+                                      allow_unsandboxed=cfg.get("allow_unsandboxed", False))
+    except SandboxError as exc:
+        print(json.dumps({"sandbox_error": str(exc)}))
+        return
+    out = {"report": {"uid": rep.uid, "dropped_uid": rep.dropped_uid, "kept_caps": list(rep.kept_caps),
+                      "landlock_fs": rep.landlock_fs, "landlock_net": rep.landlock_net, "seccomp": rep.seccomp,
+                      "missing": list(rep.missing), "summary": rep.summary()}}
+    import socket
+    import subprocess
+
+    t = cfg.get("targets", {})
+    out["env_has_secret"] = any("sentinel" in v for v in os.environ.values())
+    out["parent_environ"] = probe(lambda: open(f"/proc/{cfg['parent_pid']}/environ", "rb").read())
+    out["self_environ_other"] = probe(lambda: open("/proc/1/environ", "rb").read())
+    out["read_secret"] = probe(lambda: open(t["secret"]).read())
+    out["read_store"] = probe(lambda: open(t["store"], "rb").read(16))
+    out["delete_home_file"] = probe(lambda: os.unlink(t["home_file"]))
+    out["write_outside"] = probe(lambda: open(t["outside"], "w").write("x"))
+    out["write_tmp"] = probe(lambda: open("/tmp/aflowctl-probe-%d" % os.getpid(), "w").write("x"))
+    out["write_scratch"] = probe(lambda: open(os.path.join(cfg["scratch"], "f"), "w").write("x"))
+    out["read_scratch"] = probe(lambda: open(os.path.join(cfg["scratch"], "f")).read())
+    out["fork"] = probe(os.fork)
+    out["spawn_sh"] = probe(lambda: subprocess.run(["sh", "-c", f"touch {t['outside']}"]).returncode)
+    out["tcp_connect"] = probe(lambda: socket.create_connection(("127.0.0.1", cfg["port"]), timeout=2))
+    out["udp"] = probe(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    out["socketpair"] = probe(lambda: len(socket.socketpair()))
+    out["signal_parent"] = probe(lambda: os.kill(cfg["parent_pid"], 0))
+    out["raise_limit"] = probe(lambda: __import__("resource").setrlimit(__import__("resource").RLIMIT_AS, (-1, -1)))
+    out["alloc_10g"] = probe(lambda: len(bytearray(10 * 1024 ** 3)))
+    out["import_stdlib"] = probe(lambda: __import__("decimal").Decimal(1) / 4)
+    out["thread"] = probe(lambda: __import__("threading").Thread(target=int).start())
+    out["asyncio"] = probe(lambda: __import__("asyncio").run(__import__("asyncio").sleep(0, "done")))
+    if sockets:
+        def talk():
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(sockets[0])
+            s.sendall(b"hello")
+            return s.recv(16)
+        out["unix_socket"] = probe(talk)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
