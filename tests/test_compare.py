@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from aflowctl.cli import app
 from aflowctl.errors import NotFoundError, UsageError
-from aflowctl.optimizer import compare as cmp
+from aflowctl.reporting import compare as cmp
 from aflowctl.store import open_store
 from helpers.store_runs import Child, build_optimize_run, build_train_run
 
@@ -41,11 +41,15 @@ def test_compare_json_values_by_hand(two_runs, tmp_path):
     assert out["dataset"] == "gsm8k" and out["plot"] == str(png)
     a, b = out["runs"]
     assert a["run_id"] == "run-a" and b["run_id"] == "run-b"
-    # A: round 1 = 3 executor repeats (0.006); round 2 = 1 proposal (0.01) + 3 repeats (0.006)
+    # A: round 1 = 3 executor repeats (0.006); round 2 = 1 proposal (0.01) + 3 repeats (0.006);
+    # every paid call has 120 tokens, the cached one is not counted
     assert a["curve"] == [
-        {"round": 1, "best_score": pytest.approx(0.5), "cumulative_cost_usd": pytest.approx(0.006)},
-        {"round": 2, "best_score": pytest.approx(0.6), "cumulative_cost_usd": pytest.approx(0.022)},
+        {"round": 1, "best_score": pytest.approx(0.5), "cumulative_cost_usd": pytest.approx(0.006),
+         "cumulative_tokens": 360, "cumulative_calls": 3},
+        {"round": 2, "best_score": pytest.approx(0.6), "cumulative_cost_usd": pytest.approx(0.022),
+         "cumulative_tokens": 840, "cumulative_calls": 7},
     ]
+    assert (a["calls"], a["tokens"]) == (7, 840)
     # B: round 2 +0.016; round 3: two proposals (0.02) + 3 repeats (0.006); the test repeat (0.002) comes after
     assert [p["best_score"] for p in b["curve"]] == pytest.approx([0.5, 0.5, 0.7])
     assert [p["cumulative_cost_usd"] for p in b["curve"]] == pytest.approx([0.006, 0.022, 0.048])

@@ -9,9 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from aflowctl.cli import app
-from aflowctl.optimizer.export import ExportError, export_aflow, to_aflow_source
+from aflowctl.reporting.export import ExportError, export_aflow
+from aflowctl.workflow.aflow_io import from_aflow_source, to_aflow_source
 from aflowctl.store import Run, open_store, queries
-from aflowctl.workflow.loader import WorkflowSource, canonical_hash, check_source, load_folder, rewrite_imports
+from aflowctl.workflow.loader import WorkflowSource, canonical_hash, check_source, load_folder
 from helpers.store_runs import Child, build_optimize_run, ts
 
 runner = CliRunner()
@@ -127,7 +128,7 @@ def test_to_aflow_source_keeps_lines_and_aliases():
     assert out.splitlines()[1] == ("import workspace.MATH.workflows.template.operator as op; "
                                    "import workspace.MATH.workflows.round_7.prompt as prompt_custom; "
                                    "from scripts.operators import Custom")
-    back = rewrite_imports(out)
+    back = from_aflow_source(out)
     bound = sorted((a.name, a.asname) for n in ast.walk(ast.parse(back)) if isinstance(n, ast.ImportFrom)
                    and n.module == "aflowctl.workflow.api" for a in n.names)
     assert bound == sorted([("operator", "op"), ("prompt_custom", None), ("Custom", None),

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import base64
-import html
 import re
 
 import pytest
+from markupsafe import escape
 from typer.testing import CliRunner
 
 from aflowctl.cli import app
 from aflowctl.errors import NotFoundError
-from aflowctl.optimizer import report
+from aflowctl.reporting import history as report
 from aflowctl.store import Run, open_store
 from helpers.store_runs import Child, build_optimize_run, build_train_run, ts
 
@@ -93,10 +93,10 @@ def test_report_cli_writes_png_and_self_contained_html(store, tmp_path):
     # modifications, errors and the diffs against the parent
     for c in ["wrap the answer in a 3-sample ScEnsemble", "add a Programmer step", "add a review step",
               "revise the solve prompt", "malformed response", "no &lt;graph&gt; block in the response"]:
-        assert html.escape(c, quote=True) in page or c in page, c
+        assert str(escape(c)) in page or c in page, c
     assert '<span class="del">-        solution = await self.custom(input=problem, instruction=prompt_custom.SOLVE_PROMPT)</span>' in page
     assert '<span class="add">+        solution = await self.custom(input=problem, instruction=prompt_custom.PROMPT_A)</span>' in page
-    assert "+PROMPT_A = &quot;&quot;&quot;wrap the answer" in page
+    assert "+PROMPT_A = " + str(escape('"""wrap the answer')) in page  # escaped, as every value
     assert page.count("<details") >= 10  # collapsible tree nodes and diffs
     assert "[invalid]" in page and "0.7500 ± 0.0408 (n=3)" in page
 

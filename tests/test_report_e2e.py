@@ -3,11 +3,11 @@ loopback OpenAI-compatible executor): the rows they read are the optimizer's own
 
 from __future__ import annotations
 
-import html
 import json
 import random
 
 import pytest
+from markupsafe import escape
 from typer.testing import CliRunner
 
 from aflowctl.cli import app
@@ -61,7 +61,7 @@ workers = 1
         assert f'id="wf-{w["id"]}"' in page
     for e in exps:
         if e["modification"]:
-            assert html.escape(e["modification"], quote=True) in page
+            assert str(escape(e["modification"])) in page
     assert "<script" not in page and (tmp_path / "rep" / "report.png").stat().st_size > 20_000
 
     md = runner.invoke(app, ["report", "e2e-0", "--format", "md"]).stdout

@@ -22,13 +22,14 @@ def compare(
 ) -> None:
     """Compare runs: best score per round and per dollar, test score, valid modifications, spend by role, and a
     statistical note across seeds (mean, std, bootstrap CI of the difference)."""
-    from aflowctl.optimizer import compare as cmp
+    from aflowctl.reporting import compare as cmp
+    from aflowctl.reporting.plots import plot_comparison
     from aflowctl.store import open_store
 
     result = cmp.compare_runs(open_store(db), run_ids)
     path = None
     if not no_plot:
-        path = cmp.plot_comparison(result, plot if plot is not None else cmp.default_plot_path(run_ids))
+        path = plot_comparison(result, plot if plot is not None else cmp.default_plot_path(run_ids))
     result["plot"] = str(path) if path else None
     if json_out:
         from aflowctl.cli._output import print_json
@@ -40,7 +41,7 @@ def compare(
 
 def _print_tables(result: dict) -> None:
     from aflowctl.cli._output import console, print_table
-    from aflowctl.optimizer.compare import format_ci
+    from aflowctl.reporting.compare import format_ci
 
     rows, spend_rows = [], []
     for s in result["runs"]:

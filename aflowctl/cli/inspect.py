@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import difflib
 import sys
 from typing import Annotated, Optional
 
@@ -11,7 +10,6 @@ import typer
 
 from aflowctl.cli._options import DbOpt, JsonOpt
 from aflowctl.cli._output import console, print_json, print_table
-from aflowctl.errors import NotFoundError
 
 inspect_app = typer.Typer(help="Read runs, experiences, workflows, LLM calls and training logs from the store.", no_args_is_help=True)
 
@@ -23,13 +21,9 @@ def _store(db):
 
 
 def _require_run(store, run_id: str) -> dict:
-    from aflowctl.store import queries
+    from aflowctl.reporting.history import require_run
 
-    run = queries.get_run(store, run_id)
-    if run is None:
-        known = [r["id"] for r in queries.list_runs(store)][-5:]
-        raise NotFoundError(f"run '{run_id}' does not exist", f"see 'aflowctl inspect runs' (latest: {', '.join(known) or 'none'})")
-    return run
+    return require_run(store, run_id)
 
 
 @inspect_app.command("runs")
@@ -101,19 +95,11 @@ def experiences_cmd(
 
 
 def _diff(parent: dict | None, child: dict) -> str:
+    from aflowctl.reporting.history import workflow_diff
+
     if parent is None:
         return "(no parent)"
-    out = []
-    for field, name in (("graph_code", "graph.py"), ("prompt_code", "prompt.py")):
-        out.extend(
-            difflib.unified_diff(
-                (parent[field] or "").splitlines(keepends=True),
-                (child[field] or "").splitlines(keepends=True),
-                fromfile=f"workflow {parent['id']}/{name}",
-                tofile=f"workflow {child['id']}/{name}",
-            )
-        )
-    return "".join(out) or "(identical)"
+    return workflow_diff(parent, child) or "(identical)"
 
 
 @inspect_app.command("workflows")

@@ -24,7 +24,7 @@ def report(
     db: DbOpt = None,
 ) -> None:
     """Report on a run: score per round with the running best and spend, the search tree with diffs (or training curves)."""
-    from aflowctl.optimizer import report as rep
+    from aflowctl.reporting import report as rep
     from aflowctl.store import open_store
 
     store = open_store(db)
@@ -43,7 +43,7 @@ def export(
     db: DbOpt = None,
 ) -> None:
     """Export a run's workflows as AFlow round folders (the folder plays workspace/<DATASET>/workflows)."""
-    from aflowctl.optimizer.export import export_aflow
+    from aflowctl.reporting.export import export_aflow
     from aflowctl.store import open_store
 
     res = export_aflow(open_store(db), run_id, aflow, force=force)

@@ -199,12 +199,12 @@ def round_end_times(store: Store, run_id: str) -> dict[int, str]:
     return out
 
 
-def call_cost_timeline(store: Store, run_id: str) -> list[dict[str, Any]]:
-    """Paid (non-cached, priced) LLM calls of a run in time order: created_at, role, model, cost_usd."""
+def call_timeline(store: Store, run_id: str) -> list[dict[str, Any]]:
+    """Non-cached LLM calls of a run in time order: created_at, cost_usd (None when unpriced), tokens."""
     return _rows(
         store,
-        """SELECT created_at, role, model, cost_usd FROM llm_calls
-           WHERE run_id = :r AND cached = 0 AND cost_usd IS NOT NULL ORDER BY created_at, id""",
+        """SELECT created_at, cost_usd, COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0) AS tokens
+           FROM llm_calls WHERE run_id = :r AND cached = 0 ORDER BY created_at, id""",
         r=run_id,
     )
 

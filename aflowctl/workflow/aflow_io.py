@@ -1,6 +1,19 @@
-"""Import and export AFlow's round folders.
+"""AFlow's format, both directions: import lines and round folders.
 
-AFlow keeps a run under ``workspace/<DATASET>/workflows/``::
+Import lines (one converter, both directions):
+
+* :func:`from_aflow_source` rewrites AFlow's/MetaGPT's import lines
+  (``import workspace.X.workflows.template.operator as operator``, ``from
+  scripts.operators import Custom``...) to ``from aflowctl.workflow.api import ...``;
+  the loader applies it to every source it reads, so AFlow workflows load as they are.
+* :func:`to_aflow_source` is its inverse: ``from aflowctl.workflow.api import ...``
+  back to AFlow's lines, for a given dataset folder and round.
+
+Both keep line numbers (a statement keeps its line span) and return a source that
+does not parse unchanged; ``from_aflow_source(to_aflow_source(s))`` gives back ``s``'s
+imports.
+
+Round folders: AFlow keeps a run under ``workspace/<DATASET>/workflows/``::
 
     workflows/
       results.json        [{"round": N, "score": s, "avg_cost": c, "total_cost": t, "time": "..."}, ...]
@@ -17,6 +30,7 @@ AFlow's own import lines so AFlow can load it back, appending a row to
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -24,12 +38,181 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from aflowctl.errors import NotFoundError, WorkflowError
-from aflowctl.workflow.loader import WorkflowSource, load_folder
+
+if TYPE_CHECKING:  # the loader imports this module: its names are imported where used
+    from aflowctl.workflow.loader import WorkflowSource
+
+API_MODULE = "aflowctl.workflow.api"
+
+#: first segment of module paths that belong to AFlow / MetaGPT
+_AFLOW_ROOTS = ("workspace", "scripts", "metagpt", "examples", "aflow")
+
+#: aflowctl benchmark name -> AFlow's dataset name (its workspace folder)
+AFLOW_DATASETS = {
+    "gsm8k": "GSM8K", "math": "MATH", "humaneval": "HumanEval", "mbpp": "MBPP", "hotpotqa": "HotpotQA", "drop": "DROP",
+}
+
+#: api names that AFlow imports from a module of its own (anything else is an operator class)
+_AFLOW_MODULES = {
+    "create_llm_instance": "scripts.async_llm",
+    "DatasetType": "scripts.evaluator",
+    "CostManager": "metagpt.utils.cost_manager",
+}
 
 _ROUND = re.compile(r"^round_(\d+)$")
+
+
+# --------------------------------------------------------------------------- import lines
+
+
+def splice(source: str, edits: list[tuple[int, int, int, int, str]]) -> str:
+    """Replace AST spans ``(lineno, col, end_lineno, end_col, text)`` (1-based lines,
+    byte columns as ``ast`` reports them) in ``source``; everything else is kept."""
+    if not edits:
+        return source
+    data = source.encode("utf-8")
+    starts = [0]
+    for line in data.splitlines(keepends=True):
+        starts.append(starts[-1] + len(line))
+    out = data
+    for lineno, col, end_lineno, end_col, text in sorted(edits, reverse=True):
+        a = starts[lineno - 1] + col
+        b = starts[end_lineno - 1] + end_col
+        out = out[:a] + text.encode("utf-8") + out[b:]
+    return out.decode("utf-8")
+
+
+def _rewrite(source: str, convert: Any) -> str:
+    """Apply ``convert(node) -> replacement text or None`` to every statement of
+    ``source``, keeping each replaced statement's line span."""
+    if not source:
+        return source
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return source
+    edits: list[tuple[int, int, int, int, str]] = []
+    for node in ast.walk(tree):
+        text = convert(node)
+        if text is not None:
+            edits.append((node.lineno, node.col_offset, node.end_lineno, node.end_col_offset, text))
+    return splice(source, edits)
+
+
+def _is_aflow_module(mod: Optional[str]) -> bool:
+    return bool(mod) and mod.split(".", 1)[0] in _AFLOW_ROOTS  # type: ignore[union-attr]
+
+
+def _map_import(node: ast.AST) -> Optional[tuple[list[str], list[str]]]:
+    """For an AFlow import statement: (kept plain imports, api names 'x' or 'x as y').
+
+    None when the statement is not an AFlow import.
+    """
+    if isinstance(node, ast.Import):
+        kept: list[str] = []
+        api: list[str] = []
+        for a in node.names:
+            if not _is_aflow_module(a.name):
+                kept.append(a.name + (f" as {a.asname}" if a.asname else ""))
+                continue
+            last = a.name.rsplit(".", 1)[-1]
+            target = {"operator": "operator", "operators": "operator", "prompt": "prompt_custom"}.get(last)
+            if target is None or a.asname is None:
+                kept.append(a.name + (f" as {a.asname}" if a.asname else ""))
+                continue
+            api.append(target if a.asname == target else f"{target} as {a.asname}")
+        return (kept, api) if api else None
+    if isinstance(node, ast.ImportFrom):
+        if node.level or not _is_aflow_module(node.module):
+            return None
+        api = []
+        for a in node.names:
+            name = a.name
+            if name == "*":
+                return ([], ["*"])
+            if name == "prompt":
+                name = "prompt_custom"
+            if name == "operators":
+                name = "operator"
+            asname = a.asname or a.name
+            api.append(name if asname == name else f"{name} as {asname}")
+        return ([], api)
+    return None
+
+
+def _from_aflow_statement(node: ast.AST) -> Optional[str]:
+    mapped = _map_import(node)
+    if mapped is None:
+        return None
+    kept, api = mapped
+    height = node.end_lineno - node.lineno  # type: ignore[attr-defined,operator]
+    if height == 0:
+        text = f"from {API_MODULE} import {', '.join(api)}"
+    else:
+        text = f"from {API_MODULE} import ({', '.join(api)}" + "\n" * height + ")"
+    return f"import {', '.join(kept)}; " + text if kept else text
+
+
+def from_aflow_source(source: str) -> str:
+    """Rewrite AFlow's/MetaGPT's import lines to ``from aflowctl.workflow.api import ...``.
+
+    Handles ``import workspace.X.workflows.template.operator as operator``,
+    ``import workspace.X.workflows.round_N.prompt as prompt_custom``,
+    ``from scripts.async_llm import create_llm_instance``, ``from scripts.evaluator
+    import DatasetType``, ``from scripts.operators import Custom`` and the older
+    ``metagpt.ext.aflow...`` / ``metagpt.provider...`` variants. Line numbers are
+    kept (a multi-line import becomes a parenthesised one of the same height).
+    Idempotent. A source that does not parse is returned unchanged (the check reports it).
+    """
+    return _rewrite(source, _from_aflow_statement)
+
+
+def workspace_name(dataset: str) -> str:
+    """The dataset as a Python identifier, for ``workspace.<DATASET>`` module paths."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", dataset or "") or "Dataset"
+
+
+def _aflow_import(name: str, asname: Optional[str], ws: str, round_n: int) -> str:
+    local = asname or name
+    if name == "operator":
+        return f"import workspace.{ws}.workflows.template.operator as {local}"
+    if name == "prompt_custom":
+        return f"import workspace.{ws}.workflows.round_{round_n}.prompt as {local}"
+    module = _AFLOW_MODULES.get(name, "scripts.operators")  # an operator class imported by name
+    return f"from {module} import {name}" + (f" as {asname}" if asname and asname != name else "")
+
+
+def to_aflow_source(source: str, dataset: str, round_n: int) -> str:
+    """Replace ``from aflowctl.workflow.api import ...`` statements with AFlow's import
+    lines for ``workspace/<dataset>`` round ``round_n`` (the inverse of
+    :func:`from_aflow_source`).
+
+    Each statement is replaced in place, keeping its line span (several AFlow imports
+    from one statement are joined with ``;``); aliases and operator classes imported
+    by name are kept. A source that does not parse is returned unchanged."""
+    if not source or API_MODULE not in source:
+        return source
+    ws = workspace_name(dataset)
+
+    def convert(node: ast.AST) -> Optional[str]:
+        if not (isinstance(node, ast.ImportFrom) and node.module == API_MODULE and not node.level):
+            return None
+        stmts = [_aflow_import(a.name, a.asname, ws, round_n) for a in node.names]
+        return "; ".join(stmts) + "\n" * (node.end_lineno - node.lineno)  # type: ignore[operator]
+
+    return _rewrite(source, convert)
+
+
+def aflow_dataset(dataset: Optional[str]) -> str:
+    """AFlow's dataset folder name for an aflowctl benchmark name (``gsm8k`` -> ``GSM8K``)."""
+    name = (dataset or "").strip()
+    return AFLOW_DATASETS.get(name.lower(), name or "Dataset")
+
+
+# --------------------------------------------------------------------------- round folders
 
 
 @dataclass
@@ -73,6 +256,8 @@ def import_round(path: str | Path) -> AflowRound:
     p = Path(path).expanduser()
     if not p.is_dir():
         raise NotFoundError(f"AFlow round folder {p} does not exist", "pass workspace/<DATASET>/workflows/round_N")
+    from aflowctl.workflow.loader import load_folder
+
     n = round_number(p)
     src = load_folder(p)
     rows = [r for r in _read_results(p.parent / "results.json") if r.get("round") == n]
@@ -88,26 +273,6 @@ def list_rounds(workflows_dir: str | Path) -> list[AflowRound]:
         raise NotFoundError(f"AFlow workflows folder {d} does not exist", "pass workspace/<DATASET>/workflows")
     rounds = [import_round(c) for c in sorted(d.iterdir()) if c.is_dir() and _ROUND.match(c.name)]
     return sorted(rounds, key=lambda r: r.round)
-
-
-def to_aflow_source(src: WorkflowSource, dataset: str, round_n: int) -> WorkflowSource:
-    """The sources with AFlow's import lines (``workspace.<DATASET>...``) put back."""
-    ws = re.sub(r"[^A-Za-z0-9_]", "_", dataset) or "Dataset"
-    mapping = {
-        "operator": f"import workspace.{ws}.workflows.template.operator as operator",
-        "prompt_custom": f"import workspace.{ws}.workflows.round_{round_n}.prompt as prompt_custom",
-        "create_llm_instance": "from scripts.async_llm import create_llm_instance",
-        "DatasetType": "from scripts.evaluator import DatasetType",
-    }
-
-    def repl(m: re.Match) -> str:
-        names = [n.strip() for n in m.group(1).split(",") if n.strip()]
-        if all(n in mapping for n in names):
-            return "\n".join(mapping[n] for n in names)
-        return m.group(0)
-
-    graph = re.sub(r"^from aflowctl\.workflow\.api import ([A-Za-z_, ]+)$", repl, src.graph, flags=re.M)
-    return WorkflowSource(graph=graph, prompt=src.prompt)
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -138,9 +303,8 @@ def export_round(
     base = Path(path).expanduser()
     folder = base / f"round_{int(round_n)}"
     folder.mkdir(parents=True, exist_ok=True)
-    aflow_src = to_aflow_source(src, dataset, int(round_n))
-    (folder / "graph.py").write_text(aflow_src.graph, encoding="utf-8")
-    (folder / "prompt.py").write_text(aflow_src.prompt, encoding="utf-8")
+    (folder / "graph.py").write_text(to_aflow_source(src.graph, dataset, int(round_n)), encoding="utf-8")
+    (folder / "prompt.py").write_text(to_aflow_source(src.prompt, dataset, int(round_n)), encoding="utf-8")
     (folder / "__init__.py").write_text("", encoding="utf-8")
     res = dict(results or {})
     _atomic_write(folder / "results.json", json.dumps(res, indent=2, default=str) + "\n")

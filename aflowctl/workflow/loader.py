@@ -25,11 +25,9 @@ from typing import Any, Iterable, Optional
 
 from aflowctl.errors import NotFoundError, WorkflowError
 
-API_MODULE = "aflowctl.workflow.api"
-
-#: first segment of module paths that belong to AFlow / MetaGPT
-_AFLOW_ROOTS = ("workspace", "scripts", "metagpt", "examples", "aflow")
-
+# AFlow's import lines are rewritten by the one AFlow converter (both directions live there)
+from aflowctl.workflow.aflow_io import API_MODULE
+from aflowctl.workflow.aflow_io import from_aflow_source as rewrite_imports
 
 
 @dataclass(frozen=True)
@@ -42,101 +40,6 @@ class WorkflowSource:
     def rewritten(self) -> "WorkflowSource":
         """The same workflow with AFlow's import lines rewritten (idempotent)."""
         return WorkflowSource(rewrite_imports(self.graph), rewrite_imports(self.prompt))
-
-
-# --------------------------------------------------------------------------- imports
-
-
-def _is_aflow_module(mod: Optional[str]) -> bool:
-    return bool(mod) and mod.split(".", 1)[0] in _AFLOW_ROOTS  # type: ignore[union-attr]
-
-
-def _map_import(node: ast.AST) -> Optional[tuple[list[str], list[str]]]:
-    """For an AFlow import statement: (kept plain imports, api names 'x' or 'x as y').
-
-    None when the statement is not an AFlow import.
-    """
-    if isinstance(node, ast.Import):
-        kept: list[str] = []
-        api: list[str] = []
-        for a in node.names:
-            if not _is_aflow_module(a.name):
-                kept.append(a.name + (f" as {a.asname}" if a.asname else ""))
-                continue
-            last = a.name.rsplit(".", 1)[-1]
-            target = {"operator": "operator", "operators": "operator", "prompt": "prompt_custom"}.get(last)
-            if target is None or a.asname is None:
-                kept.append(a.name + (f" as {a.asname}" if a.asname else ""))
-                continue
-            api.append(target if a.asname == target else f"{target} as {a.asname}")
-        return (kept, api) if api else None
-    if isinstance(node, ast.ImportFrom):
-        if node.level or not _is_aflow_module(node.module):
-            return None
-        api = []
-        for a in node.names:
-            name = a.name
-            if name == "*":
-                return ([], ["*"])
-            if name == "prompt":
-                name = "prompt_custom"
-            if name == "operators":
-                name = "operator"
-            asname = a.asname or a.name
-            api.append(name if asname == name else f"{name} as {asname}")
-        return ([], api)
-    return None
-
-
-def rewrite_imports(source: str) -> str:
-    """Rewrite AFlow's/MetaGPT's import lines to ``from aflowctl.workflow.api import ...``.
-
-    Handles ``import workspace.X.workflows.template.operator as operator``,
-    ``import workspace.X.workflows.round_N.prompt as prompt_custom``,
-    ``from scripts.async_llm import create_llm_instance``, ``from scripts.evaluator
-    import DatasetType``, ``from scripts.operators import Custom`` and the older
-    ``metagpt.ext.aflow...`` / ``metagpt.provider...`` variants. Line numbers are
-    kept (a multi-line import becomes a parenthesised one of the same height).
-    A source that does not parse is returned unchanged (the check reports it).
-    """
-    if not source:
-        return source
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return source
-    edits: list[tuple[int, int, int, int, str]] = []
-    for node in ast.walk(tree):
-        mapped = _map_import(node)
-        if mapped is None:
-            continue
-        kept, api = mapped
-        height = node.end_lineno - node.lineno  # type: ignore[operator]
-        if height == 0:
-            text = f"from {API_MODULE} import {', '.join(api)}"
-        else:
-            text = f"from {API_MODULE} import ({', '.join(api)}" + "\n" * height + ")"
-        if kept:
-            text = f"import {', '.join(kept)}; " + text
-        edits.append((node.lineno, node.col_offset, node.end_lineno, node.end_col_offset, text))  # type: ignore[arg-type]
-    return splice(source, edits)
-
-
-def splice(source: str, edits: list[tuple[int, int, int, int, str]]) -> str:
-    """Replace AST spans ``(lineno, col, end_lineno, end_col, text)`` (1-based lines,
-    byte columns as ``ast`` reports them) in ``source``; everything else is kept."""
-    if not edits:
-        return source
-    data = source.encode("utf-8")
-    starts = [0]
-    for line in data.splitlines(keepends=True):
-        starts.append(starts[-1] + len(line))
-    out = data
-    for lineno, col, end_lineno, end_col, text in sorted(edits, reverse=True):
-        a = starts[lineno - 1] + col
-        b = starts[end_lineno - 1] + end_col
-        out = out[:a] + text.encode("utf-8") + out[b:]
-    return out.decode("utf-8")
 
 
 # --------------------------------------------------------------------------- hashing

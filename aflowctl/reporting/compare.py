@@ -2,7 +2,7 @@
 
 For each run: the best validation score reached after each round and after each
 dollar spent (the running best against cumulative spend, attributed to rounds by time
-as in :mod:`aflowctl.optimizer.report`), the best score within the smallest total
+as in :mod:`aflowctl.reporting.history`), the best score within the smallest total
 spend among the runs (equal-budget comparison), the test score of the run's best
 workflow when it was evaluated on the test split, proposals and valid modifications,
 and spend by role.
@@ -28,8 +28,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from aflowctl.config import Role, keys_with_role, role_of
-from aflowctl.errors import NotFoundError, UsageError
-from aflowctl.store import queries
+from aflowctl.errors import UsageError
+from aflowctl.reporting.history import gather_optimize, require_run
 from aflowctl.store.db import Store
 
 #: config keys that do not define the experiment (left out when grouping runs): the seed and
@@ -84,14 +84,13 @@ def _best_within(curve: list[dict], budget: float) -> Optional[float]:
     return best
 
 
-def _run_summary(store: Store, run_id: str) -> dict[str, Any]:
-    from aflowctl.optimizer.report import gather_optimize
-
-    run = queries.get_run(store, run_id)
+def _run_summary(store: Store, run: dict[str, Any]) -> dict[str, Any]:
+    run_id = run["id"]
     data = gather_optimize(store, run)
     config = json.loads(run["config_json"] or "{}")
     best = data["best"]
-    curve = [{"round": r["round"], "best_score": r["running_best"], "cumulative_cost_usd": r["cumulative_cost_usd"]}
+    curve = [{"round": r["round"], "best_score": r["running_best"], "cumulative_cost_usd": r["cumulative_cost_usd"],
+              "cumulative_tokens": r["cumulative_tokens"], "cumulative_calls": r["cumulative_calls"]}
              for r in data["rounds"] if r["complete"]]
     tested = [{"workflow_id": w["id"], "round": w["round"], "test_score": w["test_score"]}
               for w in data["workflows"] if w["test_score"] is not None]
@@ -112,6 +111,8 @@ def _run_summary(store: Store, run_id: str) -> dict[str, Any]:
         "valid_modifications": data["valid_modifications"],
         "improvements": data["improvements"],
         "cost_usd": data["total_cost_usd"],
+        "tokens": data["total_tokens"],
+        "calls": data["total_calls"],
         "spend_by_role": {role: r["cost_usd"] for role, r in data["spend_by_role"].items()},
         "curve": curve,
         "_key": experiment_key(config),
@@ -149,11 +150,7 @@ def compare_runs(store: Store, run_ids: Sequence[str], *, n_boot: int = BOOTSTRA
         raise UsageError(f"run id given twice: {', '.join(dup)}", "pass each run once")
     runs = []
     for rid in ids:
-        row = queries.get_run(store, rid)
-        if row is None:
-            known = [r["id"] for r in queries.list_runs(store, kind="optimize")][-5:]
-            raise NotFoundError(f"run '{rid}' does not exist",
-                                f"see 'aflowctl inspect runs' (latest optimize runs: {', '.join(known) or 'none'})")
+        row = require_run(store, rid, kind="optimize")
         if row["kind"] == "train":
             raise UsageError(f"run '{rid}' is a train run", "compare optimize runs; see 'aflowctl report' for a train run")
         runs.append(row)
@@ -162,7 +159,7 @@ def compare_runs(store: Store, run_ids: Sequence[str], *, n_boot: int = BOOTSTRA
         named = ", ".join(f"{r['id']} ({r['dataset']})" for r in runs)
         raise UsageError(f"runs are on different benchmarks: {named}", "compare runs of one benchmark at a time")
 
-    summaries = [_run_summary(store, rid) for rid in ids]
+    summaries = [_run_summary(store, row) for row in runs]
 
     # groups: same experiment apart from the seed; the first run's group is the baseline
     groups: list[dict[str, Any]] = []
@@ -257,59 +254,6 @@ def default_plot_path(run_ids: Sequence[str]) -> Path:
         name = f"{ids[0]}__and-{len(ids) - 1}-more-{hashlib.sha256(' '.join(ids).encode()).hexdigest()[:8]}"
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     return paths.home() / "runs" / "compare" / f"{safe}.png"
-
-
-def plot_comparison(result: dict[str, Any], path: str | Path) -> Path:
-    """Two panels, one line per run: best validation score against round and against spend."""
-    from aflowctl.optimizer.report import _pyplot
-
-    plt = _pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110)
-    try:
-        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-        markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
-        within: dict[int, int] = {}
-        for s in result["runs"]:
-            g = s.get("group", 0)
-            k = within.get(g, 0)
-            within[g] = k + 1
-            color = colors[g % len(colors)]
-            marker = markers[k % len(markers)]
-            label = f"{s['run_id']} (group {g}, seed {s['seed']})"
-            pts = [p for p in s["curve"] if p["best_score"] is not None]
-            if not pts:
-                continue
-            ax1.step([p["round"] for p in pts], [p["best_score"] for p in pts], where="post", color=color,
-                     marker=marker, markersize=4, label=label)
-            sp = [p for p in pts if p["cumulative_cost_usd"] is not None]
-            if sp:
-                ax2.step([p["cumulative_cost_usd"] for p in sp], [p["best_score"] for p in sp], where="post",
-                         color=color, marker=marker, markersize=4, label=label)
-        if result.get("common_budget_usd") is not None:
-            ax2.axvline(result["common_budget_usd"], color="gray", linestyle=":", linewidth=1, label="common budget")
-        from matplotlib.ticker import MaxNLocator
-
-        ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax1.set_xlabel("round")
-        ax2.set_xlabel("cumulative spend (USD)")
-        ys = [p["best_score"] for s in result["runs"] for p in s["curve"] if p["best_score"] is not None]
-        for ax in (ax1, ax2):
-            ax.set_ylabel("best validation score")
-            ax.grid(alpha=0.3)
-            if ys:  # scores live in [0, 1]: pad the data range, never far outside it
-                pad = max(0.02, 0.1 * (max(ys) - min(ys)))
-                ax.set_ylim(max(-0.02, min(ys) - pad), min(1.02, max(ys) + pad))
-        ax1.set_title("best score vs round", fontsize=10)
-        ax2.set_title("best score vs spend", fontsize=10)
-        ax1.legend(fontsize=7, loc="lower right")
-        fig.suptitle(f"aflowctl compare — {result['dataset']}", fontsize=11)
-        fig.tight_layout()
-        fig.savefig(path, format="png")
-    finally:
-        plt.close(fig)
-    return path
 
 
 def format_ci(d: dict[str, Any]) -> str:

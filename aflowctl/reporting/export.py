@@ -28,30 +28,23 @@ costs and times); this module adds ``experience.json``, ``log.json`` and the man
 Import lines: workflows are stored with ``from aflowctl.workflow.api import ...``; the
 export writes AFlow's lines instead (``import workspace.<DATASET>.workflows.template.operator
 as operator``, ``import workspace.<DATASET>.workflows.round_N.prompt as prompt_custom``,
-``from scripts.async_llm import create_llm_instance``, ...), on the same source lines,
-so ``aflowctl.workflow.loader.load_folder`` reads an exported folder back to the same
+``from scripts.async_llm import create_llm_instance``, ...), on the same source lines
+(:func:`aflowctl.workflow.aflow_io.to_aflow_source`, done once by ``export_round``), so
+``aflowctl.workflow.loader.load_folder`` reads an exported folder back to the same
 canonical hash.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from aflowctl.errors import AflowctlError
-from aflowctl.store import queries
+from aflowctl.reporting.history import load_history
 from aflowctl.store.db import Store
-
-API_MODULE = "aflowctl.workflow.api"
-
-#: aflowctl benchmark name -> AFlow's dataset name (its workspace folder)
-AFLOW_DATASETS = {
-    "gsm8k": "GSM8K", "math": "MATH", "humaneval": "HumanEval", "mbpp": "MBPP", "hotpotqa": "HotpotQA", "drop": "DROP",
-}
 
 #: failed validation cases written to each round's log.json, at most
 LOG_LIMIT = 50
@@ -67,48 +60,6 @@ class ExportResult:
     rounds: list[dict[str, Any]] = field(default_factory=list)  # aflow_round, workflow_id, round, parent_aflow_round
     skipped: list[int] = field(default_factory=list)  # workflow ids not exported (invalid or not evaluated)
     results_entries: int = 0
-
-
-def aflow_dataset(dataset: Optional[str]) -> str:
-    name = (dataset or "").strip()
-    return AFLOW_DATASETS.get(name.lower(), name or "Dataset")
-
-
-def _aflow_import(name: str, asname: Optional[str], dataset: str, round_no: int) -> str:
-    local = asname or name
-    if name == "operator":
-        return f"import workspace.{dataset}.workflows.template.operator as {local}"
-    if name == "prompt_custom":
-        return f"import workspace.{dataset}.workflows.round_{round_no}.prompt as {local}"
-    module = {
-        "create_llm_instance": "scripts.async_llm",
-        "DatasetType": "scripts.evaluator",
-        "CostManager": "metagpt.utils.cost_manager",
-    }.get(name, "scripts.operators")  # an operator class imported by name
-    return f"from {module} import {name}" + (f" as {asname}" if asname and asname != name else "")
-
-
-def to_aflow_source(source: str, dataset: str, round_no: int) -> str:
-    """Replace ``from aflowctl.workflow.api import ...`` statements with AFlow's import lines.
-
-    Each statement is replaced in place, keeping its line span (several AFlow imports
-    from one statement are joined with ``;``), so line numbers do not move. A source
-    that does not parse is returned unchanged."""
-    if not source or API_MODULE not in source:
-        return source
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return source
-    edits = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module == API_MODULE and not node.level:
-            stmts = [_aflow_import(a.name, a.asname, dataset, round_no) for a in node.names]
-            height = node.end_lineno - node.lineno  # type: ignore[operator]
-            edits.append((node.lineno, node.col_offset, node.end_lineno, node.end_col_offset, "; ".join(stmts) + "\n" * height))
-    from aflowctl.workflow.loader import splice
-
-    return splice(source, edits)
 
 
 def _failed_cases(evals: list[dict]) -> list[dict]:
@@ -149,32 +100,25 @@ def _check_target(path: Path, force: bool) -> None:
 
 def export_aflow(store: Store, run_id: str, out_dir: str | Path, *, force: bool = False) -> ExportResult:
     """Write the run's evaluated workflows as AFlow round folders under ``out_dir``."""
-    from aflowctl.optimizer.report import require_run
+    from aflowctl.workflow.aflow_io import aflow_dataset, export_round
+    from aflowctl.workflow.loader import WorkflowSource
 
-    run = require_run(store, run_id)
-    wfs = queries.list_workflows(store, run_id=run_id)
-    evals = queries.list_evaluations(store, run_id, details=True)
-    val: dict[int, list[dict]] = {}
-    for e in evals:
-        if e["split"] == "validate" and e["workflow_id"] is not None:
-            val.setdefault(e["workflow_id"], []).append(e)
-    exportable = [w for w in wfs if w["status"] == "valid" and val.get(w["id"])]
+    hist = load_history(store, run_id, details=True)
+    wfs = hist["workflows"]
+    exportable = [w for w in wfs if w["status"] == "valid" and w["evaluations"].get("validate")]
     if not exportable:
         raise ExportError(f"run '{run_id}' has no evaluated workflow to export",
                           f"wait for its first round to finish (aflowctl inspect workflows --run {run_id})")
     path = Path(out_dir).expanduser()
     _check_target(path, force)
     path.mkdir(parents=True, exist_ok=True)
-    dataset = aflow_dataset(run["dataset"])
-    exps = {e["child_workflow_id"]: e for e in queries.list_experiences(store, run_id=run_id) if e["child_workflow_id"]}
+    dataset = aflow_dataset(hist["run"]["dataset"])
+    exps = {e["child_workflow_id"]: e for e in hist["experiences"] if e["child_workflow_id"]}
     number = {w["id"]: i + 1 for i, w in enumerate(exportable)}
     result = ExportResult(path=path, skipped=[w["id"] for w in wfs if w["id"] not in number])
-    from aflowctl.workflow.aflow_io import export_round
-    from aflowctl.workflow.loader import WorkflowSource
-
     for w in exportable:
         n = number[w["id"]]
-        reps = val[w["id"]]
+        reps = w["evaluations"]["validate"]
         costs = [ev["cost_usd"] for ev in reps]
         known = [(c, ev["n"]) for c, ev in zip(costs, reps) if c is not None]
         results = {
@@ -188,12 +132,8 @@ def export_aflow(store: Store, run_id: str, out_dir: str | Path, *, force: bool 
                          "modification": w["modification"], "repeat_costs": costs,
                          "repeat_times": [ev["created_at"] for ev in reps], "test_score": w["test_score"]},
         }
-        # Import lines are converted here (aliases, multi-line imports and operator classes
-        # imported by name included, line numbers kept); export_round then finds nothing
-        # left to convert and writes the folder and the results rows in AFlow's layout.
-        src = WorkflowSource(graph=to_aflow_source(w["graph_code"], dataset, n),
-                             prompt=to_aflow_source(w["prompt_code"] or "", dataset, n))
-        folder = export_round(path, n, src, results, dataset=dataset)
+        src = WorkflowSource(graph=w["graph_code"], prompt=w["prompt_code"] or "")
+        folder = export_round(path, n, src, results, dataset=dataset)  # converts the import lines
         result.results_entries += len(reps)
         parent_n = number.get(w["parent_id"]) if w["parent_id"] is not None else None
         e = exps.get(w["id"])
@@ -209,7 +149,7 @@ def export_aflow(store: Store, run_id: str, out_dir: str | Path, *, force: bool 
         (folder / "log.json").write_text(json.dumps(_failed_cases(reps), indent=4, ensure_ascii=False), encoding="utf-8")
         result.rounds.append({"aflow_round": n, "workflow_id": w["id"], "round": w["round"],
                               "parent_aflow_round": parent_n, "score": w["score"], "test_score": w["test_score"]})
-    manifest = {"run_id": run_id, "dataset": run["dataset"], "aflow_dataset": dataset, "rounds": result.rounds,
+    manifest = {"run_id": run_id, "dataset": hist["run"]["dataset"], "aflow_dataset": dataset, "rounds": result.rounds,
                 "skipped_workflow_ids": result.skipped}
     (path / "aflowctl_export.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return result
