@@ -20,6 +20,8 @@ from typing import Any, Optional, Sequence
 TRAIN_PANELS = ("reward_mean", "loss", "kl", "entropy", "valid_rate", "grad_norm")
 #: train metrics that live in [0, 1]
 UNIT_METRICS = ("valid_rate", "singleton_step_group_frac")
+#: narrowest y range of a train panel with one update or constant values
+MIN_SPAN = 0.2
 #: usage measures, in order of preference: (key suffix, axis label)
 USAGE_AXES = (("cost_usd", "cumulative spend (USD)"), ("tokens", "cumulative tokens (nothing priced)"),
               ("calls", "cumulative LLM calls (nothing priced)"))
@@ -47,18 +49,41 @@ def usage_axis(points: Sequence[dict[str, Any]]) -> Optional[tuple[str, str]]:
     return None
 
 
+def _save(builder: Any, data: dict[str, Any], path: str | Path) -> Path:
+    """Build a figure with ``builder(data)``, write it as a PNG at ``path``, close it."""
+    plt = _pyplot()
+    fig = builder(data)
+    try:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, format="png")
+        return path
+    finally:
+        plt.close(fig)
+
+
 def plot(data: dict[str, Any], path: str | Path) -> Path:
     """Write the run's plot as a PNG at ``path``."""
     return plot_train(data, path) if data["kind"] == "train" else plot_optimize(data, path)
 
 
-def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
-
-
 def plot_optimize(data: dict[str, Any], path: str | Path) -> Path:
+    return _save(optimize_figure, data, path)
+
+
+def plot_train(data: dict[str, Any], path: str | Path) -> Path:
+    return _save(train_figure, data, path)
+
+
+def plot_comparison(result: dict[str, Any], path: str | Path) -> Path:
+    """Two panels, one line per run: best validation score against round and against
+    usage (spend; tokens or calls when nothing was priced). The legend sits below the
+    panels, so it never hides a line however many runs there are."""
+    return _save(comparison_figure, result, path)
+
+
+def optimize_figure(data: dict[str, Any]) -> Any:
+    """Scores per round, running best, test scores, and cumulative usage on a second axis."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 5.8), dpi=110)
     try:
@@ -108,27 +133,31 @@ def plot_optimize(data: dict[str, Any], path: str | Path) -> Path:
         meta = data["run"]
         ax.set_title(f"{meta['id']} — {meta['dataset'] or '?'} ({meta['status']})", fontsize=11)
         fig.tight_layout()
-        return _save(fig, Path(path))
-    finally:
+        return fig
+    except BaseException:
         plt.close(fig)
+        raise
 
 
-def _train_ylim(key: str, ys: Sequence[float]) -> Optional[tuple[float, float]]:
-    """Y limits for a panel whose values do not span a range (one update, or constant):
-    [0, 1] for metrics that live there, else a range that includes 0 and the value."""
+def _train_ylim(key: str, ys: Sequence[float], single: bool) -> Optional[tuple[float, float]]:
+    """Y limits for a panel with one update or constant values (``None``: matplotlib's
+    are fine): [0, 1] for metrics that live there, else a range that holds 0 and the
+    values, at least ``MIN_SPAN`` wide."""
     lo, hi = min(ys), max(ys)
-    if key in UNIT_METRICS:
+    if key in UNIT_METRICS and lo >= 0.0 and hi <= 1.0:
         return -0.05, 1.05
-    if hi - lo > 1e-9 * max(1.0, abs(hi)):
-        return None  # a real range: matplotlib's limits are fine
+    if not single and hi - lo > 1e-9 * max(1.0, abs(hi)):
+        return None
     lo, hi = min(0.0, lo), max(0.0, hi)
-    if hi - lo == 0.0:
-        lo, hi = -1.0, 1.0
+    if hi - lo < MIN_SPAN:
+        mid = (lo + hi) / 2
+        lo, hi = mid - MIN_SPAN / 2, mid + MIN_SPAN / 2
     pad = 0.1 * (hi - lo)
     return lo - pad, hi + pad
 
 
-def plot_train(data: dict[str, Any], path: str | Path) -> Path:
+def train_figure(data: dict[str, Any]) -> Any:
+    """One panel per train metric against the update."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
@@ -156,7 +185,7 @@ def plot_train(data: dict[str, Any], path: str | Path) -> Path:
                         ax.errorbar(xs, ys, yerr=sd, fmt="none", ecolor="tab:blue", capsize=4, label="± reward_std")
                     ax.legend(fontsize=8)
                     ys = ys + [y - s for y, s in zip(ys, sd)] + [y + s for y, s in zip(ys, sd)]
-                lim = _train_ylim(key, ys)
+                lim = _train_ylim(key, ys, single=len(xs) == 1)
                 if lim is not None:
                     ax.set_ylim(*lim)
                 if len(xs) <= 3:  # few points: write their values
@@ -166,7 +195,9 @@ def plot_train(data: dict[str, Any], path: str | Path) -> Path:
                 ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
             if len(updates) == 1:
                 ax.set_xlim(updates[0] - 1, updates[0] + 1)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                ax.set_xticks([updates[0]])
+            else:
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_title(key, fontsize=10)
             ax.set_xlabel("update")
             ax.grid(alpha=0.3)
@@ -176,22 +207,21 @@ def plot_train(data: dict[str, Any], path: str | Path) -> Path:
         n = len(updates)
         fig.suptitle(f"{meta['id']} — training, {n} update{'s' if n != 1 else ''} ({meta['status']})", fontsize=11)
         fig.tight_layout()
-        return _save(fig, Path(path))
-    finally:
+        return fig
+    except BaseException:
         plt.close(fig)
+        raise
 
 
-def plot_comparison(result: dict[str, Any], path: str | Path) -> Path:
-    """Two panels, one line per run: best validation score against round and against
-    usage (spend; tokens or calls when nothing was priced). The legend sits below the
-    panels, so it never hides a line however many runs there are."""
+def comparison_figure(result: dict[str, Any]) -> Any:
+    """Best score against round and against usage, one line per run, legend below."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
     runs = result["runs"]
     ncol = min(3, max(1, len(runs) + 1))
     legend_rows = math.ceil((len(runs) + 1) / ncol)
-    legend_h = 0.28 * legend_rows + 0.2  # inches below the panels
+    legend_h = 0.2 * legend_rows + 0.25  # inches below the panels
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8 + legend_h), dpi=110)
     try:
         colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -237,6 +267,7 @@ def plot_comparison(result: dict[str, Any], path: str | Path) -> Path:
             fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
         fig.suptitle(f"aflowctl compare — {result['dataset']}", fontsize=11)
         fig.tight_layout(rect=(0.0, legend_h / height, 1.0, 1.0))
-        return _save(fig, Path(path))
-    finally:
+        return fig
+    except BaseException:
         plt.close(fig)
+        raise
