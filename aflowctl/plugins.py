@@ -1,9 +1,20 @@
-"""The plugin manager: built-in plugins plus entry-point plugins of group ``aflowctl``.
+"""The plugin manager, the contracts of what plugins provide, and the one registry.
 
-``AFLOWCTL_LOAD_PLUGINS`` (comma-separated distribution or entry-point names; empty
-means none) limits which installed plugins load; built-ins always load. Under tests
-(``sys._called_from_test``) installed plugins load only when that variable names them.
-A plugin that fails to import is recorded in :func:`load_errors` and never crashes.
+* :func:`get_plugin_manager`: built-in plugins plus entry-point plugins of group
+  ``aflowctl``. ``AFLOWCTL_LOAD_PLUGINS`` (comma-separated distribution or entry-point
+  names; empty means none) limits which installed plugins load; built-ins always load.
+  Under tests (``sys._called_from_test``) installed plugins load only when that
+  variable names them. A plugin that fails to import is recorded in
+  :func:`load_errors` and never crashes.
+* :class:`Provider`, :class:`Benchmark`, :class:`Operator`: what the ``register_*``
+  hooks hand over, as :class:`typing.Protocol` classes; their optional extension
+  points are the ``*Extensions`` protocols.
+* :class:`Registry`: the objects one ``register_*`` hook provides, collected once per
+  process (thread-safe), checked against their protocol, first registration of a name
+  wins, a hook that raises recorded in :meth:`Registry.hook_errors` without hiding the
+  others. Providers (:mod:`aflowctl.llm.registry`), benchmarks
+  (:mod:`aflowctl.benchmarks`) and operators (:mod:`aflowctl.workflow.registry`) are
+  three instances of it.
 """
 
 from __future__ import annotations
@@ -13,11 +24,15 @@ import os
 import sys
 import threading
 from importlib.metadata import entry_points
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, Protocol, TypeVar
 
 import pluggy
 
-from aflowctl import hookspecs
+from aflowctl.errors import AflowctlError, PluginError
+
+if TYPE_CHECKING:
+    from aflowctl.llm.types import LLMRequest, Sample
 
 ENTRY_POINT_GROUP = "aflowctl"
 
@@ -28,7 +43,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "aflowctl.workflow.builtin",
 )
 
-# Modules that collect objects from the hooks; each has _reset() (and hook_errors()).
+# Modules that hold a Registry (imported by list_plugins so that every hook is collected).
 REGISTRIES: tuple[str, ...] = ("aflowctl.llm.registry", "aflowctl.benchmarks", "aflowctl.workflow.registry")
 
 _pm: pluggy.PluginManager | None = None
@@ -57,6 +72,8 @@ def get_plugin_manager() -> pluggy.PluginManager:
 
 def _build() -> pluggy.PluginManager:
     global _pm
+    from aflowctl import hookspecs  # hookspecs imports this module's protocols
+
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     for modname in DEFAULT_PLUGINS:
@@ -100,20 +117,16 @@ def reset() -> None:
     _load_errors.clear()
     _plugin_dists.clear()
     _failed_dists.clear()
-    for mod in REGISTRIES:
-        m = sys.modules.get(mod)
-        if m is not None and hasattr(m, "_reset"):
-            m._reset()
+    for registry in list(_registries):
+        registry.reset()
 
 
 def register_plugin(plugin: Any, name: str | None = None) -> None:
     """Register a plugin object at run time (tests and embedding applications)."""
     pm = get_plugin_manager()
     pm.register(plugin, name=name)
-    reset_caches = [sys.modules.get(m) for m in REGISTRIES]
-    for m in reset_caches:
-        if m is not None and hasattr(m, "_reset"):
-            m._reset()
+    for registry in list(_registries):
+        registry.reset()
 
 
 def load_errors() -> dict[str, str]:
@@ -129,17 +142,16 @@ def list_plugins() -> list[dict[str, Any]]:
 
     hook_errors: dict[str, list[str]] = {}
     provided: dict[str, list[str]] = {}
-    for modname in REGISTRIES:  # each registry calls its hook, and records plugins whose hook raised
+    for modname in REGISTRIES:
         try:
-            mod = importlib.import_module(modname)
+            importlib.import_module(modname)
         except ImportError:  # pragma: no cover - part missing from this checkout
             continue
-        errs = getattr(mod, "hook_errors", None)
-        if callable(errs):
-            for plugin_name, err in errs().items():
-                hook_errors.setdefault(plugin_name, []).append(err)
-        if modname == "aflowctl.llm.registry":
-            provided = mod.providers_by_plugin()
+    for registry in list(_registries):  # each registry calls its hook, and records plugins whose hook raised
+        for plugin_name, err in registry.hook_errors().items():
+            hook_errors.setdefault(plugin_name, []).append(err)
+        if registry.hook == "register_providers":
+            provided = registry.by_plugin()
     out = []
     for name, plugin in pm.list_name_plugin():
         if plugin is None:  # blocked
@@ -162,39 +174,234 @@ def list_plugins() -> list[dict[str, Any]]:
     return out
 
 
-def collect_registrations(
-    hook_name: str, accept: Any, what: str
-) -> tuple[dict[str, Any], dict[str, list[str]], dict[str, str]]:
-    """Call every implementation of ``register_*`` hook ``hook_name`` with a callback.
 
-    Implementations are walked in registration order (built-ins first; pluggy would
-    *call* them the other way round), so the first registration of a name wins.
-    ``accept(plugin, *args, **kwargs) -> (name, value)`` checks one registration and
-    raises :class:`~aflowctl.errors.PluginError` for a bad one. A hook that raises is
-    recorded and does not hide the others. Returns (name -> value, plugin -> names,
-    plugin -> error line).
+
+# --------------------------------------------------------------------------- contracts
+
+
+class Provider(Protocol):
+    """An LLM provider, handed to ``register_providers``'s callback.
+
+    It answers the model strings ``<name>/<model>``; the router does caching, the
+    budget, concurrency limits, retries and the call log around it."""
+
+    #: the model-string prefix it answers (``"echo"`` answers ``echo/upper``); no ``/``
+    name: str
+
+    async def complete(self, request: LLMRequest) -> list[Sample]:
+        """Exactly ``request.n`` samples; a failure raises ``ProviderCallError``."""
+        ...
+
+
+class ProviderExtensions(Protocol):
+    """Optional members of a :class:`Provider`; the router uses each one that is present."""
+
+    #: ``True`` for in-process models a timeout cannot interrupt (no per-call timeout)
+    timeout_exempt: bool
+
+    def worst_case_cost(self, request: LLMRequest) -> Optional[float]:
+        """The most the call can cost (USD), for the budget check; ``None`` when unknown."""
+        ...
+
+
+class Benchmark(Protocol):
+    """A benchmark, handed to ``register_benchmarks``'s callback.
+
+    Subclassing :class:`aflowctl.benchmarks.base.Benchmark` gives ``load``,
+    ``problem_id`` and the ``aflowctl data`` support; ``inputs``, ``expected`` and
+    ``score`` are the benchmark's own."""
+
+    #: lower case, used on the command line and in file names
+    name: str
+    #: ``"math"``, ``"qa"`` or ``"code"``
+    kind: str
+
+    def load(self, split: str) -> list[dict[str, Any]]:
+        """The problems of ``split``: rows of AFlow's JSONL."""
+        ...
+
+    def inputs(self, problem: dict[str, Any]) -> tuple[Any, ...]:
+        """The workflow's call arguments after the problem: ``(question,)`` or ``(prompt, entry_point)``."""
+        ...
+
+    def score(self, prediction: Any, problem: dict[str, Any]) -> float:
+        """The workflow's raw answer scored in ``[0, 1]``."""
+        ...
+
+    def problem_id(self, problem: dict[str, Any], index: int) -> str:
+        """The problem's own id, or its index in the split."""
+        ...
+
+    def expected(self, problem: dict[str, Any]) -> str:
+        """The gold answer, shown to the optimizer next to failed cases (from round 2 on)."""
+        ...
+
+
+class BenchmarkExtensions(Protocol):
+    """Optional members of a :class:`Benchmark`; each is used when present."""
+
+    #: the splits it knows (``aflowctl data list``)
+    splits: tuple[str, ...]
+    #: the folder of the splits shipped with the plugin (searched last)
+    package_dir: Optional[Path]
+    #: where the shipped splits came from (``aflowctl data list``)
+    data_source: Optional[str]
+
+    def public_tests(self, problem: dict[str, Any]) -> list[str]:
+        """Code benchmarks: the assert lines a workflow's Test operator may see (never the evaluation test)."""
+        ...
+
+    def hub_rows(self, split: str) -> tuple[list[dict[str, Any]], str]:
+        """``aflowctl data fetch``: the split's rows from the Hugging Face hub, and where they came from."""
+        ...
+
+
+class Operator(Protocol):
+    """A workflow operator. ``register_operators``'s callback takes the class: a workflow
+    constructs it with the executor LLM (``operator.Shout(self.llm)``) and awaits it
+    with keyword arguments. :class:`aflowctl.workflow.operators.Operator` is a base."""
+
+    async def __call__(self, **kwargs: Any) -> dict[str, Any]:
+        """Run the operator; the result's keys are the ones its description names."""
+        ...
+
+
+def protocol_members(protocol: type) -> list[str]:
+    """Public attributes and methods a protocol declares (its ``__call__`` included)."""
+    names: list[str] = []
+    for cls in reversed(protocol.__mro__):
+        if not getattr(cls, "_is_protocol", False) or cls is Protocol:
+            continue
+        for name in [*getattr(cls, "__annotations__", {}), *vars(cls)]:
+            if (name == "__call__" or not name.startswith("_")) and name not in names:
+                names.append(name)
+    return names
+
+
+def missing_members(obj: Any, protocol: type) -> list[str]:
+    """Members of ``protocol`` that ``obj`` lacks (methods must be callable)."""
+    missing = []
+    for name in protocol_members(protocol):
+        declared = getattr(protocol, name, None)
+        value = getattr(obj, name, None)
+        if value is None or (callable(declared) and not callable(value)):
+            missing.append(f"{name}()" if callable(declared) else name)
+    return missing
+
+
+# --------------------------------------------------------------------------- the registry
+
+T = TypeVar("T")
+_registries: list["Registry[Any]"] = []
+
+
+class Registry(Generic[T]):
+    """The objects registered through one ``register_*`` hook.
+
+    :param hook: the hook's name, e.g. ``"register_benchmarks"``.
+    :param what: what one object is called in messages (``"benchmark"``).
+    :param accept: ``accept(plugin_name, *args, **kwargs) -> (name, value)``: checks
+        one call of the plugin's ``register`` callback; raises
+        :class:`~aflowctl.errors.PluginError` for a bad one.
+    :param error: the error class of an unknown name, with ``hint`` as its hint.
+    :param key: normalises a name looked up with :meth:`get` (tried after the name itself).
+
+    Objects are collected on first use, once per process (thread-safe), and again
+    after :func:`reset` or :func:`register_plugin`. Implementations are walked in
+    registration order (built-ins first; pluggy would *call* them the other way
+    round), so the first registration of a name wins.
     """
-    from loguru import logger
 
-    pm = get_plugin_manager()
-    found: dict[str, Any] = {}
-    by_plugin: dict[str, list[str]] = {}
-    errors: dict[str, str] = {}
-    for impl in getattr(pm.hook, hook_name).get_hookimpls():
-        plugin_name = impl.plugin_name
+    def __init__(
+        self,
+        hook: str,
+        what: str,
+        *,
+        accept: Callable[..., tuple[str, T]],
+        error: type[AflowctlError],
+        hint: str,
+        key: Callable[[str], str] = str,
+    ) -> None:
+        self.hook, self.what, self.hint = hook, what, hint
+        self._accept, self._error, self._key = accept, error, key
+        self._lock = threading.RLock()
+        self._found: Optional[dict[str, T]] = None
+        self._errors: dict[str, str] = {}
+        self._by_plugin: dict[str, list[str]] = {}
+        _registries.append(self)
 
-        def register(*args: Any, _plugin: str = plugin_name, **kwargs: Any) -> None:
-            name, value = accept(_plugin, *args, **kwargs)
-            if name in found:
-                logger.warning("{} {!r} from plugin {} ignored: already registered", what, name, _plugin)
-                return
-            found[name] = value
-            by_plugin.setdefault(_plugin, []).append(name)
+    def reset(self) -> None:
+        """Forget what was collected (the next use collects again)."""
+        with self._lock:
+            self._found = None
+            self._errors = {}
+            self._by_plugin = {}
 
-        try:
-            impl.function(register=register)
-        except Exception as exc:  # a broken plugin must not take the others down
-            errors[plugin_name] = f"{hook_name} raised {type(exc).__name__}: {exc}"
-            logger.warning("plugin {} failed in {}: {}", plugin_name, hook_name, exc)
-    return found, by_plugin, errors
+    def _collect(self) -> dict[str, T]:
+        from loguru import logger
 
+        found: dict[str, T] = {}
+        for impl in getattr(get_plugin_manager().hook, self.hook).get_hookimpls():
+            plugin_name = impl.plugin_name
+
+            def register(*args: Any, _plugin: str = plugin_name, **kwargs: Any) -> None:
+                name, value = self._accept(_plugin, *args, **kwargs)
+                if name in found:
+                    logger.warning("{} {!r} from plugin {} ignored: already registered", self.what, name, _plugin)
+                    return
+                found[name] = value
+                self._by_plugin.setdefault(_plugin, []).append(name)
+
+            try:
+                impl.function(register=register)
+            except Exception as exc:  # a broken plugin must not take the others down
+                self._errors[plugin_name] = f"{self.hook} raised {type(exc).__name__}: {exc}"
+                logger.warning("plugin {} failed in {}: {}", plugin_name, self.hook, exc)
+        return found
+
+    def all(self) -> dict[str, T]:
+        """Every registered object by name, in registration order."""
+        with self._lock:
+            if self._found is None:
+                self._errors, self._by_plugin = {}, {}
+                self._found = self._collect()
+            return self._found
+
+    def names(self) -> list[str]:
+        """Registered names, in registration order."""
+        return list(self.all())
+
+    def get(self, name: str) -> T:
+        """The object registered as ``name``; an unknown name lists the registered ones
+        and the plugins that failed to load or register."""
+        found = self.all()
+        for k in (name, self._key(name)):
+            if k in found:
+                return found[k]
+        broken = ""
+        if self._errors:
+            broken = "; plugins that failed to register: " + ", ".join(f"{k} ({v})" for k, v in self._errors.items())
+        failed_loads = load_errors()
+        if failed_loads:
+            broken += "; plugins that failed to load: " + ", ".join(sorted(failed_loads))
+        raise self._error(
+            f"unknown {self.what} {name!r}; installed {self.what}s: {', '.join(sorted(found)) or '(none)'}{broken}",
+            self.hint,
+        )
+
+    def hook_errors(self) -> dict[str, str]:
+        """Plugins whose hook raised (or registered a bad object): plugin name -> one line."""
+        self.all()
+        return dict(self._errors)
+
+    def by_plugin(self) -> dict[str, list[str]]:
+        """Plugin name -> the names it registered."""
+        self.all()
+        return {k: list(v) for k, v in self._by_plugin.items()}
+
+
+def check_name(plugin: str, what: str, name: Any, hint: str) -> str:
+    """``name`` when it is a valid registered name (non-empty, no ``/``, no outer spaces)."""
+    if not isinstance(name, str) or not name or name != name.strip() or "/" in name:
+        raise PluginError(f"plugin {plugin} registered a {what} without a valid name ({name!r})", hint)
+    return name
