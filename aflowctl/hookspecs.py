@@ -14,7 +14,7 @@ registration order (built-ins first); the first object registered under a name w
 
 from __future__ import annotations
 
-from typing import Any, Optional, Protocol, Union
+from typing import Any, Protocol
 
 import pluggy
 
@@ -41,7 +41,7 @@ class RegisterBenchmark(Protocol):
 class RegisterOperator(Protocol):
     """The callback of :func:`register_operators`."""
 
-    def __call__(self, operator_class: type[Operator], description: Optional[Union[str, dict[str, Any]]] = None) -> None: ...
+    def __call__(self, operator_class: type[Operator], description: str | dict[str, Any] | None = None) -> None: ...
 
 
 @hookspec

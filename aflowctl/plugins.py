@@ -50,7 +50,7 @@ _pm: pluggy.PluginManager | None = None
 _pm_lock = threading.RLock()
 _load_errors: dict[str, str] = {}
 _plugin_dists: dict[str, tuple[str, str]] = {}  # plugin name -> (dist name, version)
-_failed_dists: dict[str, tuple[str, str]] = {}  # plugins that failed to load -> (dist name, version)
+_failed_dists: dict[str, tuple[Optional[str], Optional[str]]] = {}  # plugins that failed to load -> (dist name, version)
 
 
 def _wanted() -> set[str] | None:
@@ -169,8 +169,8 @@ def list_plugins() -> list[dict[str, Any]]:
             }
         )
     for name, err in _load_errors.items():
-        dist = _failed_dists.get(name, (None, None))
-        out.append({"name": name, "package": dist[0], "version": dist[1], "hooks": [], "providers": [], "error": err})
+        package, version = _failed_dists.get(name, (None, None))
+        out.append({"name": name, "package": package, "version": version, "hooks": [], "providers": [], "error": err})
     return out
 
 
@@ -199,7 +199,7 @@ class ProviderExtensions(Protocol):
     #: ``True`` for in-process models a timeout cannot interrupt (no per-call timeout)
     timeout_exempt: bool
 
-    def worst_case_cost(self, request: LLMRequest) -> Optional[float]:
+    def worst_case_cost(self, request: LLMRequest) -> float | None:
         """The most the call can cost (USD), for the budget check; ``None`` when unknown."""
         ...
 
@@ -243,9 +243,9 @@ class BenchmarkExtensions(Protocol):
     #: the splits it knows (``aflowctl data list``)
     splits: tuple[str, ...]
     #: the folder of the splits shipped with the plugin (searched last)
-    package_dir: Optional[Path]
+    package_dir: Path | None
     #: where the shipped splits came from (``aflowctl data list``)
-    data_source: Optional[str]
+    data_source: str | None
 
     def public_tests(self, problem: dict[str, Any]) -> list[str]:
         """Code benchmarks: the assert lines a workflow's Test operator may see (never the evaluation test)."""

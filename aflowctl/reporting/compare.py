@@ -223,11 +223,11 @@ def compare_runs(store: Store, run_ids: Sequence[str], *, n_boot: int = BOOTSTRA
     max_round = max((p["round"] for s in summaries for p in s["curve"]), default=0)
     per_round = []
     for r in range(1, max_round + 1):
-        row: dict[str, Any] = {"round": r}
+        at_round: dict[str, Any] = {"round": r}
         for s in summaries:
             p = next((p for p in s["curve"] if p["round"] == r), None)
-            row[s["run_id"]] = p["best_score"] if p else None
-        per_round.append(row)
+            at_round[s["run_id"]] = p["best_score"] if p else None
+        per_round.append(at_round)
     for s in summaries:
         s.pop("_key")
     for g in groups:

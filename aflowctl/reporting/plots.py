@@ -43,7 +43,7 @@ def usage_axis(points: Sequence[dict[str, Any]]) -> Optional[tuple[str, str]]:
     Returns (key, axis label)."""
     for measure, label in USAGE_AXES:
         key = f"cumulative_{measure}"
-        values = [p.get(key) for p in points if p.get(key) is not None]
+        values = [float(p[key]) for p in points if p.get(key) is not None]
         if values and max(values) > 0:
             return key, label
     return None

@@ -97,8 +97,8 @@ def _rewrite(source: str, convert: Any) -> str:
     edits: list[tuple[int, int, int, int, str]] = []
     for node in ast.walk(tree):
         text = convert(node)
-        if text is not None:
-            edits.append((node.lineno, node.col_offset, node.end_lineno, node.end_col_offset, text))
+        if text is not None and isinstance(node, ast.stmt):
+            edits.append((node.lineno, node.col_offset, node.end_lineno or node.lineno, node.end_col_offset or 0, text))
     return splice(source, edits)
 
 
@@ -309,7 +309,8 @@ def export_round(
     res = dict(results or {})
     _atomic_write(folder / "results.json", json.dumps(res, indent=2, default=str) + "\n")
     when = str(res.get("time") or datetime.now())
-    scores = res.get("scores") if isinstance(res.get("scores"), list) and res.get("scores") else [res.get("score")]
+    given = res.get("scores")
+    scores = given if isinstance(given, list) and given else [res.get("score")]
     new_rows = [  # AFlow writes one row per validation run
         {"round": int(round_n), "score": s, "avg_cost": res.get("avg_cost"), "total_cost": res.get("total_cost"),
          "time": when}
