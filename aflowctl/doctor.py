@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from aflowctl.config import Config
+from aflowctl.llm.providers._common import KEY_ENV, KEYLESS
 
 BAD_LITELLM = {"1.82.7", "1.82.8"}
 CORE_DEPS = ["typer", "rich", "sqlmodel", "pydantic", "pluggy", "loguru", "numpy", "torch", "litellm", "httpx", "sympy"]
@@ -28,18 +29,9 @@ OPTIONAL_DEPS = {
     "ray": "the Ray backend (pip install 'aflowctl[ray]')",
     "tensorboard": "TensorBoard logs (pip install 'aflowctl[tensorboard]')",
 }
-# provider prefix -> the environment variable litellm reads its key from
-KEY_ENV = {
-    "openai": "OPENAI_API_KEY",
-    "anthropic": "ANTHROPIC_API_KEY",
-    "gemini": "GEMINI_API_KEY",
-    "openrouter": "OPENROUTER_API_KEY",
-    "groq": "GROQ_API_KEY",
-    "mistral": "MISTRAL_API_KEY",
-    "deepseek": "DEEPSEEK_API_KEY",
-    "together_ai": "TOGETHERAI_API_KEY",
-}
-NO_KEY_PROVIDERS = {"local", "replay", "ollama", "hosted_vllm", "mutate"}
+# Key variables per provider prefix (first set wins) come from the providers' own table
+# (KEY_ENV), so doctor checks exactly what a call will read.
+NO_KEY_PROVIDERS = KEYLESS | {"local", "replay", "mutate"}
 MIN_FREE_DISK_GB = 5.0
 
 
@@ -205,17 +197,19 @@ def check_models(cfg: Config, explicit: bool) -> list[dict]:
             out.append(_check(name, "fail", f"no provider '{prefix}' installed (installed: {', '.join(sorted(providers))})",
                               "install the provider plugin or fix the model string"))
             continue
-        env = mc.api_key_env or KEY_ENV.get(prefix)
-        if env is None or prefix in NO_KEY_PROVIDERS:
+        names = (mc.api_key_env,) if mc.api_key_env else KEY_ENV.get(prefix, ())
+        found = next((n for n in names if os.environ.get(n)), None)
+        wanted = " or ".join(f"${n}" for n in names)
+        if not names or prefix in NO_KEY_PROVIDERS:
             out.append(_check(name, "ok", "no credential needed"))
-        elif os.environ.get(env):
-            out.append(_check(name, "ok", f"credential ${env} is set"))
+        elif found:
+            out.append(_check(name, "ok", f"credential ${found} is set"))
         elif mc.api_base:
-            out.append(_check(name, "warn", f"${env} is not set (fine for a server at {mc.api_base} that needs no key)",
-                              f"export {env}=... if the server needs a key"))
+            out.append(_check(name, "warn", f"{wanted} is not set (fine for a server at {mc.api_base} that needs no key)",
+                              f"export {names[0]}=... if the server needs a key"))
         else:
-            out.append(_check(name, "fail" if explicit else "warn", f"credential ${env} is not set",
-                              f"export {env}=<your key> (or name another variable with api_key_env in the config)"))
+            out.append(_check(name, "fail" if explicit else "warn", f"credential {wanted} is not set",
+                              f"export {names[0]}=<your key> (or name another variable with api_key_env in the config)"))
     return out
 
 

@@ -90,3 +90,28 @@ def test_sandbox_capabilities_are_shown_with_a_fix():
     interp = [c for c in checks if c["name"] == "sandbox interpreter"]
     if caps["needs_read_capability"]:
         assert interp[0]["status"] == "warn" and "world-readable" in interp[0]["hint"]
+
+
+def _model_check(tmp_path, model):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[optimize.executor]\nmodel = "{model}"\n')
+    _, checks = _doctor("--config", str(cfg))
+    return next(c for c in checks if c["name"].startswith(f"model {model}"))
+
+
+def test_key_variables_come_from_the_providers_table(tmp_path, monkeypatch):
+    from aflowctl.llm.providers._common import KEY_ENV
+
+    for names in KEY_ENV.values():
+        for n in names:
+            monkeypatch.delenv(n, raising=False)
+    # gemini reads GEMINI_API_KEY or GOOGLE_API_KEY: either one is enough
+    c = _model_check(tmp_path, "gemini/gemini-2.0-flash")
+    assert c["status"] == "fail" and "$GEMINI_API_KEY or $GOOGLE_API_KEY" in c["detail"]
+    monkeypatch.setenv("GOOGLE_API_KEY", "g-test")
+    c = _model_check(tmp_path, "gemini/gemini-2.0-flash")
+    assert c["status"] == "ok" and "$GOOGLE_API_KEY is set" in c["detail"]
+    # every keyed provider of the table is checked, not only the few doctor used to list
+    for prefix in ("xai", "cohere", "fireworks_ai", "azure"):
+        c = _model_check(tmp_path, f"{prefix}/some-model")
+        assert c["status"] == "fail" and KEY_ENV[prefix][0] in c["hint"], (prefix, c)
