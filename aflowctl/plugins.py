@@ -400,8 +400,16 @@ class Registry(Generic[T]):
         return {k: list(v) for k, v in self._by_plugin.items()}
 
 
-def check_name(plugin: str, what: str, name: Any, hint: str) -> str:
-    """``name`` when it is a valid registered name (non-empty, no ``/``, no outer spaces)."""
+def check_object(plugin: str, what: str, obj: Any, protocol: type, *, name_hint: str,
+                 unimplemented: tuple[str, ...] = ()) -> str:
+    """The name ``obj`` registers under, once it is a valid name (non-empty, no ``/``, no
+    outer spaces) and ``obj`` has every member of ``protocol``; else :class:`PluginError`
+    naming what is missing (``unimplemented``: members known to be stubs)."""
+    name = getattr(obj, "name", None)
     if not isinstance(name, str) or not name or name != name.strip() or "/" in name:
-        raise PluginError(f"plugin {plugin} registered a {what} without a valid name ({name!r})", hint)
+        raise PluginError(f"plugin {plugin} registered a {what} without a valid name ({name!r})", name_hint)
+    missing = missing_members(obj, protocol) + list(unimplemented)
+    if missing:
+        raise PluginError(f"plugin {plugin} registered {what} {name!r} without {', '.join(missing)}",
+                          f"implement the {what} contract (docs/plugins.md, {protocol.__name__})")
     return name

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from aflowctl.errors import BenchmarkError, PluginError
-from aflowctl.plugins import Benchmark, Registry, check_name, missing_members
+from aflowctl.errors import BenchmarkError
+from aflowctl.plugins import Benchmark, Registry, check_object
 
 __all__ = ["get", "names", "all_benchmarks", "hook_errors"]
 
@@ -24,22 +24,16 @@ __all__ = ["get", "names", "all_benchmarks", "hook_errors"]
 _SUBCLASS_METHODS = ("inputs", "expected", "score")
 
 
-def _unimplemented(benchmark: Any) -> list[str]:
+def _unimplemented(benchmark: Any) -> tuple[str, ...]:
     """Methods left as the base class's stubs."""
     from aflowctl.benchmarks import base
 
-    return [f"{m}()" for m in _SUBCLASS_METHODS if getattr(type(benchmark), m, None) is getattr(base.Benchmark, m)]
+    return tuple(f"{m}()" for m in _SUBCLASS_METHODS if getattr(type(benchmark), m, None) is getattr(base.Benchmark, m))
 
 
 def _accept(plugin: str, benchmark: Any) -> tuple[str, Any]:
-    name = check_name(plugin, "benchmark", getattr(benchmark, "name", None),
-                      "give the benchmark a `name` attribute: a short lower-case word")
-    missing = missing_members(benchmark, Benchmark) + _unimplemented(benchmark)
-    if missing:
-        raise PluginError(
-            f"plugin {plugin} registered benchmark {name!r} without {', '.join(missing)}",
-            "implement the benchmark contract (docs/plugins.md, register_benchmarks)",
-        )
+    name = check_object(plugin, "benchmark", benchmark, Benchmark, unimplemented=_unimplemented(benchmark),
+                        name_hint="give the benchmark a `name` attribute: a short lower-case word")
     return name, benchmark
 
 

@@ -10,20 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from aflowctl.errors import PluginError, ProviderError
+from aflowctl.errors import ProviderError
 from aflowctl.llm.types import split_model
-from aflowctl.plugins import Provider, Registry, check_name, missing_members
+from aflowctl.plugins import Provider, Registry, check_object
 
 
 def _accept(plugin: str, provider: Any) -> tuple[str, Any]:
-    name = check_name(plugin, "provider", getattr(provider, "name", None),
-                      "give the provider a `name` attribute: the model-string prefix, without '/'")
-    if missing_members(provider, Provider):
-        raise PluginError(
-            f"plugin {plugin} registered provider {name!r} without an async complete(request) method",
-            "implement `async def complete(self, request) -> list[Sample]`",
-        )
-    return name, provider
+    return check_object(plugin, "provider", provider, Provider,
+                        name_hint="give the provider a `name` attribute: the model-string prefix, without '/'"), provider
 
 
 REGISTRY: Registry[Provider] = Registry(

@@ -13,8 +13,9 @@ matplotlib is imported lazily (inside the functions) with the Agg backend.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 #: train metrics drawn in the report, in this order, when present
 TRAIN_PANELS = ("reward_mean", "loss", "kl", "entropy", "valid_rate", "grad_norm")
@@ -26,6 +27,16 @@ MIN_SPAN = 0.2
 USAGE_AXES = (("cost_usd", "cumulative spend (USD)"), ("tokens", "cumulative tokens (nothing priced)"),
               ("calls", "cumulative LLM calls (nothing priced)"))
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+
+
+@contextmanager
+def _closed_on_error(fig: Any) -> Iterator[Any]:
+    """Close ``fig`` when building it fails (a figure being returned stays open)."""
+    try:
+        yield fig
+    except BaseException:
+        _pyplot().close(fig)
+        raise
 
 
 def _pyplot():
@@ -86,7 +97,7 @@ def optimize_figure(data: dict[str, Any]) -> Any:
     """Scores per round, running best, test scores, and cumulative usage on a second axis."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 5.8), dpi=110)
-    try:
+    with _closed_on_error(fig):
         wfs = [w for w in data["workflows"] if w["status"] == "valid" and w["score"] is not None]
         if wfs:
             ax.errorbar(
@@ -133,10 +144,7 @@ def optimize_figure(data: dict[str, Any]) -> Any:
         meta = data["run"]
         ax.set_title(f"{meta['id']} — {meta['dataset'] or '?'} ({meta['status']})", fontsize=11)
         fig.tight_layout()
-        return fig
-    except BaseException:
-        plt.close(fig)
-        raise
+    return fig
 
 
 def _train_ylim(key: str, ys: Sequence[float], single: bool) -> Optional[tuple[float, float]]:
@@ -167,7 +175,7 @@ def train_figure(data: dict[str, Any]) -> Any:
     ncols = 2 if len(keys) > 1 else 1
     nrows = math.ceil(len(keys) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(9, 2.8 * nrows + 0.6), dpi=110, squeeze=False)
-    try:
+    with _closed_on_error(fig):
         metrics = data["metrics"]
         updates = sorted({m["update"] for m in metrics})
         for ax, key in zip(axes.flat, keys):
@@ -207,10 +215,7 @@ def train_figure(data: dict[str, Any]) -> Any:
         n = len(updates)
         fig.suptitle(f"{meta['id']} — training, {n} update{'s' if n != 1 else ''} ({meta['status']})", fontsize=11)
         fig.tight_layout()
-        return fig
-    except BaseException:
-        plt.close(fig)
-        raise
+    return fig
 
 
 def comparison_figure(result: dict[str, Any]) -> Any:
@@ -223,7 +228,7 @@ def comparison_figure(result: dict[str, Any]) -> Any:
     legend_rows = math.ceil((len(runs) + 1) / ncol)
     legend_h = 0.2 * legend_rows + 0.25  # inches below the panels
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8 + legend_h), dpi=110)
-    try:
+    with _closed_on_error(fig):
         colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
         axis = usage_axis([p for s in runs for p in s["curve"]])
         within: dict[int, int] = {}
@@ -267,7 +272,4 @@ def comparison_figure(result: dict[str, Any]) -> Any:
             fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
         fig.suptitle(f"aflowctl compare — {result['dataset']}", fontsize=11)
         fig.tight_layout(rect=(0.0, legend_h / height, 1.0, 1.0))
-        return fig
-    except BaseException:
-        plt.close(fig)
-        raise
+    return fig
