@@ -191,3 +191,18 @@ def test_out_is_a_file(store, tmp_path):
 def test_bad_format(store):
     r = runner.invoke(app, ["report", "opt-a", "--format", "pdf"])
     assert r.exit_code == 2
+
+
+def test_the_html_template_ships_as_package_data():
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    import aflowctl
+
+    pkg = Path(aflowctl.__file__).parent
+    meta = tomllib.loads((pkg.parent / "pyproject.toml").read_text())
+    patterns = meta["tool"]["setuptools"]["package-data"]["aflowctl"]
+    templates = [p.relative_to(pkg).as_posix() for p in (pkg / "reporting" / "templates").iterdir()]
+    assert templates and all(any(fnmatch.fnmatch(t, pat) for pat in patterns) for t in templates)
+    assert any(d.startswith("jinja2") for d in meta["project"]["dependencies"])
