@@ -206,3 +206,18 @@ def test_the_html_template_ships_as_package_data():
     templates = [p.relative_to(pkg).as_posix() for p in (pkg / "reporting" / "templates").iterdir()]
     assert templates and all(any(fnmatch.fnmatch(t, pat) for pat in patterns) for t in templates)
     assert any(d.startswith("jinja2") for d in meta["project"]["dependencies"])
+
+
+def test_inspect_and_report_show_the_same_workflow_diff(store):
+    import json
+
+    data = report.gather(store, "opt-a")
+    r = runner.invoke(app, ["inspect", "workflows", "--run", "opt-a", "--diff", "--json"])
+    assert r.exit_code == 0, r.output
+    shown = {w["id"]: w["diff"] for w in json.loads(r.stdout)}
+    for w in data["workflows"]:
+        expected = w["diff"] or ("(no parent)" if w["parent_id"] is None else "(identical)")
+        assert shown[w["id"]] == expected
+    assert any(w["diff"].startswith("--- workflow ") for w in data["workflows"])
+    r = runner.invoke(app, ["inspect", "workflows", "--run", "nope"])
+    assert r.exit_code == 1 and "run 'nope' does not exist" in r.stderr and "opt-a" in r.stderr
