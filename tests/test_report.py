@@ -6,6 +6,7 @@ import base64
 import re
 
 import pytest
+from helpers.store_runs import Child, build_optimize_run, build_train_run, ts
 from markupsafe import escape
 from typer.testing import CliRunner
 
@@ -13,7 +14,6 @@ from aflowctl.cli import app
 from aflowctl.errors import NotFoundError
 from aflowctl.reporting import history as report
 from aflowctl.store import Run, open_store
-from helpers.store_runs import Child, build_optimize_run, build_train_run, ts
 
 runner = CliRunner()
 

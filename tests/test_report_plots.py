@@ -7,10 +7,10 @@ from __future__ import annotations
 import warnings
 
 import pytest
+from helpers.store_runs import Child, build_optimize_run, build_train_run, ts
 
 from aflowctl.reporting import compare, history, plots
 from aflowctl.store import Run, open_store
-from helpers.store_runs import Child, build_optimize_run, build_train_run, ts
 
 PLAN = [("root", [Child("a", "add a review step", [0.6, 0.7, 0.65])]),
         ("a", [Child("b", "revise the prompt", [0.7, 0.75, 0.7])])]
