@@ -45,13 +45,13 @@ import os
 import resource
 import signal
 import stat
-import struct
 import sys
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Iterable, Optional
 
 from aflowctl.errors import SandboxError
+from aflowctl.sandbox import landlock, seccomp
+from aflowctl.sandbox._sys import errno_text, libc, machine
 
 SANDBOX_USER_ENV = "AFLOWCTL_SANDBOX_USER"
 DEFAULT_SANDBOX_USER = "nobody"
@@ -59,65 +59,17 @@ DEFAULT_SANDBOX_USER = "nobody"
 # prctl options
 _PR_SET_PDEATHSIG = 1
 _PR_SET_KEEPCAPS = 8
-_PR_GET_SECCOMP = 21
-_PR_SET_SECCOMP = 22
 _PR_CAPBSET_DROP = 24
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_CAP_AMBIENT = 47
 _PR_CAP_AMBIENT_CLEAR_ALL = 4
-_SECCOMP_MODE_FILTER = 2
 _CAP_DAC_READ_SEARCH = 2
 _CAP_LAST = 63
-
-# landlock (include/uapi/linux/landlock.h); the syscall numbers are the same on every arch
-_SYS_LL_CREATE, _SYS_LL_ADD_RULE, _SYS_LL_RESTRICT = 444, 445, 446
-_LL_VERSION = 1
-_LL_RULE_PATH_BENEATH = 1
-FS_EXECUTE, FS_WRITE_FILE, FS_READ_FILE, FS_READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
-FS_REMOVE_DIR, FS_REMOVE_FILE, FS_MAKE_CHAR, FS_MAKE_DIR = 1 << 4, 1 << 5, 1 << 6, 1 << 7
-FS_MAKE_REG, FS_MAKE_SOCK, FS_MAKE_FIFO, FS_MAKE_BLOCK, FS_MAKE_SYM = 1 << 8, 1 << 9, 1 << 10, 1 << 11, 1 << 12
-FS_REFER, FS_TRUNCATE, FS_IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
-NET_BIND_TCP, NET_CONNECT_TCP = 1 << 0, 1 << 1
-SCOPE_ABSTRACT_UNIX, SCOPE_SIGNAL = 1 << 0, 1 << 1
-_FS_BY_ABI = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 4: (1 << 15) - 1, 5: (1 << 16) - 1}
-_FILE_RIGHTS = FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE | FS_TRUNCATE | FS_IOCTL_DEV
-_READ = FS_READ_FILE | FS_READ_DIR
-_WRITE = (FS_WRITE_FILE | FS_REMOVE_DIR | FS_REMOVE_FILE | FS_MAKE_DIR | FS_MAKE_REG | FS_MAKE_SYM
-          | FS_REFER | FS_TRUNCATE)
 
 #: read-only system paths every Python needs (shared libraries, time zones)
 SYSTEM_READ_PATHS = ("/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/share/zoneinfo", "/etc/ld.so.cache",
                      "/etc/localtime")
 
-# seccomp: AUDIT_ARCH and syscall numbers per machine
-_ARCH = {
-    "x86_64": (0xC000003E, dict(
-        fork=57, vfork=58, clone=56, clone3=435, execve=59, execveat=322, socket=41, socketpair=53,
-        kill=62, tkill=200, tgkill=234, ptrace=101, process_vm_readv=310, process_vm_writev=311,
-        pidfd_send_signal=424, pidfd_getfd=438, setrlimit=160, prlimit64=302, unshare=272, setns=308,
-        mount=165, umount2=166, pivot_root=155, chroot=161, bpf=321, userfaultfd=323, perf_event_open=298,
-        keyctl=250, add_key=248, request_key=249, kexec_load=246, init_module=175, finit_module=313,
-        delete_module=176, open_by_handle_at=304, name_to_handle_at=303, io_uring_setup=425,
-        io_uring_enter=426, io_uring_register=427, open_tree=428, move_mount=429, fsopen=430, fsconfig=431,
-        fsmount=432, fspick=433, mount_setattr=442, setsid=112, setpgid=109)),
-    "aarch64": (0xC00000B7, dict(
-        clone=220, clone3=435, execve=221, execveat=281, socket=198, socketpair=199,
-        kill=129, tkill=130, tgkill=131, ptrace=117, process_vm_readv=270, process_vm_writev=271,
-        pidfd_send_signal=424, pidfd_getfd=438, setrlimit=164, prlimit64=261, unshare=97, setns=268,
-        mount=40, umount2=39, pivot_root=41, chroot=51, bpf=280, userfaultfd=282, perf_event_open=241,
-        keyctl=219, add_key=217, request_key=218, kexec_load=104, init_module=105, finit_module=273,
-        delete_module=106, open_by_handle_at=265, name_to_handle_at=264, io_uring_setup=425,
-        io_uring_enter=426, io_uring_register=427, open_tree=428, move_mount=429, fsopen=430, fsconfig=431,
-        fsmount=432, fspick=433, mount_setattr=442, setsid=157, setpgid=154)),
-}
-_DENIED = ("fork", "vfork", "execve", "execveat", "tkill", "ptrace", "process_vm_readv", "process_vm_writev",
-           "pidfd_send_signal", "pidfd_getfd", "setrlimit", "unshare", "setns", "mount", "umount2",
-           "pivot_root", "chroot", "bpf", "userfaultfd", "perf_event_open", "keyctl", "add_key", "request_key",
-           "kexec_load", "init_module", "finit_module", "delete_module", "open_by_handle_at",
-           "name_to_handle_at", "io_uring_setup", "io_uring_enter", "io_uring_register", "open_tree",
-           "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr", "setsid", "setpgid")
-_CLONE_THREAD = 0x00010000
-_AF_UNIX = 1
 
 
 @dataclass(frozen=True)
@@ -163,46 +115,6 @@ class ConfineReport:
 
 
 # --------------------------------------------------------------------------- probing
-
-
-def _machine() -> str:
-    return os.uname().machine if hasattr(os, "uname") else ""
-
-
-@lru_cache(maxsize=1)
-def _libc() -> ctypes.CDLL:
-    lib = ctypes.CDLL(None, use_errno=True)
-    lib.syscall.restype = ctypes.c_long
-    lib.prctl.restype = ctypes.c_int
-    return lib
-
-
-def _errno_text() -> str:
-    e = ctypes.get_errno()
-    return f"{os.strerror(e)} (errno {e})"
-
-
-def landlock_abi() -> int:
-    """The kernel's Landlock ABI version, 0 when Landlock is absent or disabled."""
-    if sys.platform != "linux":
-        return 0
-    try:
-        v = _libc().syscall(_SYS_LL_CREATE, None, ctypes.c_size_t(0), ctypes.c_uint32(_LL_VERSION))
-    except (OSError, AttributeError):
-        return 0
-    return int(v) if v > 0 else 0
-
-
-def seccomp_available() -> bool:
-    """True when this kernel accepts seccomp filters on this machine's architecture."""
-    if sys.platform != "linux" or _machine() not in _ARCH:
-        return False
-    try:
-        if _libc().prctl(_PR_GET_SECCOMP, 0, 0, 0, 0) < 0:
-            return False
-    except (OSError, AttributeError):
-        return False
-    return True
 
 
 def sandbox_user() -> Optional[tuple[int, int, str]]:
@@ -288,14 +200,14 @@ def capabilities() -> dict:
     ``needs_read_capability``, ``ok`` (every required layer is there) and
     ``problems``: a list of ``{"layer", "detail", "fix"}``, one line each.
     """
-    abi = landlock_abi()
-    sc = seccomp_available()
+    abi = landlock.abi()
+    sc = seccomp.available()
     root = os.name == "posix" and os.geteuid() == 0
     user = sandbox_user()
     usable = all(reachable_by_others(p) for p in interpreter_read_paths()[:8]) and reachable_by_others(sys.executable)
     problems: list[dict] = []
     if not sc:
-        problems.append({"layer": "seccomp", "detail": f"no seccomp filters on {sys.platform}/{_machine()}",
+        problems.append({"layer": "seccomp", "detail": f"no seccomp filters on {sys.platform}/{machine()}",
                          "fix": "run on Linux x86_64 or aarch64 with CONFIG_SECCOMP_FILTER (or a container that allows it)"})
     if abi == 0:
         problems.append({"layer": "landlock", "detail": "Landlock is not available",
@@ -312,7 +224,7 @@ def capabilities() -> dict:
                                 "from it"})
     return {
         "platform": sys.platform,
-        "arch": _machine(),
+        "arch": machine(),
         "landlock_abi": abi,
         "seccomp": sc,
         "root": root,
@@ -355,8 +267,8 @@ def _set_rlimits(memory_mb: Optional[int], cpu_s: Optional[float], fsize_bytes: 
 
 
 def _prctl(option: int, arg2: int = 0, arg3: int = 0, what: str = "prctl") -> None:
-    if _libc().prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
-        raise SandboxError(f"{what} failed: {_errno_text()}", "the sandbox cannot be set up on this platform")
+    if libc().prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
+        raise SandboxError(f"{what} failed: {errno_text()}", "the sandbox cannot be set up on this platform")
 
 
 class _CapHeader(ctypes.Structure):
@@ -374,8 +286,8 @@ def _capset(caps: int) -> None:
         word = (caps >> (32 * i)) & 0xFFFFFFFF
         data[i].effective = data[i].permitted = word
         data[i].inheritable = 0
-    if _libc().capset(ctypes.byref(hdr), data) != 0:
-        raise SandboxError(f"capset failed: {_errno_text()}", "the sandbox cannot drop privileges here")
+    if libc().capset(ctypes.byref(hdr), data) != 0:
+        raise SandboxError(f"capset failed: {errno_text()}", "the sandbox cannot drop privileges here")
 
 
 def _drop_uid(uid: int, gid: int, keep_read_cap: bool) -> tuple[str, ...]:
@@ -384,10 +296,10 @@ def _drop_uid(uid: int, gid: int, keep_read_cap: bool) -> tuple[str, ...]:
     keep = (1 << _CAP_DAC_READ_SEARCH) if keep_read_cap else 0
     for cap in range(_CAP_LAST + 1):
         if not keep & (1 << cap):
-            if _libc().prctl(_PR_CAPBSET_DROP, ctypes.c_ulong(cap), 0, 0, 0) != 0 and ctypes.get_errno() != 22:
-                raise SandboxError(f"could not drop capability {cap} from the bounding set: {_errno_text()}",
+            if libc().prctl(_PR_CAPBSET_DROP, ctypes.c_ulong(cap), 0, 0, 0) != 0 and ctypes.get_errno() != 22:
+                raise SandboxError(f"could not drop capability {cap} from the bounding set: {errno_text()}",
                                    "the sandbox cannot drop privileges here")
-    _libc().prctl(_PR_CAP_AMBIENT, ctypes.c_ulong(_PR_CAP_AMBIENT_CLEAR_ALL), 0, 0, 0)
+    libc().prctl(_PR_CAP_AMBIENT, ctypes.c_ulong(_PR_CAP_AMBIENT_CLEAR_ALL), 0, 0, 0)
     if keep:
         _prctl(_PR_SET_KEEPCAPS, 1, what="PR_SET_KEEPCAPS")
     try:
@@ -401,119 +313,6 @@ def _drop_uid(uid: int, gid: int, keep_read_cap: bool) -> tuple[str, ...]:
         _prctl(_PR_SET_KEEPCAPS, 0, what="PR_SET_KEEPCAPS")
         return ("CAP_DAC_READ_SEARCH",)
     return ()
-
-
-class _RulesetAttr(ctypes.Structure):
-    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
-                ("scoped", ctypes.c_uint64)]
-
-
-def _landlock(abi: int, scratch: str, read_paths: Iterable[str], extra_rw_files: Iterable[str]) -> tuple[bool, bool, bool]:
-    """Build and enforce the ruleset; returns (fs, net, scoped)."""
-    lib = _libc()
-    fs_all = _FS_BY_ABI[min(abi, 5)]
-    attr = _RulesetAttr(fs_all, (NET_BIND_TCP | NET_CONNECT_TCP) if abi >= 4 else 0,
-                        (SCOPE_ABSTRACT_UNIX | SCOPE_SIGNAL) if abi >= 6 else 0)
-    size = 8 if abi < 4 else 16 if abi < 6 else 24
-    fd = lib.syscall(_SYS_LL_CREATE, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
-    if fd < 0:
-        raise SandboxError(f"landlock_create_ruleset failed: {_errno_text()}", "see `aflowctl doctor`")
-    fd = int(fd)
-    try:
-        def add(path: str, rights: int) -> None:
-            try:
-                pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-            except OSError:
-                return  # a path that does not exist needs no rule
-            try:
-                if not stat.S_ISDIR(os.fstat(pfd).st_mode):
-                    rights &= _FILE_RIGHTS
-                rights &= fs_all
-                rule = struct.pack("=Qi", rights, pfd)
-                if lib.syscall(_SYS_LL_ADD_RULE, ctypes.c_int(fd), ctypes.c_int(_LL_RULE_PATH_BENEATH),
-                               ctypes.c_char_p(rule), ctypes.c_uint32(0)) != 0:
-                    raise SandboxError(f"landlock_add_rule for {path} failed: {_errno_text()}", "see `aflowctl doctor`")
-            finally:
-                os.close(pfd)
-
-        for p in read_paths:
-            add(p, _READ)
-        for p in extra_rw_files:
-            add(p, FS_READ_FILE | FS_WRITE_FILE)
-        add(scratch, _READ | _WRITE)
-        if lib.syscall(_SYS_LL_RESTRICT, ctypes.c_int(fd), ctypes.c_uint32(0)) != 0:
-            raise SandboxError(f"landlock_restrict_self failed: {_errno_text()}", "see `aflowctl doctor`")
-    finally:
-        os.close(fd)
-    return True, abi >= 4, abi >= 6
-
-
-def _seccomp_filter(allow_socket: bool) -> bytes:
-    """The BPF program (struct sock_filter array) for this machine."""
-    audit, nr = _ARCH[_machine()]
-    allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
-    pid = os.getpid()
-    prog: list[tuple[int, int, Optional[str], Optional[str]]] = []
-    labels: dict[str, int] = {}
-
-    def ld(off: int) -> None:
-        prog.append((0x20, off, None, None))
-
-    def jeq(k: int, t: Optional[str], f: Optional[str] = None) -> None:
-        prog.append((0x15, k, t, f))
-
-    def jset(k: int, t: Optional[str], f: Optional[str] = None) -> None:
-        prog.append((0x45, k, t, f))
-
-    def ret(k: int) -> None:
-        prog.append((0x06, k, None, None))
-
-    ld(4)
-    jeq(audit, None, "deny")
-    ld(0)
-    if _machine() == "x86_64":
-        prog.append((0x35, 0x40000000, "deny", None))  # x32 ABI
-    for name in _DENIED:
-        if name in nr:
-            jeq(nr[name], "deny")
-    jeq(nr["clone3"], "enosys")
-    jeq(nr["clone"], "clone")
-    jeq(nr["kill"], "kill")
-    jeq(nr["tgkill"], "tgkill")
-    jeq(nr["prlimit64"], "prlimit")
-    jeq(nr["socket"], "socket" if allow_socket else "deny")
-    jeq(nr["socketpair"], "socket")
-    ret(allow)
-    labels["clone"] = len(prog); ld(16); jset(_CLONE_THREAD, "allow", "deny")
-    labels["kill"] = len(prog); ld(16); jeq(pid, "allow"); jeq(0, "allow", "deny")
-    labels["tgkill"] = len(prog); ld(16); jeq(pid, "allow", "deny")
-    # prlimit64(pid, resource, new, old): only reading (new == NULL) of this process
-    labels["prlimit"] = len(prog); ld(16); jeq(0, "prl_new"); jeq(pid, "prl_new", "deny")
-    labels["prl_new"] = len(prog); ld(32); jeq(0, None, "deny"); ld(36); jeq(0, "allow", "deny")
-    labels["socket"] = len(prog); ld(16); jeq(_AF_UNIX, "allow", "deny")
-    labels["allow"] = len(prog); ret(allow)
-    labels["deny"] = len(prog); ret(eperm)
-    labels["enosys"] = len(prog); ret(enosys)
-    out = b""
-    for i, (code, k, t, f) in enumerate(prog):
-        jt = 0 if t is None else labels[t] - i - 1
-        jf = 0 if f is None else labels[f] - i - 1
-        if not (0 <= jt < 256 and 0 <= jf < 256):
-            raise SandboxError("seccomp filter jump out of range", "report this as a bug")
-        out += struct.pack("HBBI", code, jt, jf, k & 0xFFFFFFFF)
-    return out
-
-
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-
-def _seccomp(allow_socket: bool) -> None:
-    prog = _seccomp_filter(allow_socket)
-    buf = ctypes.create_string_buffer(prog, len(prog))
-    fprog = _SockFprog(len(prog) // 8, ctypes.addressof(buf))
-    if _libc().prctl(_PR_SET_SECCOMP, ctypes.c_ulong(_SECCOMP_MODE_FILTER), ctypes.byref(fprog), 0, 0) != 0:
-        raise SandboxError(f"installing the seccomp filter failed: {_errno_text()}", "see `aflowctl doctor`")
 
 
 # --------------------------------------------------------------------------- the policy
@@ -578,10 +377,10 @@ def confine_current_process(
         os.kill(os.getpid(), signal.SIGKILL)
     fs = net = scoped = False
     if abi > 0:
-        fs, net, scoped = _landlock(abi, scratch, reads, ["/dev/null"])
+        fs, net, scoped = landlock.restrict(abi, scratch, reads, ["/dev/null"])
     sc = False
     if caps["seccomp"]:
-        _seccomp(allow_socket=bool(sockets))
+        seccomp.install(allow_socket=bool(sockets))
         sc = True
     return ConfineReport(uid=os.getuid(), gid=os.getgid(), dropped_uid=dropped, kept_caps=kept, no_new_privs=True,
                          pdeathsig=True, rlimits=limits, landlock_abi=abi, landlock_fs=fs, landlock_net=net,
