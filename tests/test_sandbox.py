@@ -204,7 +204,9 @@ def test_root_runs_code_as_nobody_when_the_interpreter_allows(tmp_path):
     from pathlib import Path
 
     system_py = shutil.which("python3", path="/usr/bin:/usr/local/bin")
-    if os.geteuid() != 0 or system_py is None or not sandbox._world_usable(Path(system_py)):
+    from aflowctl.sandbox.confine import reachable_by_others
+
+    if os.geteuid() != 0 or system_py is None or not reachable_by_others(Path(system_py)):
         pytest.skip("needs root and a world-executable system python3")
     target = tmp_path / "owned-by-root"
     target.mkdir(mode=0o755)

@@ -14,7 +14,7 @@ PUBLIC = "public_test"
 
 
 class CodeBenchmark(Benchmark):
-    """A solution passes when, run in the sandbox, the problem's ``test`` passes.
+    """A solution passes when the problem's ``test``, run by the judge against it, passes.
 
     As in AFlow, the prediction is first sanitised (the longest block of lines that
     parses, reduced to the imports and the definitions reachable from the entry
@@ -63,13 +63,23 @@ class CodeBenchmark(Benchmark):
     def inputs(self, problem: dict) -> tuple:
         return (problem["prompt"], problem["entry_point"])
 
+    def prelude(self, problem: dict) -> str:
+        """Trusted code both sides of the check run first: AFlow's preamble (imports)."""
+        return CODE_PREAMBLE
+
     def program(self, prediction: Any, problem: dict) -> str:
-        """The code that is run: AFlow's preamble plus the sanitised prediction."""
-        return CODE_PREAMBLE + "\n" + sanitize(str(prediction or ""), problem["entry_point"]) + "\n"
+        """The code that is run: the prelude plus the sanitised prediction."""
+        return self.prelude(problem) + "\n" + sanitize(str(prediction or ""), problem["entry_point"]) + "\n"
 
     def check(self, prediction: Any, problem: dict, *, timeout_s: float | None = None):
-        """Run the evaluation test on ``prediction``; a sandbox ``SandboxResult``."""
-        from aflowctl.workflow.sandbox import check_solution
+        """Run the evaluation test on ``prediction``; a sandbox ``SandboxResult``.
+
+        The test runs in the judge process with the trusted prelude, never in the
+        process that runs the prediction (docs/sandbox.md), so a prediction that
+        redefines a helper the test uses changes only its own copy. Raises
+        ``SandboxError`` when the sandbox itself fails (not a wrong answer).
+        """
+        from aflowctl.sandbox.harness import check_solution
 
         return check_solution(
             self.program(prediction, problem),
@@ -77,9 +87,11 @@ class CodeBenchmark(Benchmark):
             problem["entry_point"],
             timeout_s=timeout_s or self.timeout_s,
             memory_mb=self.memory_mb,
+            prelude=self.prelude(problem),
         )
 
     def score(self, prediction: Any, problem: dict) -> float:
+        """1.0 when the check passes, 0.0 when it fails; ``SandboxError`` propagates."""
         return 1.0 if self.check(prediction, problem).ok else 0.0
 
     def reference_solution(self, problem: dict) -> str:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import ast
-from typing import Any
 
 from aflowctl.benchmarks.coding import CodeBenchmark, top_level_functions
-from aflowctl.benchmarks.scoring import CODE_PREAMBLE, sanitize
+from aflowctl.benchmarks.scoring import CODE_PREAMBLE
 
 # AFlow adds the helper the test needs for these problems (the test calls it, and a
 # solution may not define it). aflowctl takes the helper from the problem's prompt.
@@ -18,7 +17,9 @@ class HumanEval(CodeBenchmark):
     required_fields = ("task_id", "prompt", "entry_point", "test")
     id_field = "task_id"
 
-    def program(self, prediction: Any, problem: dict) -> str:
+    def prelude(self, problem: dict) -> str:
+        """AFlow's preamble plus, for the problems whose test calls a helper of the
+        prompt (``encode_cyclic``, ``poly``...), that helper and the prompt's imports."""
         entry = problem["entry_point"]
         helpers = ""
         if entry in _NEEDS_PROMPT_HELPERS:
@@ -30,7 +31,7 @@ class HumanEval(CodeBenchmark):
             except SyntaxError:
                 pass
             helpers = "\n".join(imports + [src for name, src in funcs.items() if name != entry]) + "\n"
-        return CODE_PREAMBLE + "\n" + helpers + "\n" + sanitize(str(prediction or ""), entry) + "\n"
+        return CODE_PREAMBLE + "\n" + helpers
 
     def expected(self, problem: dict) -> str:
         return self.reference_solution(problem)
