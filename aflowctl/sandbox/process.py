@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Optional
 
 from aflowctl.errors import SandboxError
+from aflowctl.sandbox.confine import SANDBOX_USER_ENV
 
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_MEMORY_MB = 1024
@@ -96,6 +97,8 @@ def _minimal_env(scratch: str, extra: Optional[dict[str, str]]) -> dict[str, str
         "MKL_NUM_THREADS": "1",
         "MPLBACKEND": "Agg",
     }
+    if os.environ.get(SANDBOX_USER_ENV):  # the child drops to the user the parent was told to use
+        env[SANDBOX_USER_ENV] = os.environ[SANDBOX_USER_ENV]
     if extra:
         env.update({str(k): str(v) for k, v in extra.items()})
     return env
