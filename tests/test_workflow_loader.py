@@ -188,9 +188,12 @@ def test_check_source_known_operators_and_no_execution(tmp_path):
         "        self.y = operator.Bogus(None)\n"
         "    async def __call__(self, problem):\n        return problem, 0\n"
     )
-    check_source(WorkflowSource(graph, ""))  # fine without an operator list
+    with pytest.raises(WorkflowError, match="graph.py line 1: 'open' is not allowed in a workflow"):
+        check_source(WorkflowSource(graph, ""))
     assert not marker.exists()  # nothing ran
-    with pytest.raises(WorkflowError, match="line 6 uses operator.Bogus"):
+    graph = graph.split("\n", 1)[1]
+    check_source(WorkflowSource(graph, ""))  # fine without an operator list
+    with pytest.raises(WorkflowError, match="line 5 uses operator.Bogus"):
         check_source(WorkflowSource(graph, ""), known_operators=["Custom", "ScEnsemble"])
 
 
@@ -256,8 +259,8 @@ def test_runtime_errors_are_workflow_errors_with_line_numbers():
     g = "class Workflow:\n    def __init__(self, name, llm_config, dataset):\n        self.x = 1 / 0\n    async def __call__(self, p):\n        return p, 0\n"
     with pytest.raises(WorkflowError, match=r"ZeroDivisionError.*\(line 3\)"):
         instantiate(WorkflowSource(g, ""), "w", FakeLLM(), "gsm8k")
-    g2 = "import numpy_that_does_not_exist\nclass Workflow:\n    async def __call__(self, p):\n        return p, 0\n"
-    with pytest.raises(WorkflowError, match=r"graph.py failed to load: ModuleNotFoundError.*\(line 1\)"):
+    g2 = "from typing import no_such_name\nclass Workflow:\n    async def __call__(self, p):\n        return p, 0\n"
+    with pytest.raises(WorkflowError, match=r"graph.py failed to load: ImportError.*\(line 1\)"):
         instantiate(WorkflowSource(g2, ""), "w", FakeLLM(), "gsm8k")
 
 
@@ -298,3 +301,93 @@ def test_unknown_datasets_get_a_generic_seed():
     assert "Custom(" in seeds.seed_workflow("my-new-qa").graph
     assert set(seeds.available()) >= {"gsm8k", "math", "humaneval", "mbpp", "hotpotqa", "drop", "arith"}
     assert canonical_hash(seeds.seed_workflow("gsm8k")) != canonical_hash(seeds.seed_workflow("math"))
+
+
+# ------------------------------------------------------------------ static check of untrusted graphs
+
+HOSTILE_GRAPHS = {
+    "import os": ("import os", "import of 'os'"),
+    "from subprocess": ("from subprocess import run", "import from 'subprocess'"),
+    "importlib": ("import importlib.util", "import of 'importlib.util'"),
+    "relative": ("from . import x", "relative import"),
+    "__import__": ("x = __import__('os')", "'__import__'"),
+    "eval": ("x = eval('1')", "'eval'"),
+    "exec": ("exec('x = 1')", "'exec'"),
+    "compile": ("c = compile('1', 'f', 'eval')", "'compile'"),
+    "open": ("open('/etc/passwd')", "'open'"),
+    "subclasses": ("x = ().__class__.__bases__[0].__subclasses__()", "attribute '.__subclasses__'"),
+    "globals attr": ("def f():\n    pass\nx = f.__globals__", "attribute '.__globals__'"),
+    "builtins name": ("x = __builtins__", "'__builtins__'"),
+    "frame walk": ("import asyncio\nx = asyncio.current_task().get_coro().cr_frame", "attribute '.cr_frame'"),
+    "module through module": ("import typing\nx = typing.sys.path", "attribute '.sys'"),
+    "private module attr": ("import random\nx = random._os", "attribute '._os'"),
+    "asyncio subprocess": ("import asyncio\nasync def f():\n    await asyncio.create_subprocess_shell('sh')",
+                           "attribute '.create_subprocess_shell'"),
+    "asyncio network": ("import asyncio\nasync def f():\n    await asyncio.open_connection('127.0.0.1', 80)",
+                        "attribute '.open_connection'"),
+    "getattr computed": ("x = getattr(object, '__sub' + 'classes__')", "getattr() with a computed"),
+    "getattr dunder": ("x = getattr(object, '__subclasses__')", "getattr() with a computed or special"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_GRAPHS))
+def test_static_check_refuses_escapes_naming_the_line(name):
+    snippet, what = HOSTILE_GRAPHS[name]
+    graph = ("from aflowctl.workflow.api import operator\n" + snippet + "\n"
+             "class Workflow:\n    def __init__(self, name, llm_config, dataset):\n        pass\n"
+             "    async def __call__(self, problem):\n        return problem, 0\n")
+    with pytest.raises(WorkflowError) as err:
+        check_source(WorkflowSource(graph, ""))
+    msg = str(err.value)
+    assert "\n" not in msg and "graph.py line " in msg and what in msg and "is not allowed in a workflow" in msg
+    with pytest.raises(WorkflowError, match=r"prompt.py line \d+: .* is not allowed"):  # prompt.py is code too
+        check_source(WorkflowSource(SEED_LIKE_GRAPH, snippet))
+
+
+SEED_LIKE_GRAPH = ("from aflowctl.workflow.api import operator\nclass Workflow:\n"
+                   "    def __init__(self, name, llm_config, dataset):\n        pass\n"
+                   "    async def __call__(self, problem):\n        return problem, 0\n")
+
+
+def test_static_check_allows_the_api_the_allowlist_and_plain_code():
+    graph = ("from __future__ import annotations\nimport re, math, json, asyncio\nfrom typing import Literal\n"
+             "from collections import Counter\nimport itertools, functools, random, string\n"
+             "from aflowctl.workflow.api import operator, prompt_custom, create_llm_instance\n"
+             "class Workflow:\n    def __init__(self, name, llm_config, dataset):\n"
+             "        super().__init__()\n        self.llm = create_llm_instance(llm_config)\n"
+             "        self.custom = operator.Custom(self.llm)\n        self._cache = {}\n"
+             "    async def __call__(self, problem):\n"
+             "        rs = await asyncio.gather(*[self.custom(input=problem, instruction=prompt_custom.P) for _ in range(3)])\n"
+             "        best = Counter(r['response'] for r in rs).most_common(1)[0][0]\n"
+             "        return getattr(self, 'name', best), 0\n")
+    check_source(WorkflowSource(graph, 'P = "Solve."\n'))
+
+
+def test_every_seed_and_every_mutation_passes_the_static_check():
+    import numpy as np
+
+    from aflowctl import benchmarks
+    from aflowctl.optimizer import mutate
+    from aflowctl.workflow import seeds
+
+    kinds = {"code": "code", "qa": "qa"}
+    checked = 0
+    for name in seeds.available():
+        src = seeds.seed_workflow(name)
+        check_source(src)
+        try:
+            kind = kinds.get(benchmarks.get(name).kind, "math")
+        except Exception:  # noqa: BLE001 - the generic seeds have no benchmark
+            kind = "code" if "code" in name else "math"
+        rng = np.random.default_rng(0)
+        graph, prompt, seen = src.graph, src.prompt, []
+        for _ in range(8):
+            try:
+                m = mutate.propose(graph, prompt, kind=kind, rng=rng, tried=seen)
+            except Exception:  # noqa: BLE001 - a seed the catalogue cannot edit further
+                break
+            check_source(WorkflowSource(m.graph, m.prompt))
+            checked += 1
+            seen.append(m.modification)
+            graph, prompt = m.graph, m.prompt
+    assert checked >= 20
