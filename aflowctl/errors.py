@@ -70,3 +70,29 @@ class SandboxError(AflowctlError):
 
 class CheckpointError(AflowctlError):
     """A checkpoint is missing, corrupt, or belongs to another model/config."""
+
+
+class ProviderAuthError(ProviderError):
+    """A provider refused the credentials (HTTP 401/403): the run stops at once."""
+
+
+class MissingKeyError(ProviderAuthError):
+    """The environment variable that should hold a provider's key is not set."""
+
+
+class ProviderUnreachableError(ProviderError):
+    """A provider's server cannot be reached (connection refused, DNS, no route)."""
+
+
+class UnknownModelError(ProviderError):
+    """The provider does not serve the configured model (or a local model file is missing)."""
+
+
+class RunBusyError(AflowctlError):
+    """Another live process is executing this run (it holds the run's lease)."""
+
+
+class RunInterrupted(AflowctlError):
+    """A run was interrupted (Ctrl-C); what finished is stored and the run can be resumed."""
+
+    exit_code = 130

@@ -7,6 +7,7 @@ re-raises so that a test can see the original exception.
 from __future__ import annotations
 
 import os
+import sqlite3
 import sys
 import traceback
 
@@ -26,6 +27,11 @@ def report(exc: BaseException) -> int:
     if isinstance(exc, AflowctlError):
         sys.stderr.write(f"Error: {redact(str(exc))}\n")
         return exc.exit_code
+    orig = getattr(exc, "orig", exc)
+    if isinstance(orig, sqlite3.DatabaseError) and not isinstance(orig, sqlite3.IntegrityError):
+        # a store error raised outside an opened store (no path known): one line, no SQL
+        sys.stderr.write(f"Error: the store cannot be used ({orig}). Check --db/AFLOWCTL_HOME, or restore it from a backup\n")
+        return 1
     if isinstance(exc, KeyboardInterrupt):
         sys.stderr.write("Interrupted: everything finished so far is stored; resume with --resume RUN_ID\n")
         return 130

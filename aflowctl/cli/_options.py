@@ -15,3 +15,6 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a t
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config file (see configs/)")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="random seed of the run")]
 RunOpt = Annotated[Optional[str], typer.Option("--run", help="only this run id")]
+NoPreflightOpt = Annotated[
+    bool, typer.Option("--no-preflight", help="skip checking keys and reachability of the configured models before the run")
+]

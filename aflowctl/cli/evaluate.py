@@ -2,83 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 from typing import Annotated, Any, List, Optional
 
 import typer
 
-from aflowctl.cli._options import ConfigOpt, DbOpt, JsonOpt, SeedOpt
+from aflowctl.cli._options import ConfigOpt, DbOpt, JsonOpt, NoPreflightOpt, SeedOpt
 from aflowctl.cli._output import console, err_console, print_json
-
-
-def resolve_workflow(store: Any, workflow: Optional[str], dataset: str) -> tuple[Any, Optional[int], str]:
-    """(WorkflowSource, workflow id in the store or None, description) for the WORKFLOW argument."""
-    from aflowctl.errors import NotFoundError
-    from aflowctl.workflow.loader import load_folder
-
-    if workflow is None:
-        from aflowctl.workflow.seeds import seed_workflow
-
-        return seed_workflow(dataset), None, f"seed workflow of {dataset}"
-    path = Path(workflow).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            path = path.parent  # graph.py given: its folder
-        return load_folder(path), None, str(path)
-    if workflow.isdigit():
-        from aflowctl.store import Workflow
-        from aflowctl.workflow.loader import WorkflowSource
-
-        with store.read() as s:
-            row = s.get(Workflow, int(workflow))
-        if row is None:
-            raise NotFoundError(f"workflow {workflow} does not exist in {store.path}",
-                                "see 'aflowctl inspect workflows --run RUN_ID' for stored workflow ids")
-        return WorkflowSource(graph=row.graph_code, prompt=row.prompt_code or ""), row.id, f"workflow {row.id}"
-    raise NotFoundError(f"workflow '{workflow}' is neither a folder nor a workflow id",
-                        "pass a folder holding graph.py and prompt.py, an AFlow round folder, or a number from the store")
-
-
-def _fingerprint(cfg_json: dict, workflow_hash: str, dataset: str, split: str, repeats: int, indices: list) -> str:
-    """What makes two evaluate commands the same evaluation (for resuming): the config keys
-    evaluate uses whose role defines a result (resource-only keys and limits may change)."""
-    import hashlib
-
-    from aflowctl.config import defining_values
-
-    config = defining_values(cfg_json, ("llm.", "rollout.", "optimize.executor.", "optimize.seed"))
-    blob = json.dumps({"config": config, "workflow": workflow_hash, "dataset": dataset, "split": split,
-                       "repeats": repeats, "indices": indices}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
-def _unfinished_run(store: Any, fingerprint: str) -> Optional[str]:
-    """The latest evaluate run with this fingerprint that did not complete, if any."""
-    from sqlmodel import select
-
-    from aflowctl.store import Run
-
-    with store.read() as s:
-        rows = s.exec(select(Run).where(Run.kind == "evaluate", Run.status.in_(("running", "interrupted", "failed")))
-                      .order_by(Run.created_at.desc())).all()
-    for row in rows:
-        try:
-            if json.loads(row.state_json or "{}").get("fingerprint") == fingerprint:
-                return row.id
-        except ValueError:
-            continue
-    return None
-
-
-def _run_workflow_id(session: Any, run_id: str) -> Optional[int]:
-    from sqlmodel import select
-
-    from aflowctl.store import Workflow
-
-    row = session.exec(select(Workflow).where(Workflow.run_id == run_id).order_by(Workflow.id)).first()
-    return row.id if row is not None else None
 
 
 class _Bar:
@@ -124,6 +54,7 @@ def evaluate(
     executor: Annotated[Optional[str], typer.Option("--executor", help="rollout backend: process or ray")] = None,
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (with --executor ray)")] = None,
     seed: SeedOpt = None,
+    no_preflight: NoPreflightOpt = False,
     config: ConfigOpt = None,
     db: DbOpt = None,
     json_out: JsonOpt = False,
@@ -134,17 +65,8 @@ def evaluate(
     Finished rollout tasks are stored as they complete: after an interruption, the
     same command again resumes that run and reuses them. Change --seed for fresh samples.
     """
-    from aflowctl import __version__, benchmarks
-    from aflowctl.config import load_config
-    from aflowctl.errors import BudgetExceeded, UsageError
-    from aflowctl.rollout.evaluate import evaluate_workflow, resolve_indices
-    from aflowctl.store import Run, Workflow, new_run_id, open_store, utcnow
-    from aflowctl.workflow.loader import canonical_hash, check_source
+    from aflowctl.evaluation import run_evaluation
 
-    if split not in ("validate", "test"):
-        raise UsageError(f"--split must be validate or test (got {split!r})", "pass --split validate or --split test")
-    if repeats < 1:
-        raise UsageError(f"--repeats must be at least 1 (got {repeats})", "pass --repeats 1 or more")
     overrides = {
         "optimize.dataset": dataset,
         "optimize.executor.model": executor_model,
@@ -155,76 +77,18 @@ def evaluate(
         "rollout.executor": executor,
         "rollout.ray_address": ray_address,
     }
-    cfg = load_config(config, overrides)
-    bench = benchmarks.get(cfg.optimize.dataset)  # unknown name: lists the ones that exist
-    ds = bench.name
-    problems = bench.load(split)  # missing split: says how to fetch it
-    idx = resolve_indices(len(problems), dataset=ds, split=split, limit=limit, indices=index)
-    store = open_store(db)
-    src, wid, what = resolve_workflow(store, workflow, ds)
-    check_source(src)
-    exec_cfg = cfg.optimize.executor
-
-    now = utcnow()
-    cfg_json = cfg.model_dump(mode="json", by_alias=True)
-    fingerprint = _fingerprint(cfg_json, canonical_hash(src), ds, split, repeats, idx)
-    state = {"workflow": what, "split": split, "repeats": repeats, "indices": idx if index else None, "limit": limit,
-             "fingerprint": fingerprint}
-    rid = _unfinished_run(store, fingerprint)
-    if rid is not None:  # the same evaluation was interrupted: resume it, reusing its finished tasks
-        with store.write() as s:
-            run = s.get(Run, rid)
-            run.status, run.message, run.updated_at = "running", None, now
-            s.add(run)
-            wid = wid if wid is not None else _run_workflow_id(s, rid)
-        if not json_out:
-            err_console.print(f"resuming the interrupted run {rid} (same workflow, data and options)", markup=False)
-    else:
-        rid = new_run_id("eval")
-        with store.write() as s:
-            s.add(Run(id=rid, kind="evaluate", dataset=ds, config_json=json.dumps(cfg_json, sort_keys=True),
-                      config_hash=cfg.hash(), status="running", created_at=now, updated_at=now, seed=cfg.optimize.seed,
-                      version=__version__, budget_usd=cfg.llm.budget_usd, state_json=json.dumps(state)))
-    if wid is None:
-        with store.write() as s:
-            row = Workflow(run_id=rid, round=0, dataset=ds, graph_code=src.graph, prompt_code=src.prompt or "",
-                           hash=canonical_hash(src), modification=f"evaluated: {what}", created_at=utcnow())
-            s.add(row)
-            s.flush()
-            wid = row.id
-
-    def finish(status: str, message: Optional[str]) -> None:
-        with store.write() as s:
-            run = s.get(Run, rid)
-            run.status, run.message, run.updated_at = status, message, utcnow()
-            s.add(run)
-
-    if not json_out:
-        err_console.print(f"run {rid}: {what} on {ds}/{split} ({len(idx)} problems x {repeats}), executor {exec_cfg.model}",
-                          markup=False)
     show_bar = not json_out and sys.stderr.isatty()
-    try:
-        kwargs = dict(dataset=ds, split=split, executor=exec_cfg, llm_cfg=cfg.llm, rollout_cfg=cfg.rollout, repeats=repeats,
-                      indices=idx, run_id=rid, workflow_id=wid, seed=cfg.optimize.seed)
-        if show_bar:
-            with _Bar(f"{ds}/{split}") as bar:
-                res = evaluate_workflow(store, src, progress=bar, **kwargs)
-        else:
-            res = evaluate_workflow(store, src, **kwargs)
-    except BudgetExceeded as exc:
-        finish("budget_exceeded", str(exc))
-        raise
-    except KeyboardInterrupt:
-        finish("interrupted", "interrupted; finished rollout tasks are stored and reused by the same command")
-        raise
-    except Exception as exc:  # noqa: BLE001 - recorded, then reported by the CLI
-        finish("failed", str(exc)[:500])
-        raise
-    summary = (f"mean {100 * res.mean_score:.2f}% over {repeats} repeat(s) of {res.n} problems"
-               + (f", {res.errors} problem errors" if res.errors else ""))
-    finish("completed", summary)
+    notify = (lambda line: None) if json_out else (lambda line: err_console.print(line, markup=False))
+    kwargs = dict(db=db, config=config, overrides=overrides, workflow=workflow, split=split, repeats=repeats,
+                  limit=limit, index=index, check_providers=not no_preflight, notify=notify)
+    if show_bar:
+        with _Bar(f"{dataset or 'evaluation'}/{split}") as bar:
+            ev = run_evaluation(progress=bar, **kwargs)
+    else:
+        ev = run_evaluation(**kwargs)
+    res, rid, wid, what, ds, exec_model = ev.result, ev.run_id, ev.workflow_id, ev.workflow, ev.dataset, ev.executor_model
     out = {
-        "run_id": rid, "workflow_id": wid, "workflow": what, "dataset": ds, "split": split, "executor_model": exec_cfg.model,
+        "run_id": rid, "workflow_id": wid, "workflow": what, "dataset": ds, "split": split, "executor_model": exec_model,
         "mean_score": res.mean_score, "scores": res.scores, "std": res.std, "n": res.n, "repeats": res.repeats,
         "cost_usd": res.cost_usd, "tokens": res.tokens, "errors": res.errors, "evaluation_ids": res.evaluation_ids,
         "tasks": res.tasks, "tasks_reused": res.tasks_reused, "wall_s": round(res.wall_s, 3),

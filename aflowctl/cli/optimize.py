@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from aflowctl.cli._options import ConfigOpt, DbOpt, JsonOpt
+from aflowctl.cli._options import ConfigOpt, DbOpt, JsonOpt, NoPreflightOpt
 from aflowctl.cli._output import console, err_console, print_json
 
 
@@ -51,18 +51,13 @@ def optimize(
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address")] = None,
     test: Annotated[bool, typer.Option("--test", help="after the search, evaluate the best workflow on the test split")] = False,
     round_: Annotated[Optional[int], typer.Option("--round", help="with --test: evaluate this round's workflow instead")] = None,
+    no_preflight: NoPreflightOpt = False,
     db: DbOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Search for a better workflow (AFlow): select, propose, evaluate, record, converge."""
-    from aflowctl.config import load_config
     from aflowctl.errors import UsageError
-    from aflowctl.logging import add_run_log
-    from aflowctl.optimizer.search import Optimizer, preflight, start_run
-    from aflowctl import paths
-    from aflowctl.rollout.pool import RolloutPool
-    from aflowctl.store import open_store
-    from loguru import logger
+    from aflowctl.optimizer.run import run_optimize
 
     if candidates is not None and candidates < 1:
         raise UsageError("--candidates must be at least 1", "pass --candidates 1 for AFlow's behaviour")
@@ -83,37 +78,9 @@ def optimize(
         "rollout.executor": executor,
         "rollout.ray_address": ray_address,
     }
-    store = open_store(db)
-    if resume and config is None:
-        import json
-
-        from aflowctl.config import Config, apply_overrides
-        from aflowctl.store import queries
-
-        row = queries.get_run(store, resume)
-        if row is not None:
-            cfg = apply_overrides(Config.model_validate(json.loads(row["config_json"])), overrides, f"run {resume}")
-        else:
-            cfg = load_config(None, overrides)
-    else:
-        cfg = load_config(config, overrides)
-    if cfg.optimize.policy:
-        from aflowctl.optimizer.policy import check_policy
-
-        check_policy(cfg.optimize.policy, cfg)
-    preflight(cfg)
-    rid, cfg = start_run(store, cfg, run_id=run_id, resume=resume, force=force)
-    sink = add_run_log(paths.run_dir(rid) / "log.jsonl")
-    err_console.print(f"run {rid}: {cfg.optimize.dataset}, optimizer {cfg.optimize.policy or cfg.optimize.optimizer.model}, "
-                      f"executor {cfg.optimize.executor.model}", markup=False)
-    try:
-        with RolloutPool(store, cfg.rollout) as pool:
-            opt = Optimizer(store, cfg, rid, pool=pool, progress=_progress_printer(json_out))
-            outcome = opt.run()
-            if test and outcome.status in ("completed", "converged"):
-                outcome.test = opt.evaluate_test(round_)
-    finally:
-        logger.remove(sink)
+    outcome = run_optimize(db=db, config=config, overrides=overrides, run_id=run_id, resume=resume, force=force,
+                           test=test, test_round=round_, check_providers=not no_preflight,
+                           progress=_progress_printer(json_out), notify=lambda line: err_console.print(line, markup=False))
     if json_out:
         print_json(dataclasses.asdict(outcome))
     else:

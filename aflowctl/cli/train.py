@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from aflowctl.cli._options import ConfigOpt, DbOpt, JsonOpt, SeedOpt
+from aflowctl.cli._options import ConfigOpt, DbOpt, JsonOpt, NoPreflightOpt, SeedOpt
 from aflowctl.cli._output import console, err_console, print_json, print_table
 
 METRIC_COLUMNS = ["update", "reward_mean", "valid_rate", "loss", "kl", "entropy", "clip_frac", "grad_norm",
@@ -32,6 +32,7 @@ def train_cmd(
     max_updates: Annotated[Optional[int], typer.Option("--max-updates", help="stop after this many updates in total")] = None,
     force: Annotated[bool, typer.Option("--force", help="resume even if the checkpoint's model or config differs")] = False,
     fallback: Annotated[bool, typer.Option("--fallback", help="if the latest checkpoint is corrupt, use the previous one")] = False,
+    no_preflight: NoPreflightOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Train the optimizer policy with GiGPO (episodes of workflow edits, PPO updates, checkpoints)."""
@@ -49,26 +50,23 @@ def train_cmd(
     store = open_store(db)
     overrides = {"train.policy_model": policy_model, "train.epochs": epochs, "train.device": device, "train.seed": seed}
     if resume and config is None:
-        from aflowctl.config import Config
-        from aflowctl.store import Run
+        from aflowctl.store import runs
 
-        with store.read() as s:
-            run = s.get(Run, resume)
-        if run is not None:
-            from aflowctl.config import apply_overrides
-
-            cfg = apply_overrides(Config.model_validate(json.loads(run.config_json)), overrides, f"run {resume}")
-        else:
-            cfg = load_config(None, overrides)
+        cfg = runs.stored_config(store, resume, kind="train", overrides=overrides)  # an unknown run stops here
     else:
         cfg = load_config(config, overrides)
 
     progress = None if json_out else _Progress()
     trainer = Trainer(cfg, store=store, run_id=resume or run_id, resume=bool(resume), force=force, fallback=fallback,
                       from_experiences=from_experiences or (), sft_only=sft_only, max_updates=max_updates,
-                      callback=progress.event if progress else None)
+                      callback=progress.event if progress else None, check_providers=not no_preflight)
     try:
         result = trainer.run()
+    except KeyboardInterrupt:
+        from aflowctl.errors import RunInterrupted
+
+        raise RunInterrupted(f"training run {trainer.run_id} was interrupted; its checkpoints are kept",
+                             f"resume it with 'aflowctl train --resume {trainer.run_id}'") from None
     finally:
         if progress:
             progress.close()
@@ -108,6 +106,8 @@ class _Progress:
         elif kind == "update" and self.task is not None:
             self.p.update(self.task, advance=1,
                           info=f"reward {data['reward_mean']:.3f} valid {data['valid_rate']:.2f} loss {data['loss']:.4f}")
+        elif kind == "notice":
+            err_console.print(data["message"], markup=False)
         elif kind == "resumed":
             err_console.print(f"resumed from {data['checkpoint']} (update {data['update']})")
         elif kind == "sft" and data["step"] % 10 == 1:
@@ -152,13 +152,7 @@ def training_cmd(
     metrics = queries.train_metrics(store, run_id)
     if last:
         metrics = metrics[-last:]
-    from sqlmodel import select
-
-    from aflowctl.store import Checkpoint
-
-    with store.read() as s:
-        rows = s.exec(select(Checkpoint).where(Checkpoint.run_id == run_id).order_by(Checkpoint.step)).all()
-    ckpts = [{"step": c.step, "path": c.path, "sha256": c.sha256, "created_at": c.created_at} for c in rows]
+    ckpts = [{k: c[k] for k in ("step", "path", "sha256", "created_at")} for c in queries.list_checkpoints(store, run_id)]
     if json_out:
         print_json({"run": {k: run[k] for k in ("id", "status", "dataset", "seed", "created_at", "updated_at", "message")},
                     "state": json.loads(run.get("state_json") or "{}"), "metrics": metrics, "checkpoints": ckpts})

@@ -17,7 +17,6 @@ table, so nothing is paid twice and the result equals an uninterrupted run.
 
 from __future__ import annotations
 
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,19 +24,17 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 from loguru import logger
-from sqlalchemy import text
 
-from aflowctl import __version__
-from aflowctl.config import Config, conflicting_keys
-from aflowctl.errors import AflowctlError, BudgetExceeded, ConfigError, NotFoundError
+from aflowctl.config import Config
+from aflowctl.errors import AflowctlError, BudgetExceeded, NotFoundError
 from aflowctl.optimizer import experience as exp_mod
 from aflowctl.optimizer import mutate as mutate_mod
 from aflowctl.optimizer.convergence import check_convergence
 from aflowctl.optimizer.parse import ProposalError, normalise_modification, parse_proposal
 from aflowctl.optimizer.prompt import messages_to_text, render_optimize_prompt
 from aflowctl.optimizer.selection import Candidate, round_rng, select_parent, top_candidates
-from aflowctl.store import Experience, Run, Workflow, new_run_id, utcnow
-from aflowctl.store import queries
+from aflowctl.store import Experience, Workflow, queries, runs, utcnow
+from aflowctl.store.runs import RunStatus
 from aflowctl.store.db import Store
 
 Progress = Callable[..., None]
@@ -74,88 +71,6 @@ def _optimizer_name(cfg: Config) -> str:
     if cfg.optimize.policy:
         return f"policy:{cfg.optimize.policy}"
     return cfg.optimize.optimizer.model
-
-
-# ------------------------------------------------------------------ run bookkeeping
-
-
-def start_run(store: Store, cfg: Config, *, run_id: Optional[str], resume: Optional[str], force: bool = False) -> tuple[str, Config]:
-    """Create a run, or reopen ``resume`` (refusing a conflicting config unless ``force``).
-
-    Returns the run id and the config to use (the stored one, with allowed overrides,
-    when resuming)."""
-    now = utcnow()
-    if resume:
-        row = queries.get_run(store, resume)
-        if row is None:
-            raise NotFoundError(f"run '{resume}' does not exist", "see 'aflowctl inspect runs' for the runs in this store")
-        if row["kind"] != "optimize":
-            raise ConfigError(f"run '{resume}' is a {row['kind']} run, not an optimize run", "resume it with its own command")
-        stored = json.loads(row["config_json"])
-        new = cfg.model_dump(mode="json", by_alias=True)
-        differing = conflicting_keys(stored, new)
-        if differing and not force:
-            raise ConfigError(
-                f"the config differs from run '{resume}' in {', '.join(differing)}",
-                "drop those options to resume as it was, or pass --force to resume with the new values",
-            )
-        with store.write() as s:
-            run = s.get(Run, resume)
-            run.config_json = json.dumps(new, sort_keys=True)
-            run.config_hash = cfg.hash()
-            run.status = "running"
-            run.message = None
-            run.budget_usd = cfg.optimize.budget_usd
-            run.updated_at = now
-        return resume, cfg
-    rid = run_id or new_run_id("opt")
-    if queries.get_run(store, rid) is not None:
-        raise ConfigError(f"run '{rid}' already exists", f"resume it with --resume {rid}, or choose another --run-id")
-    with store.write() as s:
-        s.add(
-            Run(
-                id=rid, kind="optimize", dataset=cfg.optimize.dataset,
-                config_json=json.dumps(cfg.model_dump(mode="json", by_alias=True), sort_keys=True),
-                config_hash=cfg.hash(), status="running", created_at=now, updated_at=now,
-                seed=cfg.optimize.seed, version=__version__, budget_usd=cfg.optimize.budget_usd,
-                state_json=json.dumps({"completed_round": 0}),
-            )
-        )
-    return rid, cfg
-
-
-def _set_status(store: Store, run_id: str, status: str, message: Optional[str] = None, **state: Any) -> None:
-    def txn(s):
-        run = s.get(Run, run_id)
-        run.status = status
-        run.message = message
-        if state:
-            st = json.loads(run.state_json or "{}")
-            st.update(state)
-            run.state_json = json.dumps(st)
-        run.updated_at = utcnow()
-
-    store.transact(txn)
-
-
-def _completed_round(store: Store, run_id: str) -> int:
-    row = queries.get_run(store, run_id)
-    return int(json.loads(row["state_json"] or "{}").get("completed_round", 0))
-
-
-def _discard_incomplete(store: Store, run_id: str, after_round: int) -> None:
-    """Delete rows of rounds after the last completed one (a killed round is redone)."""
-
-    def txn(s):
-        c = s.connection()
-        ids = [r[0] for r in c.execute(text("SELECT id FROM workflows WHERE run_id = :r AND round > :n"), {"r": run_id, "n": after_round})]
-        c.execute(text("DELETE FROM experiences WHERE run_id = :r AND round > :n"), {"r": run_id, "n": after_round})
-        for wid in ids:
-            c.execute(text("DELETE FROM evaluations WHERE workflow_id = :w"), {"w": wid})
-        for wid in sorted(ids, reverse=True):
-            c.execute(text("DELETE FROM workflows WHERE id = :w"), {"w": wid})
-
-    store.transact(txn)
 
 
 def preflight(cfg: Config) -> None:
@@ -272,15 +187,11 @@ class Optimizer:
         return exp_mod.from_rows(rows)
 
     def _failed_cases(self, workflow_id: int) -> list[dict]:
-        with self.store.read() as s:
-            row = s.connection().execute(
-                text("SELECT details_json FROM evaluations WHERE workflow_id = :w AND split = 'validate' ORDER BY repeat, id LIMIT 1"),
-                {"w": workflow_id},
-            ).fetchone()
-        if row is None:
+        details = queries.first_evaluation_details(self.store, workflow_id)
+        if details is None:
             return []
         out = []
-        for d in json.loads(row[0]):
+        for d in details:
             if d.get("score", 1.0) >= 1.0:
                 continue
             idx = d.get("index")
@@ -431,14 +342,7 @@ class Optimizer:
         wid = self._insert_workflow(round_no=1, parent_id=None, graph=src.graph, prompt=src.prompt, modification=None)
         res = self._evaluate(src.graph, src.prompt, workflow_id=wid, repeats=self.oc.validation_rounds)
 
-        def txn(s):
-            run = s.get(Run, self.run_id)
-            st = json.loads(run.state_json or "{}")
-            st["completed_round"] = 1
-            run.state_json = json.dumps(st)
-            run.updated_at = utcnow()
-
-        self.store.transact(txn)
+        runs.update_state(self.store, self.run_id, completed_round=1)
         self.progress("round_done", round=1, score=res.mean_score, children=[(wid, res.mean_score)])
 
     def _round(self, round_no: int) -> None:
@@ -488,11 +392,7 @@ class Optimizer:
                     reward=reward, score_before=parent_score, score_after=after, valid=c.valid and after is not None,
                     error=c.error if not c.valid else None, policy_version=policy_version, created_at=utcnow(),
                 ))
-            run = s.get(Run, self.run_id)
-            st = json.loads(run.state_json or "{}")
-            st["completed_round"] = round_no
-            run.state_json = json.dumps(st)
-            run.updated_at = utcnow()
+            runs.update_state_in(s, self.run_id, completed_round=round_no)
 
         self.store.transact(txn)
 
@@ -525,8 +425,8 @@ class Optimizer:
     # -------------------------------------------------------------- driver
 
     def run(self) -> OptimizeOutcome:
-        done = _completed_round(self.store, self.run_id)
-        _discard_incomplete(self.store, self.run_id, done)
+        done = queries.run_state(self.store, self.run_id).get("completed_round", 0)
+        runs.discard_after(self.store, self.run_id, done)
         status, message = "completed", ""
         try:
             _ = self.val_problems
@@ -549,12 +449,13 @@ class Optimizer:
         except BudgetExceeded as exc:
             status, message = "budget_exceeded", str(exc)
         except KeyboardInterrupt:
-            _set_status(self.store, self.run_id, "interrupted", "interrupted: resume with --resume " + self.run_id)
+            runs.set_status(self.store, self.run_id, RunStatus.INTERRUPTED,
+                            f"interrupted: resume with 'aflowctl optimize --resume {self.run_id}'")
             raise
         except BaseException as exc:
-            _set_status(self.store, self.run_id, "failed", str(exc)[:500])
+            runs.set_status(self.store, self.run_id, RunStatus.FAILED, str(exc)[:500])
             raise
-        _set_status(self.store, self.run_id, status, message or None)
+        runs.set_status(self.store, self.run_id, status, message or None)
         return self.outcome(status, message)
 
     def best(self) -> Optional[dict]:
@@ -567,7 +468,7 @@ class Optimizer:
         best = self.best()
         cost = queries.run_costs(self.store, self.run_id).get(self.run_id, 0.0)
         return OptimizeOutcome(
-            run_id=self.run_id, status=status, rounds=_completed_round(self.store, self.run_id),
+            run_id=self.run_id, status=status, rounds=queries.run_state(self.store, self.run_id).get("completed_round", 0),
             best_workflow_id=best["id"] if best else None, best_round=best["round"] if best else None,
             best_score=float(best["score"]) if best else None, cost_usd=cost, message=message, test=test,
         )

@@ -106,6 +106,20 @@ def migrate(conn: sqlite3.Connection, target: int | None = None) -> list[int]:
     return applied
 
 
+def store_error(exc: BaseException, path: Path) -> StoreError | None:
+    """A damaged or read-only store as one line (no SQL, no parameters); None for other errors."""
+    if not isinstance(exc, sqlite3.DatabaseError) or isinstance(exc, sqlite3.IntegrityError):
+        return None
+    msg = str(exc)
+    if "readonly" in msg or "read-only" in msg:
+        return StoreError(f"cannot write the store {path}: it is read-only ({msg})",
+                          "make the file and its folder writable, or point --db/AFLOWCTL_HOME at a writable location")
+    if any(m in msg for m in ("malformed", "not a database", "disk I/O", "file is not", "corrupt")):
+        return StoreError(f"the store {path} is damaged ({msg})",
+                          "restore it from a backup, or point --db/AFLOWCTL_HOME at another location")
+    return None
+
+
 class _NoCommitScript:
     """Lets a migration call ``executescript`` inside our transaction."""
 
@@ -147,10 +161,32 @@ class Store:
         self.engine = create_engine(url, connect_args=args)
         self.read_engine = create_engine(url, connect_args=args)
         for eng, immediate in ((self.engine, True), (self.read_engine, False)):
-            self._install_listeners(eng, immediate)
+            self._install_listeners(eng, immediate, path)
+
+    def check_integrity(self) -> None:
+        """``PRAGMA quick_check``: raise StoreError (one line) unless the store is intact."""
+        try:
+            conn = _connect_raw(self.path)
+            try:
+                rows = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as exc:
+            rows = [str(exc)]
+        if rows != ["ok"]:
+            raise StoreError(
+                f"the store {self.path} is damaged (integrity check: {rows[0][:120]})",
+                "restore it from a backup, or point --db/AFLOWCTL_HOME at another location; nothing was written",
+            )
 
     @staticmethod
-    def _install_listeners(engine, immediate: bool) -> None:
+    def _install_listeners(engine, immediate: bool, path: Path) -> None:
+        @event.listens_for(engine, "handle_error")
+        def _on_error(ctx):
+            err = store_error(ctx.original_exception, path)
+            if err is not None:
+                raise err from None
+
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn, _record):
             dbapi_conn.isolation_level = None  # we issue BEGIN ourselves

@@ -184,4 +184,21 @@ def m004_indexes(conn: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m005_run_leases(conn: sqlite3.Connection) -> None:
+    # One process per run: the process executing a run holds its lease (see store/runs.py).
+    conn.executescript(
+        """
+        CREATE TABLE run_leases (
+            run_id TEXT PRIMARY KEY REFERENCES runs(id) ON DELETE CASCADE,
+            pid INTEGER NOT NULL,
+            host TEXT NOT NULL,
+            token TEXT NOT NULL,
+            acquired_at TEXT NOT NULL,
+            heartbeat_at TEXT NOT NULL
+        );
+        """
+    )
+
+
 SCHEMA_VERSION = MIGRATIONS[-1][0]

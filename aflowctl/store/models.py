@@ -141,4 +141,16 @@ class TrainMetric(SQLModel, table=True):
     created_at: str
 
 
-ALL_TABLES = [Run, Workflow, Evaluation, RolloutTask, Experience, LLMCall, Checkpoint, TrainMetric]
+class RunLease(SQLModel, table=True):
+    """The process executing a run (one at a time); see store/runs.py."""
+
+    __tablename__ = "run_leases"
+    run_id: str = Field(primary_key=True, foreign_key="runs.id")
+    pid: int
+    host: str
+    token: str  # unique per holder: a reused pid does not inherit a lease
+    acquired_at: str
+    heartbeat_at: str
+
+
+ALL_TABLES = [Run, Workflow, Evaluation, RolloutTask, Experience, LLMCall, Checkpoint, TrainMetric, RunLease]

@@ -214,3 +214,39 @@ def list_checkpoints(store: Store, run_id: str) -> list[dict[str, Any]]:
     for r in rows:
         r["metrics"] = json.loads(r.pop("metrics_json") or "{}")
     return rows
+
+
+def run_state(store: Store, run_id: str) -> dict[str, Any]:
+    """A run's resumable cursor (``state_json``), ``{}`` for an unknown run."""
+    rows = _rows(store, "SELECT state_json FROM runs WHERE id = :id", id=run_id)
+    return json.loads(rows[0]["state_json"] or "{}") if rows else {}
+
+
+def first_evaluation_details(store: Store, workflow_id: int, split: str = "validate") -> Optional[list[dict]]:
+    """Per-problem details of a workflow's first evaluation on ``split`` (None: not evaluated)."""
+    rows = _rows(store, "SELECT details_json FROM evaluations WHERE workflow_id = :w AND split = :s "
+                        "ORDER BY repeat, id LIMIT 1", w=workflow_id, s=split)
+    return json.loads(rows[0]["details_json"]) if rows else None
+
+
+def unfinished_evaluate_run(store: Store, fingerprint: str) -> Optional[str]:
+    """The latest evaluate run with this fingerprint that did not complete, if any."""
+    rows = _rows(store, "SELECT id, state_json FROM runs WHERE kind = 'evaluate' AND status IN "
+                        "('running', 'interrupted', 'failed') ORDER BY created_at DESC")
+    for row in rows:
+        try:
+            if json.loads(row["state_json"] or "{}").get("fingerprint") == fingerprint:
+                return row["id"]
+        except ValueError:
+            continue
+    return None
+
+
+def first_workflow_id(store: Store, run_id: str) -> Optional[int]:
+    rows = _rows(store, "SELECT id FROM workflows WHERE run_id = :r ORDER BY id LIMIT 1", r=run_id)
+    return int(rows[0]["id"]) if rows else None
+
+
+def get_workflow(store: Store, workflow_id: int) -> Optional[dict[str, Any]]:
+    rows = _rows(store, "SELECT * FROM workflows WHERE id = :id", id=workflow_id)
+    return rows[0] if rows else None

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from aflowctl.errors import CheckpointError, ConfigError, NotFoundError
+from aflowctl.errors import CheckpointError, ConfigError
 from aflowctl.store.db import new_run_id
 from aflowctl.trainer import TrainingError
 
@@ -99,6 +99,7 @@ class Trainer:
         sft_only: bool = False,
         max_updates: Optional[int] = None,
         callback: Optional[Callback] = None,
+        check_providers: bool = True,
     ):
         t = cfg.train
         if t.episodes_per_group < 1 or t.steps_per_episode < 1:
@@ -116,6 +117,7 @@ class Trainer:
         self.from_experiences = list(from_experiences)
         self.sft_only = sft_only
         self.max_updates = max_updates
+        self.check_providers = check_providers
         self.callback = callback or (lambda event, data: None)
         from aflowctl import paths
 
@@ -131,48 +133,32 @@ class Trainer:
         return self.cfg.model_dump(mode="json", by_alias=True)
 
     def _setup_run(self) -> Optional[Any]:
-        """Create the run row, or (resume) find it and its latest checkpoint."""
-        from aflowctl.store import Run, utcnow
+        """Create the run (taking its lease), or reopen it and find its latest checkpoint."""
+        from aflowctl.store import runs
         from aflowctl.trainer import checkpoint as ck
 
         ckpt = None
         if self.resume:
-            with self.store.read() as s:
-                run = s.get(Run, self.run_id)
-            if run is None or run.kind != "train":
-                raise NotFoundError(f"training run '{self.run_id}' does not exist",
-                                    "see 'aflowctl inspect runs --kind train'")
-            ckpt = ck.latest_checkpoint(self.run_dir, fallback=self.fallback)
+            self.opened = runs.reopen_run(self.store, self.run_id, kind="train", cfg=self.cfg, force=self.force)
+            try:
+                ckpt = ck.latest_checkpoint(self.run_dir, fallback=self.fallback)
+            except BaseException:
+                self.opened.lease.release()
+                raise
         else:
-            with self.store.read() as s:
-                if s.get(Run, self.run_id) is not None:
-                    raise ConfigError(f"run '{self.run_id}' already exists", f"resume it with --resume {self.run_id} or pick another --run-id")
-            now = utcnow()
             ds = ",".join(self.t.datasets) if self.t.env == "workflow" else f"keyword:{self.t.keyword}"
-
-            def _add(session):
-                session.add(Run(id=self.run_id, kind="train", dataset=ds, config_json=json.dumps(self._config_dict()),
-                                config_hash=self.cfg.hash(), status="running", created_at=now, updated_at=now,
-                                seed=self.t.seed, state_json=json.dumps(self.counters)))
-
-            self.store.transact(_add)
+            self.opened = runs.create_run(self.store, kind="train", cfg=self.cfg, run_id=self.run_id, dataset=ds,
+                                          seed=self.t.seed, state=dict(self.counters))
+            if self.opened.notice:
+                self.callback("notice", {"message": self.opened.notice})
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a reused id starts afresh
         self.run_dir.mkdir(parents=True, exist_ok=True)
         return ckpt
 
     def _set_status(self, status: str, message: Optional[str] = None) -> None:
-        from aflowctl.store import Run, utcnow
+        from aflowctl.store import runs
 
-        def _upd(session):
-            run = session.get(Run, self.run_id)
-            if run is None:
-                return
-            run.status = status
-            run.message = message
-            run.updated_at = utcnow()
-            run.state_json = json.dumps(self.counters)
-            session.add(run)
-
-        self.store.transact(_upd)
+        runs.set_status(self.store, self.run_id, status, message, **self.counters)
 
     def _load_model(self, ckpt) -> None:
         import torch
@@ -228,15 +214,9 @@ class Trainer:
 
     def _cleanup_after(self, update: int) -> None:
         """Drop what a killed run wrote after its last checkpoint (it is recomputed identically)."""
-        from sqlmodel import delete
+        from aflowctl.store import runs
 
-        from aflowctl.store import Experience, TrainMetric
-
-        def _del(session):
-            session.exec(delete(Experience).where(Experience.run_id == self.run_id, Experience.round >= update))
-            session.exec(delete(TrainMetric).where(TrainMetric.run_id == self.run_id, TrainMetric.update >= update))
-
-        self.store.transact(_del)
+        runs.discard_after(self.store, self.run_id, update - 1)
         path = self.run_dir / "metrics.jsonl"
         if path.is_file():
             kept = []
@@ -277,9 +257,23 @@ class Trainer:
     # ------------------------------------------------------------------ run
 
     def preflight(self) -> None:
-        """Checks that need no run row: the policy model exists, the experiences to learn from exist."""
+        """Checks that need no run row: the run to resume exists, the policy model, the data
+        of the start workflows and the models they call, the experiences to learn from."""
+        from aflowctl.store import runs
         from aflowctl.trainer import policy as pol
 
+        runs.check_not_busy(self.store, self.run_id)
+        if self.resume:
+            runs.require_run(self.store, self.run_id, kind="train")
+        if self.env is None and self.t.env == "workflow":
+            from aflowctl import benchmarks
+
+            for ds in self.t.datasets:
+                benchmarks.get(ds).load("validate")  # a missing split says how to get it
+        if self.check_providers:
+            from aflowctl.preflight import check_models
+
+            check_models(self.cfg, "train")
         pol.resolve_policy_path(self.t.policy_model)
         if self.from_experiences:
             from aflowctl.trainer.sft import load_pairs
@@ -289,11 +283,11 @@ class Trainer:
     def run(self) -> TrainResult:
         self.preflight()
         ckpt = self._setup_run()
-        if self.env is None:
-            from aflowctl.trainer.env import make_env
-
-            self.env = make_env(self.cfg, store=self.store, run_id=self.run_id)
         try:
+            if self.env is None:
+                from aflowctl.trainer.env import make_env
+
+                self.env = make_env(self.cfg, store=self.store, run_id=self.run_id)
             self._load_model(ckpt)
             if self.resume:  # drop what was written after the checkpoint (or everything, when there is none)
                 self._cleanup_after(int(self.counters["update"]))
@@ -322,7 +316,7 @@ class Trainer:
                 self._checkpoint(metrics=self.metrics_log[-1] if self.metrics_log else {})
             self._set_status("completed")
         except KeyboardInterrupt:
-            self._set_status("interrupted", "interrupted; resume with --resume " + self.run_id)
+            self._set_status("interrupted", f"interrupted; resume with 'aflowctl train --resume {self.run_id}'")
             raise
         except BaseException as exc:
             self._set_status("failed", str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__)
@@ -332,6 +326,7 @@ class Trainer:
                 self._tb.close()
             if hasattr(self.env, "close"):
                 self.env.close()
+            self.opened.lease.release()
         return TrainResult(self.run_id, "completed", self.counters["update"], self.run_dir, self.last_checkpoint,
                            self.metrics_log)
 

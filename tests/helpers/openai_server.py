@@ -6,13 +6,16 @@ error statuses, and answer through any function you give it.
 
 API
 ---
-``OpenAIServer(responder=None, latency_s=0.0, model="test-model")``
+``OpenAIServer(responder=None, latency_s=0.0, model="test-model", api_key=None, models=None)``
     ``responder(messages, body) -> str | dict``: ``messages`` is the request's message
     list, ``body`` the whole JSON request. Return the reply text, or a dict with
     ``content`` and optionally ``finish_reason``, ``prompt_tokens``,
     ``completion_tokens``. It is called once per choice (``n`` in the body; the
     choice index is ``body["_index"]``). Default: ``"echo: <last user message>"``.
-    Token counts default to whitespace word counts.
+    Token counts default to whitespace word counts. With ``api_key``, every request
+    without ``Authorization: Bearer <api_key>`` gets HTTP 401. It answers for any model
+    name; ``GET /v1/models`` lists ``models`` (default: an empty list, as for a server
+    that serves any name; pass a list to act as a server with fixed models).
 ``server.start() -> server`` / ``server.stop()``; also a context manager.
 ``server.url``      base URL to use as ``api_base`` / ``OPENAI_API_BASE``: ``http://127.0.0.1:PORT/v1``.
 ``server.latency_s``  seconds to wait before each answer (change it any time).
@@ -53,8 +56,11 @@ def _words(x: Any) -> int:
 
 
 class OpenAIServer:
-    def __init__(self, responder: Optional[Responder] = None, latency_s: float = 0.0, model: str = "test-model"):
+    def __init__(self, responder: Optional[Responder] = None, latency_s: float = 0.0, model: str = "test-model",
+                 api_key: Optional[str] = None, models: Optional[list[str]] = None):
         self.responder = responder or echo_responder
+        self.api_key = api_key
+        self.models = list(models or [])
         self.latency_s = latency_s
         self.model = model
         self.requests: list[dict] = []
@@ -165,8 +171,11 @@ class OpenAIServer:
 
     async def _dispatch(self, method: str, path: str, headers: dict, raw: bytes) -> tuple[int, Any, dict]:
         path = path.split("?", 1)[0].rstrip("/")
+        if self.api_key is not None and headers.get("authorization") != f"Bearer {self.api_key}":
+            return 401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
+                                   "code": "invalid_api_key"}}, {}
         if method == "GET" and path.endswith("/models"):
-            return 200, {"object": "list", "data": [{"id": self.model, "object": "model"}]}, {}
+            return 200, {"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]}, {}
         if method != "POST" or not path.endswith("/chat/completions"):
             return 404, {"error": {"message": f"no route {method} {path}", "type": "not_found"}}, {}
         try:
