@@ -41,7 +41,7 @@ HOLDER = textwrap.dedent(
 )
 
 
-def _holder(db: Path, run_id: str, *, start_at: float = 0.0, hold_s: float = 30.0) -> subprocess.Popen:
+def _holder(db: Path, run_id: str, *, start_at: float = 0.0, hold_s: float = 600.0) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", HOLDER, str(db), run_id, str(start_at), str(hold_s)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -274,3 +274,29 @@ def test_ctrl_c_names_the_real_run_id_and_releases_the_run(tmp_path, monkeypatch
     store = open_store(db)
     assert queries.get_run(store, "c1")["status"] == "interrupted"
     assert runs.lease_holder(store, "c1") is None
+
+
+def test_two_cli_optimize_starts_with_one_run_id(tmp_path):
+    from test_optimize_e2e import make_server, write_config
+
+    server = make_server(latency=0.2)
+    try:
+        cfg = write_config(tmp_path, server, optimizer="mutate", rounds=1)
+        db = tmp_path / "race.db"
+        open_store(db)
+        env = {**os.environ, "OPENAI_API_KEY": "sk-test-not-a-real-key-123456", "AFLOWCTL_HOME": str(tmp_path / "home")}
+        args = [sys.executable, "-m", "aflowctl.cli", "optimize", "--config", str(cfg), "--db", str(db), "--run-id", "same"]
+        procs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        results = [(p.pid, *p.communicate(timeout=300), p.returncode) for p in procs]
+    finally:
+        server.stop()
+    codes = sorted(rc for *_, rc in results)
+    assert codes == [0, 1], results
+    winner = next(pid for pid, _, _, rc in results if rc == 0)
+    _, _, err, _ = next(r for r in results if r[3] == 1)
+    assert "IntegrityError" not in err
+    assert err.strip().splitlines() == [f"Error: run same is being executed by pid {winner} on {socket.gethostname()}. "
+                                        "wait for it to finish, or stop that process first"]
+    store = open_store(db)
+    assert [r["id"] for r in queries.list_runs(store)] == ["same"]
+    assert queries.get_run(store, "same")["status"] == "completed"

@@ -139,12 +139,12 @@ class Trainer:
 
         ckpt = None
         if self.resume:
-            self.opened = runs.reopen_run(self.store, self.run_id, kind="train", cfg=self.cfg, force=self.force)
-            try:
-                ckpt = ck.latest_checkpoint(self.run_dir, fallback=self.fallback)
-            except BaseException:
-                self.opened.lease.release()
-                raise
+            ckpt = ck.latest_checkpoint(self.run_dir, fallback=self.fallback)
+            if ckpt is not None:
+                self._check_checkpoint(ckpt)
+            # with a checkpoint, its own config was just checked (and --force given or not)
+            self.opened = runs.reopen_run(self.store, self.run_id, kind="train", cfg=self.cfg,
+                                          force=self.force or ckpt is not None)
         else:
             ds = ",".join(self.t.datasets) if self.t.env == "workflow" else f"keyword:{self.t.keyword}"
             self.opened = runs.create_run(self.store, kind="train", cfg=self.cfg, run_id=self.run_id, dataset=ds,
@@ -160,6 +160,20 @@ class Trainer:
 
         runs.set_status(self.store, self.run_id, status, message, **self.counters)
 
+    def _check_checkpoint(self, ckpt) -> None:
+        """Refuse a checkpoint of another base model or config (unless --force)."""
+        from aflowctl.trainer import checkpoint as ck
+        from aflowctl.trainer import policy as pol
+
+        fingerprint = pol.model_fingerprint(pol.resolve_policy_path(self.t.policy_model))
+        problems = ck.compatibility_problems(ckpt.state, config=self._config_dict(), model_fingerprint=fingerprint,
+                                             lora=self.t.lora)
+        if problems and not self.force:
+            raise CheckpointError(
+                f"checkpoint {ckpt.path.name} of run {self.run_id} belongs to another model or config: " + "; ".join(problems),
+                "resume with the run's own config (omit --config), or pass --force to use it anyway",
+            )
+
     def _load_model(self, ckpt) -> None:
         import torch
 
@@ -173,13 +187,7 @@ class Trainer:
         self.fingerprint = pol.model_fingerprint(base)
         lora = {"r": self.t.lora_r, "alpha": self.t.lora_alpha} if self.t.lora else None
         if ckpt is not None:
-            problems = ck.compatibility_problems(ckpt.state, config=self._config_dict(), model_fingerprint=self.fingerprint,
-                                                 lora=self.t.lora)
-            if problems and not self.force:
-                raise CheckpointError(
-                    f"checkpoint {ckpt.path.name} of run {self.run_id} belongs to another model or config: " + "; ".join(problems),
-                    "resume with the run's own config (omit --config), or pass --force to use it anyway",
-                )
+            self._check_checkpoint(ckpt)
         if ckpt is not None and not self.t.lora:
             self.model, self.tok = pol.load_policy(ckpt.model_dir, device=self.device,
                                                    gradient_checkpointing=self.t.gradient_checkpointing)
@@ -265,6 +273,13 @@ class Trainer:
         runs.check_not_busy(self.store, self.run_id)
         if self.resume:
             runs.require_run(self.store, self.run_id, kind="train")
+        pol.resolve_policy_path(self.t.policy_model)
+        if self.from_experiences:
+            from aflowctl.trainer.sft import load_pairs
+
+            load_pairs(self.store, self.from_experiences, self.t)
+        if self.sft_only:
+            return  # no episodes: no environment to check
         if self.env is None and self.t.env == "workflow":
             from aflowctl import benchmarks
 
@@ -274,11 +289,6 @@ class Trainer:
             from aflowctl.preflight import check_models
 
             check_models(self.cfg, "train")
-        pol.resolve_policy_path(self.t.policy_model)
-        if self.from_experiences:
-            from aflowctl.trainer.sft import load_pairs
-
-            load_pairs(self.store, self.from_experiences, self.t)
 
     def run(self) -> TrainResult:
         self.preflight()
