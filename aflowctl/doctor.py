@@ -20,7 +20,7 @@ from aflowctl.config import Config
 from aflowctl.llm.providers._common import KEY_ENV, KEYLESS
 
 BAD_LITELLM = {"1.82.7", "1.82.8"}
-CORE_DEPS = ["typer", "rich", "sqlmodel", "pydantic", "pluggy", "loguru", "numpy", "torch", "litellm", "httpx", "sympy"]
+CORE_DEPS = ["typer", "rich", "sqlmodel", "pydantic", "pluggy", "loguru", "numpy", "torch", "litellm", "pebble", "sympy"]
 OPTIONAL_DEPS = {
     "transformers": "local models (pip install 'aflowctl[local]')",
     "accelerate": "loading GGUF models (pip install 'aflowctl[local]')",

@@ -21,7 +21,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
-from aflowctl import errors as _errors
 from aflowctl.config import LLMConfig, ModelConfig, RolloutConfig
 from aflowctl.errors import AflowctlError, BenchmarkError
 from aflowctl.rollout.pool import PoolProgress, RolloutError, RolloutPool, TaskSpec
@@ -289,9 +288,9 @@ def _task_failure(failed: list, total: int) -> AflowctlError:
     budget reached, missing data) keeps its class and message."""
     first = failed[0]
     err = first.error or "unknown error"
-    cls = getattr(_errors, first.error_type or "", None)
-    if isinstance(cls, type) and issubclass(cls, AflowctlError) and cls is not AflowctlError:
-        return cls(err)
+    exc = first.exception()
+    if not isinstance(exc, RolloutError):
+        return exc
     return RolloutError(
         f"{len(failed)} of {total} rollout tasks failed (first: {err})",
         "finished tasks are stored; run the same evaluation again to retry the failed ones",

@@ -30,33 +30,26 @@ ran threads in the parent), once per pool: the pool serves many :meth:`run` call
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import hashlib
-import itertools
 import json
-import multiprocessing as mp
 import os
-import signal
 import sys
 import threading
 import time
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from aflowctl.config import RolloutConfig
-from aflowctl.errors import AflowctlError
+from aflowctl.rollout.backend import Backend, Died, Handle, ProcessBackend, RolloutError
 from aflowctl.rollout.worker import DEFAULT_WORKER
+
+__all__ = ["PoolProgress", "RolloutError", "RolloutPool", "TaskOutcome", "TaskSpec", "task_key"]
 
 POLL_S = 0.05
 # What the evaluate worker needs, imported by each worker at start-up (not litellm:
 # the LLM layer imports it lazily, only for models that go through it).
 PRELOAD = ("aflowctl.llm.client", "aflowctl.workflow.api", "aflowctl.workflow.loader", "aflowctl.workflow.operators",
            "aflowctl.benchmarks", "aflowctl.rollout.evaluate")
-
-
-class RolloutError(AflowctlError):
-    """The rollout pool cannot run (workers fail to start, Ray unreachable, ...)."""
 
 
 @dataclass
@@ -81,6 +74,15 @@ class TaskOutcome:
     reused: bool = False  # done by an earlier run() (or an earlier, killed process)
     label: str = ""
     error_type: Optional[str] = None  # the exception's class name, for failed tasks
+    envelope: Optional[dict] = None  # the worker's error envelope (error_class, message, hint), for failed tasks
+
+    def exception(self) -> Exception:
+        """The error of a failed task, rebuilt as its own class when that is an
+        :class:`~aflowctl.errors.AflowctlError` known in this process (see
+        :func:`aflowctl.rollout.backend.rebuild_error`); else a :class:`RolloutError`."""
+        from aflowctl.rollout.backend import rebuild_error
+
+        return rebuild_error(self.envelope or {}, self.error or "unknown error")
 
 
 @dataclass
@@ -98,207 +100,6 @@ class PoolProgress:
 def task_key(spec: TaskSpec, scope: Optional[str] = None) -> str:
     blob = json.dumps({"worker": spec.worker, "payload": spec.payload, "scope": scope}, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _signal_name(code: Optional[int]) -> str:
-    if code is None:
-        return "still running"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
-
-
-# --------------------------------------------------------------------------- backends
-
-
-@dataclass
-class _Handle:
-    key: str
-    gen: int
-    fut: Any
-    submitted: float
-    ticket: str = ""  # unique per submission: start messages name it
-
-
-@dataclass
-class _Died:
-    reason: str
-    charge: bool  # counts as an attempt of this task
-    final: bool = False  # no retry (timeout)
-
-
-class _ProcessBackend:
-    """A spawn ``ProcessPoolExecutor`` rebuilt after a worker dies."""
-
-    name = "process"
-
-    def __init__(self, cfg: RolloutConfig, options: dict):
-        self.cfg = cfg
-        self.options = options
-        self.ctx = mp.get_context("spawn")
-        self.lock = threading.RLock()
-        self.gen = 0
-        self.executor: Optional[cf.ProcessPoolExecutor] = None
-        self.queue: Any = None
-        self.started: dict[str, tuple[int, int, float]] = {}  # ticket -> (gen, pid, t)
-        self.tickets = itertools.count()
-        self.ready: set[int] = set()
-        self.dead: dict[int, dict[int, Optional[int]]] = {}  # gen -> {pid: exitcode}
-        self.killed: dict[tuple[int, str], str] = {}  # (gen, ticket) -> reason
-        self.rebuilds = 0
-
-    def _new_executor(self) -> None:
-        from aflowctl.rollout.worker import init_worker
-
-        self.options = {**self.options, "parent_pid": os.getpid()}
-        self.queue = self.ctx.SimpleQueue()
-        self.ready = set()
-        self.executor = cf.ProcessPoolExecutor(
-            max_workers=self.cfg.workers, mp_context=self.ctx, initializer=init_worker, initargs=(self.options, self.queue)
-        )
-
-    def start(self, timeout_s: float = 300.0) -> None:
-        """Spawn every worker process and wait until each has initialised."""
-        from aflowctl.rollout.worker import selftest
-
-        with self.lock:
-            if self.executor is None:
-                self._new_executor()
-            futs = [self.executor.submit(selftest, {}) for _ in range(self.cfg.workers)]
-        deadline = time.monotonic() + timeout_s
-        while True:
-            self.poll()
-            if len(self.ready) >= self.cfg.workers or all(f.done() for f in futs):
-                break
-            if time.monotonic() > deadline:
-                raise RolloutError(f"rollout workers did not start within {timeout_s:g} s", "check the machine's load and memory")
-            time.sleep(0.01)
-        for f in futs:
-            try:
-                f.result()
-            except BrokenProcessPool:
-                raise RolloutError("a rollout worker died while starting", "run with -vv to see the worker's log") from None
-            except Exception as exc:  # an initializer failure breaks the pool too
-                raise RolloutError(f"rollout workers failed to start: {exc}", "run aflowctl doctor") from None
-
-    def submit(self, worker: str, key: str, payload: dict) -> _Handle:
-        from aflowctl.rollout.worker import run_task
-
-        ticket = f"{key}#{next(self.tickets)}"
-        with self.lock:
-            if self.executor is None:
-                self._new_executor()
-            gen = self.gen
-            try:
-                fut = self.executor.submit(run_task, worker, ticket, payload, self.options)
-            except BrokenProcessPool:
-                self._rebuild(gen)
-                gen = self.gen
-                fut = self.executor.submit(run_task, worker, ticket, payload, self.options)
-        return _Handle(key, gen, fut, time.monotonic(), ticket)
-
-    def poll(self) -> None:
-        """Read start messages from the workers."""
-        with self.lock:
-            q = self.queue
-            if q is None:
-                return
-            while not q.empty():
-                key, pid, t = q.get()
-                if key == "ready":
-                    self.ready.add(pid)
-                else:
-                    self.started[key] = (self.gen, pid, t)
-
-    def started_info(self, h: _Handle) -> Optional[tuple[int, float]]:
-        info = self.started.get(h.ticket)
-        if info is None or info[0] != h.gen:
-            return None
-        return info[1], info[2]
-
-    def wait(self, handles: list[_Handle], timeout: float) -> set[int]:
-        futs = {h.fut: i for i, h in enumerate(handles)}
-        done, _ = cf.wait(list(futs), timeout=timeout, return_when=cf.FIRST_COMPLETED)
-        return {futs[f] for f in done}
-
-    def outcome(self, h: _Handle) -> Any:
-        """The envelope (a JSON string), or a :class:`_Died`."""
-        try:
-            res = h.fut.result()
-            self.started.pop(h.ticket, None)
-            return res
-        except BrokenProcessPool:
-            pass
-        except cf.CancelledError:
-            return _Died("cancelled", charge=False)
-        with self.lock:
-            self._rebuild(h.gen)
-            killed = self.killed.pop((h.gen, h.ticket), None)
-            if killed:
-                return _Died(killed, charge=True, final=True)
-            info = self.started.pop(h.ticket, None)
-            if info is None or info[0] != h.gen:
-                return _Died("requeued", charge=False)  # never started: not its fault
-            pid = info[1]
-            dead = self.dead.get(h.gen, {})
-            culprits = {p: c for p, c in dead.items() if c != -signal.SIGTERM}
-            if pid in culprits:
-                return _Died(f"worker process died ({_signal_name(culprits[pid])})", charge=True)
-            if not culprits:  # cannot tell which one died: charge every running task
-                return _Died("worker process died", charge=True)
-            return _Died("requeued", charge=False)
-
-    def _rebuild(self, gen: int) -> None:
-        """Shut down a broken executor (once per generation) and start a new one."""
-        with self.lock:
-            if gen != self.gen or self.executor is None:
-                return
-            self.poll()  # start messages written before the death
-            procs = dict(getattr(self.executor, "_processes", None) or {})
-            self.executor.shutdown(wait=True, cancel_futures=True)
-            for p in procs.values():
-                p.join(timeout=5)
-            self.dead[gen] = {pid: p.exitcode for pid, p in procs.items()}
-            self.gen += 1
-            self.rebuilds += 1
-            self._new_executor()
-
-    def kill(self, h: _Handle, reason: str) -> None:
-        """Kill the process running ``h`` (task timeout); the pool then rebuilds."""
-        info = self.started_info(h)
-        if info is None:
-            return
-        with self.lock:
-            if h.gen != self.gen:
-                return
-            self.killed[(h.gen, h.ticket)] = reason
-            try:
-                os.kill(info[0], signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    def worker_pids(self) -> list[int]:
-        with self.lock:
-            procs = getattr(self.executor, "_processes", None) or {}
-            return list(procs)
-
-    def close(self, kill: bool = False) -> None:
-        """Stop the workers; ``kill`` ends running tasks at once (Ctrl-C, an error)
-        instead of waiting for them: they are stored as unfinished and rerun later."""
-        with self.lock:
-            if self.executor is not None:
-                if kill:
-                    for p in list((getattr(self.executor, "_processes", None) or {}).values()):
-                        try:
-                            p.terminate()
-                        except Exception:  # noqa: BLE001 - already gone
-                            pass
-                self.executor.shutdown(wait=True, cancel_futures=True)
-                self.executor = None
-            self.queue = None
 
 
 # --------------------------------------------------------------------------- the pool
@@ -331,7 +132,7 @@ class RolloutPool:
     # -- life cycle
 
     @property
-    def backend(self) -> Any:
+    def backend(self) -> Backend:
         with self._lock:
             if self._backend is None:
                 if self.cfg.executor == "ray":
@@ -339,7 +140,7 @@ class RolloutPool:
 
                     self._backend = RayBackend(self.cfg, self.options)
                 else:
-                    self._backend = _ProcessBackend(self.cfg, self.options)
+                    self._backend = ProcessBackend(self.cfg, self.options)
             return self._backend
 
     def start(self) -> float:
@@ -369,7 +170,13 @@ class RolloutPool:
 
     @property
     def rebuilds(self) -> int:
+        """Times the whole worker pool had to be rebuilt (a worker died while idle)."""
         return getattr(self._backend, "rebuilds", 0)
+
+    @property
+    def replaced(self) -> int:
+        """Workers that died under a task and were replaced (the others went on)."""
+        return getattr(self._backend, "replaced", 0)
 
     # -- the store
 
@@ -502,73 +309,60 @@ class RolloutPool:
     def _run_loop(self, todo: dict[str, TaskSpec], rows: dict, outcomes: dict, progress: Any, total: int, reused: int) -> None:
         backend = self.backend
         max_attempts = self.cfg.max_attempts
+        timeout_s = self.cfg.task_timeout_s
         charged: dict[str, int] = {k: 0 for k in todo}
-        handles: dict[str, _Handle] = {}
+        handles: dict[str, Handle] = {}
         marked: set[str] = set()  # tickets (submissions) already marked running
-        last_err: dict[str, str] = {}
         failed = 0
 
         def report(last: Optional[TaskOutcome] = None) -> None:
             if progress is not None:
                 done = sum(1 for o in outcomes.values() if o.status == "done")
-                progress(PoolProgress(total, done, failed, len(marked_live()), reused, last))
-
-        def marked_live() -> list[str]:
-            return [k for k, h in handles.items() if h.ticket in marked]
-
-        def payload_of(key: str) -> dict:
-            spec = todo[key]
-            return {**spec.payload, **spec.context}
+                running = sum(1 for h in handles.values() if h.ticket in marked)
+                progress(PoolProgress(total, done, failed, running, reused, last))
 
         def submit(key: str) -> None:
-            handles[key] = backend.submit(todo[key].worker, key, payload_of(key))
+            spec = todo[key]
+            handles[key] = backend.submit(spec.worker, key, {**spec.payload, **spec.context}, timeout_s)
+
+        def fail(key: str, task_id: int, err: str, error_type: Optional[str] = None, env: Optional[dict] = None) -> None:
+            nonlocal failed
+            self._finish(task_id, "failed", None, err)
+            failed += 1
+            outcomes[key] = TaskOutcome(key, task_id, "failed", None, err, charged[key], False, todo[key].label,
+                                        error_type, env)
+            report(outcomes[key])
 
         for key in todo:
             submit(key)
         report()
         while handles:
-            hs = list(handles.values())
-            finished = backend.wait(hs, POLL_S)
-            backend.poll()
-            now = time.time()
-            for h in hs:  # newly started tasks
-                info = backend.started_info(h)
-                if info is not None and h.ticket not in marked:
+            finished = backend.wait(list(handles.values()), POLL_S)
+            for h in list(handles.values()):  # newly started tasks
+                if h.started_at is not None and h.ticket not in marked:
                     marked.add(h.ticket)
                     self._mark_running(rows[h.key][0])
                     report()
-                if info is not None and now - info[1] > self.cfg.task_timeout_s:
-                    backend.kill(h, f"timed out after {self.cfg.task_timeout_s:g} s")
-            for i in sorted(finished):
-                h = hs[i]
+            for h, res in finished:
                 key = h.key
                 task_id = rows[key][0]
-                res = backend.outcome(h)
                 del handles[key]
-                if h.ticket not in marked and not isinstance(res, _Died):
-                    marked.add(h.ticket)
-                    self._mark_running(task_id)
-                if isinstance(res, _Died):
-                    if not res.charge:
+                if isinstance(res, Died):
+                    if not res.charge:  # never ran, or its pool broke under it: not its fault
                         submit(key)
                         continue
                     charged[key] += 1
-                    last_err[key] = res.reason
                     if res.final or charged[key] >= max_attempts:
-                        err = res.reason if res.final else f"{res.reason}; gave up after {charged[key]} attempts"
-                        self._finish(task_id, "failed", None, err)
-                        failed += 1
-                        outcomes[key] = TaskOutcome(key, task_id, "failed", None, err, charged[key], False, todo[key].label)
-                        report(outcomes[key])
+                        fail(key, task_id, res.reason if res.final else f"{res.reason}; gave up after {charged[key]} attempts")
                     else:
                         self._requeue(task_id, res.reason)
                         submit(key)
                     continue
                 env = json.loads(res)
                 if env.get("ok"):
-                    result_json = json.dumps(env.get("result"))
-                    self._finish(task_id, "done", result_json, None)
-                    outcomes[key] = TaskOutcome(key, task_id, "done", env.get("result"), None, charged[key] + 1, False, todo[key].label)
+                    self._finish(task_id, "done", json.dumps(env.get("result")), None)
+                    outcomes[key] = TaskOutcome(key, task_id, "done", env.get("result"), None, charged[key] + 1, False,
+                                                todo[key].label)
                     report(outcomes[key])
                     continue
                 charged[key] += 1
@@ -579,11 +373,7 @@ class RolloutPool:
                     continue
                 if env.get("retryable"):
                     err = f"{err}; gave up after {charged[key]} attempts"
-                self._finish(task_id, "failed", None, err)
-                failed += 1
-                outcomes[key] = TaskOutcome(key, task_id, "failed", None, err, charged[key], False, todo[key].label,
-                                            env.get("error_type"))
-                report(outcomes[key])
+                fail(key, task_id, err, env.get("error_type"), env)
 
 
 def _result_of(result_json: Optional[str]) -> Any:

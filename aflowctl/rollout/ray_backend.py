@@ -11,10 +11,10 @@ store's file (a shared file system). The driver's ``AFLOWCTL_HOME``,
 in each task's process (Ray workers are long-lived and shared between pools).
 
 The durable queue, the retries and the bookkeeping are the pool's
-(:class:`~aflowctl.rollout.pool.RolloutPool`); this module only submits, waits,
-and translates Ray's failures: a crashed worker is an attempt that is retried, a
-task past ``task_timeout_s`` is cancelled (``force=True`` kills its process) and
-fails.
+(:class:`~aflowctl.rollout.pool.RolloutPool`); this module implements the backend
+protocol of :mod:`aflowctl.rollout.backend` (start, submit, wait, kill, close) and
+translates Ray's failures: a crashed worker is an attempt that is retried, a task
+past its timeout is cancelled (``force=True`` kills its process) and fails.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import time
 from typing import Any, Optional
 
 from aflowctl.config import RolloutConfig
-from aflowctl.rollout.pool import RolloutError, _Died, _Handle
+from aflowctl.rollout.backend import Died, Handle, Result, RolloutError
 
 
 #: environment variables of the driver passed to every Ray task (paths and switches, never secrets)
@@ -60,11 +60,10 @@ class RayBackend:
         self.lock = threading.RLock()
         self.remote: Any = None
         self.owns_ray = False
-        self.started: dict[str, tuple[int, Optional[int], float]] = {}
         self.killed: dict[str, str] = {}  # ticket -> reason
         self.tickets = itertools.count()
         self.rebuilds = 0
-        self.gen = 0
+        self.replaced = 0
 
     def start(self, timeout_s: float = 300.0) -> None:
         ray = self.ray
@@ -97,49 +96,46 @@ class RayBackend:
             if not e.get("ok"):
                 raise RolloutError(f"Ray workers failed to start: {e.get('error')}", "is aflowctl installed on every node?")
 
-    def submit(self, worker: str, key: str, payload: dict) -> _Handle:
+    def submit(self, worker: str, key: str, payload: dict, timeout_s: Optional[float] = None) -> Handle:
         if self.remote is None:
             self.start()
         ticket = f"{key}#{next(self.tickets)}"
         ref = self.remote.remote(worker, ticket, payload, self.options)
         # Ray does not tell when a task starts: count it as started when submitted.
-        self.started[ticket] = (self.gen, None, time.time())
-        return _Handle(key, self.gen, ref, time.monotonic(), ticket)
+        return Handle(key, ticket, ref, time.monotonic(), timeout_s, started_at=time.time())
 
-    def poll(self) -> None:
-        return None
-
-    def started_info(self, h: _Handle) -> Optional[tuple[Optional[int], float]]:
-        info = self.started.get(h.ticket)
-        return None if info is None else (info[1], info[2])
-
-    def wait(self, handles: list[_Handle], timeout: float) -> set[int]:
-        refs = [h.fut for h in handles]
-        ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=timeout, fetch_local=True)
+    def wait(self, handles: list[Handle], timeout: float) -> list[tuple[Handle, Result]]:
+        now = time.time()
+        for h in handles:  # the per-task timeout, counted from submission
+            if h.timeout_s and h.started_at is not None and now - h.started_at > h.timeout_s:
+                self.kill(h, f"timed out after {h.timeout_s:g} s")
+        refs = [h.future for h in handles]
+        ready, _ = self.ray.wait(refs, num_returns=1, timeout=timeout, fetch_local=True)
+        if ready:  # everything else that is ready too
+            ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=True)
         ready_ids = {id(r) for r in ready}
-        return {i for i, h in enumerate(handles) if id(h.fut) in ready_ids}
+        return [(h, self._result(h)) for h in handles if id(h.future) in ready_ids]
 
-    def outcome(self, h: _Handle) -> Any:
+    def _result(self, h: Handle) -> Result:
         ray = self.ray
-        self.started.pop(h.ticket, None)
         try:
-            return ray.get(h.fut)
+            return ray.get(h.future)
         except ray.exceptions.TaskCancelledError:
-            reason = self.killed.pop(h.ticket, "cancelled")
-            return _Died(reason, charge=True, final=True)
+            return Died(self.killed.pop(h.ticket, "cancelled"), charge=True, final=True)
         except ray.exceptions.RayError as exc:
             reason = self.killed.pop(h.ticket, None)
             if reason:
-                return _Died(reason, charge=True, final=True)
+                return Died(reason, charge=True, final=True)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            return _Died(f"Ray worker died ({type(exc).__name__}{': ' + first[:200] if first else ''})", charge=True)
+            self.replaced += 1
+            return Died(f"Ray worker died ({type(exc).__name__}{': ' + first[:200] if first else ''})", charge=True)
 
-    def kill(self, h: _Handle, reason: str) -> None:
-        if h.ticket in self.killed:
+    def kill(self, handle: Handle, reason: str) -> None:
+        if handle.ticket in self.killed:
             return
-        self.killed[h.ticket] = reason
+        self.killed[handle.ticket] = reason
         try:
-            self.ray.cancel(h.fut, force=True)
+            self.ray.cancel(handle.future, force=True)
         except Exception:  # noqa: BLE001 - already finished
             pass
 

@@ -33,7 +33,6 @@ DEFAULT_WORKER = "aflowctl.rollout.worker:evaluate"
 PREDICTION_MAX_CHARS = 2000
 ERROR_MAX_CHARS = 1000
 
-_start_queue: Any = None  # a multiprocessing SimpleQueue: (key, pid, time) when a task starts
 _initialized = False
 _worker_cache: dict[str, Any] = {}
 
@@ -49,11 +48,26 @@ def init_worker(options: Optional[dict] = None, start_queue: Any = None) -> None
     AFLOWCTL_LOAD_PLUGINS, so a worker loads the same plugins as its parent),
     ``env`` (extra environment variables, names and values without secrets),
     ``preload`` (modules to import now, so that the first task does not pay for it),
-    ``parent_pid`` (exit as soon as that process is gone).
+    ``parent_pid`` (die with that process: ``PR_SET_PDEATHSIG``).
+
+    ``start_queue`` (optional) receives ``("ready", pid)`` once initialised, or
+    ``("error", pid, text)`` when initialisation failed (then this raises).
     """
-    global _start_queue, _initialized
-    options = options or {}
-    _start_queue = start_queue
+    global _initialized
+    try:
+        _init(options or {})
+    except BaseException as exc:
+        if start_queue is not None:
+            start_queue.put(("error", os.getpid(), error_text(exc)))
+        raise
+    _initialized = True
+    if start_queue is not None:
+        start_queue.put(("ready", os.getpid()))
+
+
+def _init(options: dict) -> None:
+    if options.get("parent_pid"):
+        die_with_parent(int(options["parent_pid"]))
     # Before anything can import litellm: never reach out for the cost map.
     os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
     if options.get("hf_offline"):
@@ -74,8 +88,6 @@ def init_worker(options: Optional[dict] = None, start_queue: Any = None) -> None
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and shuts the pool down
     except ValueError:  # not the main thread (some Ray setups)
         pass
-    if options.get("parent_pid"):
-        _watch_parent(int(options["parent_pid"]))
 
     from aflowctl.plugins import get_plugin_manager
 
@@ -85,14 +97,28 @@ def init_worker(options: Optional[dict] = None, start_queue: Any = None) -> None
             importlib.import_module(modname)
         except Exception as exc:  # noqa: BLE001 - the task that needs it will report it
             logger.warning("worker could not preload {}: {}", modname, exc)
-    _initialized = True
-    if start_queue is not None:
-        start_queue.put(("ready", os.getpid(), time.time()))
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (kill -9 included):
+    an orphaned worker must not go on spending on LLM calls nobody will store.
+    Falls back to a watching thread where ``prctl`` is unavailable."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl failed")
+    except (OSError, AttributeError):
+        _watch_parent(parent_pid)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(70)
 
 
 def _watch_parent(parent_pid: int, interval_s: float = 0.5) -> None:
-    """Exit when the parent dies (kill -9): an orphaned worker must not go on
-    spending on LLM calls whose results nobody will store."""
     import threading
 
     def watch() -> None:
@@ -123,8 +149,6 @@ def run_task(worker: str, key: str, payload: dict, options: Optional[dict] = Non
     _ensure_initialized(options)
     for name, value in ((options or {}).get("env") or {}).items():  # a long-lived (Ray) worker serves many pools
         os.environ[str(name)] = str(value)
-    if _start_queue is not None:
-        _start_queue.put((key, os.getpid(), time.time()))
     t0 = time.perf_counter()
     try:
         fn = _worker_cache.get(worker)
@@ -149,10 +173,21 @@ def error_envelope(exc: BaseException, duration_s: float = 0.0) -> dict:
         "ok": False,
         "error": error_text(exc),
         "error_type": type(exc).__name__,
+        "error_class": f"{type(exc).__module__}:{type(exc).__qualname__}",
+        "message": _redacted(getattr(exc, "message", None)) if isinstance(exc, AflowctlError) else None,
+        "hint": _redacted(getattr(exc, "hint", None)) if isinstance(exc, AflowctlError) else None,
         "retryable": not isinstance(exc, AflowctlError),
         "duration_s": duration_s,
         "pid": os.getpid(),
     }
+
+
+def _redacted(text: Any) -> Optional[str]:
+    if not text:
+        return None
+    from aflowctl.logging import redact
+
+    return redact(str(text))[:ERROR_MAX_CHARS]
 
 
 def error_text(exc: BaseException) -> str:
