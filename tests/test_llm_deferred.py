@@ -7,9 +7,9 @@ SQLAlchemy's own event hook.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 
 import pytest
+from helpers.llm_calls import rows
 from helpers.openai_server import OpenAIServer, openai_server  # noqa: F401 - fixture
 from sqlalchemy import event
 
@@ -21,14 +21,6 @@ from aflowctl.llm.router import deferred_logging, flush_logs
 from aflowctl.store import open_store
 
 MODEL = "openai/gpt-4o-mini"  # priced in litellm's bundled map
-
-
-def rows(db, where="1=1"):
-    con = sqlite3.connect(db)
-    con.row_factory = sqlite3.Row
-    out = [dict(r) for r in con.execute(f"SELECT * FROM llm_calls WHERE {where} ORDER BY id")]
-    con.close()
-    return out
 
 
 def make(server, store, *, run_id="run1", **cfg):

@@ -8,10 +8,10 @@ import json
 import multiprocessing
 import pickle
 import socket
-import sqlite3
 import time
 
 import pytest
+from helpers.llm_calls import rows
 from helpers.openai_server import OpenAIServer, openai_server  # noqa: F401 - fixture
 
 from aflowctl import plugins
@@ -24,14 +24,6 @@ from aflowctl.llm.types import LLMRequest, ProviderCallError, split_model
 
 MODEL = "openai/gpt-4o-mini"  # priced in litellm's bundled map: costs are known
 FAST = dict(backoff_base_s=0.01, backoff_max_s=0.05)
-
-
-def rows(db, where="1=1"):
-    con = sqlite3.connect(db)
-    con.row_factory = sqlite3.Row
-    out = [dict(r) for r in con.execute(f"SELECT * FROM llm_calls WHERE {where} ORDER BY id")]
-    con.close()
-    return out
 
 
 def llm_for(server, db, *, transport="auto", run_id="run1", role="executor", model=MODEL, **cfg):

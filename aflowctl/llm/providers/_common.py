@@ -1,9 +1,9 @@
-"""Helpers shared by the HTTP providers: keys, base URLs, error conversion."""
+"""Helpers shared by the HTTP providers: keys, base URLs, request bodies, error conversion."""
 
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Any, Optional
 from urllib.parse import urlparse
 
 from aflowctl.llm.types import LLMRequest, ProviderCallError
@@ -35,6 +35,22 @@ BASE_ENV: dict[str, tuple[str, ...]] = {
     "anthropic": ("ANTHROPIC_API_BASE", "ANTHROPIC_BASE_URL"),
 }
 PLACEHOLDER_KEY = "EMPTY"  # sent to local OpenAI-compatible servers that want no key
+
+
+def chat_body(request: LLMRequest, model: str) -> dict[str, Any]:
+    """The OpenAI ``/chat/completions`` fields of ``request`` (defaults left out)."""
+    body: dict[str, Any] = {"model": model, "messages": request.messages, "temperature": request.temperature}
+    if request.top_p != 1.0:
+        body["top_p"] = request.top_p
+    if request.max_tokens is not None:
+        body["max_tokens"] = request.max_tokens
+    if request.stop:
+        body["stop"] = list(request.stop)
+    if request.seed is not None:
+        body["seed"] = request.seed
+    if request.n != 1:
+        body["n"] = request.n
+    return body
 
 
 def api_base_for(prefix: str, request: LLMRequest) -> Optional[str]:

@@ -23,6 +23,7 @@ from aflowctl.llm.providers import openai_http
 from aflowctl.llm.providers._common import (
     api_base_for,
     api_key_for,
+    chat_body,
     is_loopback,
     one_line,
     parse_retry_after,
@@ -165,22 +166,8 @@ class LiteLLMProvider:
 
     async def _call(self, request: LLMRequest, api_base: Optional[str], api_key: Optional[str]) -> list[Sample]:
         litellm = import_litellm()
-        kwargs: dict[str, Any] = {
-            "model": self.litellm_model(request),
-            "messages": request.messages,
-            "temperature": request.temperature,
-            "num_retries": 0,  # the router retries
-        }
-        if request.top_p != 1.0:
-            kwargs["top_p"] = request.top_p
-        if request.max_tokens is not None:
-            kwargs["max_tokens"] = request.max_tokens
-        if request.stop:
-            kwargs["stop"] = list(request.stop)
-        if request.seed is not None:
-            kwargs["seed"] = request.seed
-        if request.n > 1:
-            kwargs["n"] = request.n
+        kwargs = chat_body(request, self.litellm_model(request))
+        kwargs["num_retries"] = 0  # the router retries
         if request.timeout_s:
             kwargs["timeout"] = request.timeout_s
         if api_base:

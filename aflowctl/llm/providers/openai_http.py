@@ -12,25 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Optional
+from typing import Optional
 
 from aflowctl.llm import pricing
-from aflowctl.llm.providers._common import one_line, parse_retry_after, status_error
+from aflowctl.llm.providers._common import chat_body, one_line, parse_retry_after, status_error
 from aflowctl.llm.types import LLMRequest, ProviderCallError, Sample
-
-def request_body(request: LLMRequest, model: str, n: int) -> dict:
-    body: dict[str, Any] = {"model": model, "messages": request.messages, "temperature": request.temperature}
-    if request.top_p != 1.0:
-        body["top_p"] = request.top_p
-    if request.max_tokens is not None:
-        body["max_tokens"] = request.max_tokens
-    if request.stop:
-        body["stop"] = list(request.stop)
-    if request.seed is not None:
-        body["seed"] = request.seed
-    if n != 1:
-        body["n"] = n
-    return body
 
 
 async def complete(
@@ -43,7 +29,7 @@ async def complete(
     timeout = request.timeout_s or 120.0
     t0 = time.perf_counter()
     try:
-        resp = await asyncio.wait_for(_http.post_json(url, request_body(request, model, request.n), headers), timeout)
+        resp = await asyncio.wait_for(_http.post_json(url, chat_body(request, model), headers), timeout)
     except asyncio.TimeoutError:
         raise ProviderCallError(
             f"{request.model}: no answer from {url} within {timeout:g} s",
