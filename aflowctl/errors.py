@@ -96,3 +96,12 @@ class RunInterrupted(AflowctlError):
     """A run was interrupted (Ctrl-C); what finished is stored and the run can be resumed."""
 
     exit_code = 130
+
+
+def stops_run(exc: BaseException) -> bool:
+    """Errors that no retry and no other proposal can fix (a refused or missing key, an
+    unknown model, an unreachable server, the budget): the run stops (resumably) at once
+    instead of recording them as a failed proposal or a wrong answer."""
+    if isinstance(exc, (BudgetExceeded, ProviderAuthError, ProviderUnreachableError, UnknownModelError, StoreError)):
+        return True
+    return isinstance(exc, ProviderError) and getattr(exc, "status", None) in (401, 403)

@@ -67,14 +67,14 @@ def check_model(mc: Any, *, role: str, local_model: Optional[str] = None) -> Non
     if prefix not in litellm_provider.PREFIXES:
         return  # a plugin's provider: nothing generic to check
     from aflowctl.llm.providers._common import api_base_for, api_key_for
-    from aflowctl.llm.types import LLMRequest, ProviderCallError
+    from aflowctl.llm.types import LLMRequest
 
     request = LLMRequest(messages=[{"role": "user", "content": ""}], model=mc.model, api_base=mc.api_base,
                          api_key_env=mc.api_key_env)
     base = api_base_for(prefix, request)
     try:
         key = api_key_for(prefix, request, base)
-    except ProviderCallError as exc:
+    except MissingKeyError as exc:
         raise MissingKeyError(f"{role} model {mc.model}: {exc.message.split(': ', 1)[-1]}", exc.hint) from None
     if prefix not in LISTS_MODELS:
         return

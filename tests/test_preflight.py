@@ -123,3 +123,33 @@ def test_local_models_must_resolve_without_loading(tmp_path):
         check_model(ModelConfig(model=f"local/{tmp_path}/missing.gguf"), role="executor")
     with pytest.raises(UnknownModelError, match="unknown provider"):
         check_model(ModelConfig(model="nosuchprovider/x"), role="executor")
+
+
+def test_a_key_refused_during_the_run_stops_it_instead_of_recording_invalid_proposals(tmp_path, monkeypatch):
+    """--no-preflight lets the run start; the optimizer's 401 in round 2 then stops it (exit 1,
+    status failed, resumable), with no experience recorded as an invalid proposal."""
+    from test_optimize_e2e import make_server, write_config
+
+    executor = make_server()
+    optimizer = OpenAIServer(api_key="sk-right-key-123456").start()
+    try:
+        cfg = write_config(tmp_path, executor, rounds=3)
+        text = cfg.read_text().replace(f'model = "openai/test-opt"\napi_base = "{executor.url}"',
+                                       f'model = "openai/test-opt"\napi_base = "{optimizer.url}"\napi_key_env = "OPT_KEY"')
+        cfg.write_text(text)
+        monkeypatch.setenv("OPT_KEY", "sk-wrong-key-000000")
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key-123456")
+        db = tmp_path / "s.db"
+        r = runner.invoke(app, ["optimize", "--config", str(cfg), "--db", str(db), "--run-id", "k401", "--no-preflight"])
+        assert r.exit_code == 1, r.output
+        assert "401" in r.output.strip().splitlines()[-1]
+    finally:
+        executor.stop()
+        optimizer.stop()
+    store = open_store(db)
+    run = queries.get_run(store, "k401")
+    assert run["status"] == "failed" and "401" in run["message"]
+    assert queries.list_experiences(store, run_id="k401") == []
+    assert queries.run_state(store, "k401")["completed_round"] == 1
+    opt_calls = [c for c in queries.call_totals(store, "k401") if c["role"] == "optimizer"]
+    assert [(c["calls"], c["errors"]) for c in opt_calls] == [(1, 1)]  # no retry of a refused key

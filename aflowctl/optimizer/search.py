@@ -26,7 +26,7 @@ import numpy as np
 from loguru import logger
 
 from aflowctl.config import Config
-from aflowctl.errors import AflowctlError, BudgetExceeded, NotFoundError
+from aflowctl.errors import AflowctlError, BudgetExceeded, NotFoundError, stops_run
 from aflowctl.optimizer import experience as exp_mod
 from aflowctl.optimizer import mutate as mutate_mod
 from aflowctl.optimizer.convergence import check_convergence
@@ -279,9 +279,9 @@ class Optimizer:
                 last.valid = True
                 last.error = None
                 return last
-            except BudgetExceeded:
-                raise
             except AflowctlError as exc:
+                if stops_run(exc):  # a refused key or the budget: no retry can fix it
+                    raise
                 feedback = str(exc)
                 last.error = feedback
                 logger.info(f"round {round_no} candidate {k} attempt {attempt + 1}: {feedback}")

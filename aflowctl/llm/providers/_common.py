@@ -6,6 +6,7 @@ import os
 from typing import Any, Optional
 from urllib.parse import urlparse
 
+from aflowctl.errors import MissingKeyError
 from aflowctl.llm.types import LLMRequest, ProviderCallError
 
 # The usual environment variables of each provider's key (first found wins).
@@ -68,7 +69,7 @@ def api_key_for(prefix: str, request: LLMRequest, api_base: Optional[str]) -> Op
     if request.api_key_env:
         val = os.environ.get(request.api_key_env)
         if not val:
-            raise ProviderCallError(
+            raise MissingKeyError(
                 f"missing API key for {request.model}: environment variable {request.api_key_env} is not set",
                 f"export {request.api_key_env}=... (the config's api_key_env names it)",
             )
@@ -81,7 +82,7 @@ def api_key_for(prefix: str, request: LLMRequest, api_base: Optional[str]) -> Op
     if api_base is not None:
         return PLACEHOLDER_KEY if prefix in ("openai", "hosted_vllm") else None
     if names and prefix not in KEYLESS:
-        raise ProviderCallError(
+        raise MissingKeyError(
             f"missing API key for {request.model}: environment variable {names[0]} is not set",
             f"export {names[0]}=..., or set api_key_env in the config to the variable that holds it",
         )
