@@ -58,6 +58,7 @@ def _baseline(rev: str | None) -> tuple[types.ModuleType, str]:
     src = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:aflowctl/workflow/sandbox.py"],
                          capture_output=True, text=True, check=True).stdout
     mod = types.ModuleType("aflowctl_sandbox_baseline")
+    sys.modules[mod.__name__] = mod  # dataclasses look their module up
     exec(compile(src, f"{rev}:aflowctl/workflow/sandbox.py", "exec"), mod.__dict__)
     return mod, rev
 

@@ -13,12 +13,15 @@ from __future__ import annotations
 import builtins
 import os
 import traceback
-from typing import Any
 
 from aflowctl.sandbox import wire
 
+TYPE_CHECKING = False  # typing is not imported at run time: sandboxed children start faster
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
 #: what the judge may ask about a handle (beyond calling it)
-_OPS = {
+_OPS: dict[str, Callable[..., Any]] = {
     "call": lambda o, *a, **k: o(*a, **k),
     "getattr": getattr,
     "getitem": lambda o, k: o[k],

@@ -22,7 +22,6 @@ import json
 import os
 import sys
 import time
-import traceback
 
 
 def _read_all(fd: int) -> bytes:
@@ -45,7 +44,12 @@ def _confine(spec: dict, scratch: str):
 
 
 def main(spec_fd: int, payload_fd: int, status_fd: int) -> None:
+    from aflowctl.sandbox import confine
+
     spec = json.loads(_read_all(spec_fd))
+    if spec["mode"] == "check":  # loaded once here, before the fork, for both sides
+        from aflowctl.sandbox import candidate, judge, wire  # noqa: F401
+    confine.prepare()
     if spec["mode"] == "run":
         _run(spec, status_fd)
     else:
@@ -96,10 +100,30 @@ def _check(spec: dict, payload_fd: int, status_fd: int) -> None:
     try:
         verdict = _judge(spec, pid, req_w, resp_r, payload_fd)
     except BaseException as exc:  # noqa: BLE001 - a harness failure, reported as such
+        import traceback
+
         verdict = {"infra": f"the check harness failed: {type(exc).__name__}: {exc}"[:500],
                    "trace": traceback.format_exc()[-2000:]}
     _status(status_fd, verdict)
+    _reap(pid, req_w)
     os._exit(0)
+
+
+def _reap(pid: int, req_w: int) -> None:
+    """Close the candidate's request pipe (an idle candidate exits) and reap it for up
+    to 100 ms, so its CPU time is accounted to this process tree; a busy one is left
+    to the parent-death signal and the parent's group kill."""
+    try:
+        os.close(req_w)
+    except OSError:
+        pass
+    for _ in range(100):
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+        except ChildProcessError:
+            return
+        time.sleep(0.001)
 
 
 def _judge(spec: dict, cand_pid: int, req_fd: int, resp_fd: int, payload_fd: int) -> dict:

@@ -46,12 +46,14 @@ import resource
 import signal
 import stat
 import sys
-from dataclasses import dataclass, field
-from typing import Iterable, Optional
 
 from aflowctl.errors import SandboxError
 from aflowctl.sandbox import landlock, seccomp
 from aflowctl.sandbox._sys import errno_text, libc, machine
+
+TYPE_CHECKING = False  # typing is not imported at run time: sandboxed children start faster
+if TYPE_CHECKING:
+    from typing import Iterable, Optional
 
 SANDBOX_USER_ENV = "AFLOWCTL_SANDBOX_USER"
 DEFAULT_SANDBOX_USER = "nobody"
@@ -72,29 +74,30 @@ SYSTEM_READ_PATHS = ("/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/share/zon
 
 
 
-@dataclass(frozen=True)
 class ConfineReport:
     """Which layers :func:`confine_current_process` put in place.
 
     ``missing`` names the layers the policy wanted but the platform could not give
     (only non-empty under ``allow_unsandboxed``); ``kept_caps`` the capabilities
     the process still holds (``("CAP_DAC_READ_SEARCH",)`` when the sandbox user
-    cannot reach the interpreter on its own).
+    cannot reach the interpreter on its own). (A plain class: importing
+    ``dataclasses`` would cost every sandboxed child several milliseconds.)
     """
 
-    uid: int
-    gid: int
-    dropped_uid: bool
-    kept_caps: tuple[str, ...]
-    no_new_privs: bool
-    pdeathsig: bool
-    rlimits: dict = field(default_factory=dict)
-    landlock_abi: int = 0
-    landlock_fs: bool = False
-    landlock_net: bool = False
-    landlock_scoped: bool = False
-    seccomp: bool = False
-    missing: tuple[str, ...] = ()
+    __slots__ = ("uid", "gid", "dropped_uid", "kept_caps", "no_new_privs", "pdeathsig", "rlimits", "landlock_abi",
+                 "landlock_fs", "landlock_net", "landlock_scoped", "seccomp", "missing")
+
+    def __init__(self, *, uid: int, gid: int, dropped_uid: bool, kept_caps: tuple[str, ...], no_new_privs: bool,
+                 pdeathsig: bool, rlimits: dict, landlock_abi: int = 0, landlock_fs: bool = False,
+                 landlock_net: bool = False, landlock_scoped: bool = False, seccomp: bool = False,
+                 missing: tuple[str, ...] = ()):
+        self.uid, self.gid, self.dropped_uid, self.kept_caps = uid, gid, dropped_uid, kept_caps
+        self.no_new_privs, self.pdeathsig, self.rlimits = no_new_privs, pdeathsig, rlimits
+        self.landlock_abi, self.landlock_fs, self.landlock_net = landlock_abi, landlock_fs, landlock_net
+        self.landlock_scoped, self.seccomp, self.missing = landlock_scoped, seccomp, missing
+
+    def __repr__(self) -> str:
+        return f"ConfineReport({self.summary()})"
 
     @property
     def fully_confined(self) -> bool:
@@ -157,7 +160,23 @@ def reachable_by_others(path: str | os.PathLike) -> bool:
     return True
 
 
+_cache: dict = {}
+
+
+def _cached(key: tuple, make):
+    if key not in _cache:
+        if len(_cache) > 64:
+            _cache.clear()
+        _cache[key] = make()
+    return _cache[key]
+
+
 def interpreter_read_paths() -> list[str]:
+    """Cached :func:`_interpreter_read_paths` (recomputed when imports or ``sys.path`` change)."""
+    return list(_cached(("reads", len(sys.modules), tuple(sys.path)), _interpreter_read_paths))
+
+
+def _interpreter_read_paths() -> list[str]:
     """What Python needs to keep importing: its prefixes' library directories, the
     import path entries inside them (site-packages), and the top directory of every
     package already imported from elsewhere (an editable install)."""
@@ -194,12 +213,37 @@ def interpreter_read_paths() -> list[str]:
 def capabilities() -> dict:
     """What this machine offers the sandbox (for ``doctor``, ``describe`` and tests).
 
+    Computed once per process (and user/``AFLOWCTL_SANDBOX_USER``); the copy returned
+    may be changed by the caller.
+
     Keys: ``platform``, ``arch``, ``landlock_abi``, ``seccomp``, ``root``,
     ``sandbox_user`` (name or None), ``can_drop_uid``, ``interpreter_usable`` (the
     sandbox user can read the interpreter's files without help),
     ``needs_read_capability``, ``ok`` (every required layer is there) and
     ``problems``: a list of ``{"layer", "detail", "fix"}``, one line each.
     """
+    caps = _cached(("caps", os.geteuid() if os.name == "posix" else 0, os.environ.get(SANDBOX_USER_ENV)),
+                   _capabilities)
+    return {**caps, "problems": [dict(p) for p in caps["problems"]]}
+
+
+def prepare() -> None:
+    """Do the slow parts of :func:`confine_current_process` now (probing, path lists),
+    e.g. before a fork, so that each confined process only makes system calls."""
+    capabilities()
+    _needs_read_cap(_read_list((), ()))
+
+
+def _read_list(read_paths: Iterable[str | os.PathLike], sockets: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys([*(os.path.abspath(os.fspath(p)) for p in read_paths), *interpreter_read_paths(),
+                               *SYSTEM_READ_PATHS, *sockets]))
+
+
+def _needs_read_cap(reads: list[str]) -> bool:
+    return _cached(("needcap", tuple(reads)), lambda: not all(reachable_by_others(p) for p in reads[:64]))
+
+
+def _capabilities() -> dict:
     abi = landlock.abi()
     sc = seccomp.available()
     root = os.name == "posix" and os.geteuid() == 0
@@ -352,14 +396,13 @@ def confine_current_process(
     abi = caps["landlock_abi"]
     ppid = os.getppid()
     limits = _set_rlimits(memory_mb, cpu_s, fsize_bytes, nofile)
-    reads = list(dict.fromkeys([*(os.path.abspath(os.fspath(p)) for p in read_paths),
-                                *interpreter_read_paths(), *SYSTEM_READ_PATHS, *sockets]))
+    reads = _read_list(read_paths, sockets)
     user = sandbox_user() if "uid" not in missing else None
     kept: tuple[str, ...] = ()
     dropped = False
     if user is not None:
         uid, gid, _ = user
-        need_cap = not all(reachable_by_others(p) for p in [*reads[:64], scratch]) and abi > 0
+        need_cap = (_needs_read_cap(reads) or not reachable_by_others(scratch)) and abi > 0
         try:
             os.chown(scratch, uid, gid)
             os.chmod(scratch, 0o700)

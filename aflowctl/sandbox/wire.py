@@ -19,7 +19,10 @@ import json
 import os
 import select
 import time
-from typing import Any, Callable, Optional
+
+TYPE_CHECKING = False  # typing is not imported at run time: sandboxed children start faster
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
 
 MAX_FRAME = 16 * 1024 * 1024
 MAX_DEPTH = 200
@@ -65,9 +68,10 @@ def encode(value: Any, ref: Optional[Callable[[Any], dict]] = None, depth: int =
         return {"t": [encode(v, ref, d) for v in tuple.__iter__(value)]}
     if isinstance(value, dict):
         return {"d": [[encode(k, ref, d), encode(v, ref, d)] for k, v in dict.items(value)]}
-    if isinstance(value, (set, frozenset)):
-        tag = "f" if isinstance(value, frozenset) else "s"
-        return {tag: [encode(v, ref, d) for v in (frozenset.__iter__ if tag == "f" else set.__iter__)(value)]}
+    if isinstance(value, frozenset):
+        return {"f": [encode(v, ref, d) for v in frozenset.__iter__(value)]}
+    if isinstance(value, set):
+        return {"s": [encode(v, ref, d) for v in set.__iter__(value)]}
     if isinstance(value, bytes):
         return {"b": bytes.hex(value)}
     if isinstance(value, bytearray):
