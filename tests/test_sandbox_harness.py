@@ -128,7 +128,7 @@ FORGERIES = {
 @pytest.mark.parametrize("name", sorted(FORGERIES))
 def test_forged_verdicts_fail(name):
     t0 = time.monotonic()
-    r = check_solution(FORGERIES[name], ADD_TEST, "add", timeout_s=5)
+    r = check_solution(FORGERIES[name], ADD_TEST, "add", timeout_s=2)
     assert not r.ok, (name, r.reason)
     assert r.kind in {"exception", "exit", "timeout", "missing"}, r.reason
     assert time.monotonic() - t0 < 20
@@ -317,8 +317,8 @@ def _drive(n: int, limit: int, workers: int, *, argv_prefix=(), python=sys.execu
 
 @needs_sandbox
 def test_no_descriptor_or_file_leaks_and_sandbox_errors_leave_nothing():
-    res = _drive(60, 64, 2)
-    assert res["right"] == 60
+    res = _drive(40, 64, 2)
+    assert res["right"] == 40
     assert res["fds_after"] == res["fds_before"]
     assert res["left"] == [] and res["left_outside"] == []
     if os.geteuid() == 0:
@@ -344,6 +344,15 @@ def _setpriv_nobody():
     return ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"), system_py
 
 
+def _nobody_cases(outside) -> dict[str, str]:
+    """A representative subset (the full lists run as root above): keeps the suite cheap."""
+    hostile = _hostile(outside)
+    picked = {k: FORGERIES[k] for k in ("frame_walk", "always_equal", "os_exit_in_call", "write_every_fd")}
+    picked.update({k: hostile[k] for k in ("read_env", "parent_environ", "open_store", "delete_home_file",
+                                           "write_outside", "spawn_sh", "connect_loopback")})
+    return picked
+
+
 @needs_sandbox
 def test_checks_as_an_unprivileged_user(outside):
     """CI may not run as root: the same forgeries, hostile code and leak check as `nobody`."""
@@ -353,7 +362,7 @@ def test_checks_as_an_unprivileged_user(outside):
         os.chown(p, 65534, 65534)  # the unprivileged user owns them: only the sandbox protects them
     script = (
         "import json, sys\nfrom aflowctl.sandbox.harness import check_solution\n"
-        f"cases = json.loads({json.dumps(json.dumps({**FORGERIES, **_hostile(outside)}))})\n"
+        f"cases = json.loads({json.dumps(json.dumps(_nobody_cases(outside)))})\n"
         f"test = {ADD_TEST!r}\n"
         "out = {k: check_solution(v, test, 'add', timeout_s=3, memory_mb=512).reason for k, v in cases.items()}\n"
         "print(json.dumps(out))\n"
@@ -367,8 +376,8 @@ def test_checks_as_an_unprivileged_user(outside):
     assert "sentinel" not in out.stdout
     assert all(p.exists() for p in f.values())
     assert not outside["written"].exists()
-    res = _drive(40, 64, 2, argv_prefix=prefix, python=python)
-    assert res["uid"] == 65534 and res["right"] == 40 and res["fds_after"] == res["fds_before"]
+    res = _drive(20, 64, 2, argv_prefix=prefix, python=python)
+    assert res["uid"] == 65534 and res["right"] == 20 and res["fds_after"] == res["fds_before"]
     assert res["left"] == [] and res["left_outside"] == []
 
 
