@@ -49,11 +49,33 @@ def main(spec_fd: int, payload_fd: int, status_fd: int) -> None:
     spec = json.loads(_read_all(spec_fd))
     if spec["mode"] == "check":  # loaded once here, before the fork, for both sides
         from aflowctl.sandbox import candidate, judge, wire  # noqa: F401
+
+        _preimport(spec.get("prelude", ""))
     confine.prepare()
     if spec["mode"] == "run":
         _run(spec, status_fd)
     else:
         _check(spec, payload_fd, status_fd)
+
+
+def _preimport(prelude: str) -> None:
+    """Import the modules the (trusted) prelude imports, once, before the fork: both the
+    judge and the candidate run the prelude, and ``hashlib`` alone loads libcrypto."""
+    import ast
+    import importlib
+
+    try:
+        tree = ast.parse(prelude)
+    except SyntaxError:
+        return
+    for node in tree.body:
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                pass
 
 
 def _run(spec: dict, status_fd: int) -> None:
@@ -150,6 +172,6 @@ def _judge(spec: dict, cand_pid: int, req_fd: int, resp_fd: int, payload_fd: int
         return {"status": exc.status, "detail": exc.detail}
     if "sandbox_error" in first:
         return {"sandbox_error": str(first["sandbox_error"])[:500]}
-    status, detail = judge.run(test=payload["test"], prelude=payload.get("prelude", ""), entry=spec.get("entry") or "",
+    status, detail = judge.run(test=payload["test"], prelude=spec.get("prelude", ""), entry=spec.get("entry") or "",
                                ch=ch)
     return {"status": status, "detail": detail}

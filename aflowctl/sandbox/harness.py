@@ -94,8 +94,9 @@ def check_solution(
     """
     check_limits(timeout_s, memory_mb)
     spec = {"mode": "check", "memory_mb": memory_mb, "cpu_s": int(timeout_s) + 2, "timeout_s": timeout_s,
-            "entry": entry_point or "", "solution": solution or "", "allow_unsandboxed": allow_unsandboxed}
-    fin = launch(spec, files={"solution.py": solution or ""}, payload={"test": compose_test(test), "prelude": prelude},
+            "entry": entry_point or "", "solution": solution or "", "prelude": prelude,
+            "allow_unsandboxed": allow_unsandboxed}
+    fin = launch(spec, files={"solution.py": solution or ""}, payload={"test": compose_test(test)},
                  timeout_s=timeout_s + HARD_GRACE_S, max_output_bytes=max_output_bytes)
     if fin.timed_out and "status" not in fin.status:
         raise SandboxError(f"the check harness gave no verdict within {timeout_s + HARD_GRACE_S:g} s",
