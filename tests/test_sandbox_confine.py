@@ -96,11 +96,13 @@ def _run_probe(world, *, argv_prefix=(), python=sys.executable, env_extra=None, 
     return res
 
 
-def _assert_contained(res: dict, world) -> None:
+def _assert_contained(res: dict, world, children: bool = False) -> None:
     assert "sandbox_error" not in res, res
-    for key in ("parent_environ", "self_environ_other", "read_secret", "read_store", "delete_home_file",
-                "write_outside", "write_tmp", "fork", "spawn_sh", "tcp_connect", "udp", "signal_parent",
-                "raise_limit", "alloc_10g"):
+    escapes = ["parent_environ", "self_environ_other", "read_secret", "read_store", "delete_home_file",
+               "write_outside", "write_tmp", "spawn_sh", "tcp_connect", "udp", "raise_limit", "alloc_10g"]
+    if not children:  # a worker allowed Python children may fork, and signal inside its own domain
+        escapes += ["fork", "signal_parent"]
+    for key in escapes:
         assert res[key].startswith("err:"), (key, res[key])
     assert res["alloc_10g"] == "err:MemoryError"
     for key in ("write_scratch", "read_scratch", "socketpair", "import_stdlib", "thread", "asyncio"):
@@ -139,6 +141,21 @@ def test_unix_socket_is_reachable_only_when_allowed(world):
     res = _run_probe(world, unix_socket=world["unix_socket"])
     _assert_contained(res, world)
     assert res["unix_socket"] == "ok:b'ok:hello'"
+
+
+@needs_sandbox
+def test_worker_allowed_python_children_runs_nested_sandboxes(world):
+    """allow_python_children (a rollout worker whose operators run code): the worker may
+    execute the interpreter and nothing else; nested sandboxes work and stay contained."""
+    res = _run_probe(world, children=True)
+    _assert_contained(res, world, children=True)
+    if CAPS["landlock_abi"] >= 6:
+        assert res["signal_parent"].startswith("err:")  # Landlock's scoping: not outside its domain
+    assert res["nested_check_good"] == "ok:'ok'"
+    assert res["nested_check_bad"].startswith("ok:'exception: AssertionError")
+    assert res["nested_run"] == "ok:'42'"
+    assert res["nested_hostile"] == "ok:''"
+    assert res["exec_python"] == "ok:'1'"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the uid layer is only required as root")

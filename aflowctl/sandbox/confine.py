@@ -65,12 +65,13 @@ _PR_CAPBSET_DROP = 24
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_CAP_AMBIENT = 47
 _PR_CAP_AMBIENT_CLEAR_ALL = 4
+_PR_CAP_AMBIENT_RAISE = 2
 _CAP_DAC_READ_SEARCH = 2
 _CAP_LAST = 63
 
 #: read-only system paths every Python needs (shared libraries, time zones)
 SYSTEM_READ_PATHS = ("/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/share/zoneinfo", "/etc/ld.so.cache",
-                     "/etc/localtime")
+                     "/etc/localtime", "/etc/ssl/certs", "/usr/share/ca-certificates")
 
 
 
@@ -190,6 +191,7 @@ def _interpreter_read_paths() -> list[str]:
             pass
     for pfx in {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}:
         roots.append(os.path.join(pfx, "lib"))
+        roots.append(os.path.join(pfx, "pyvenv.cfg"))  # read by a venv interpreter at start-up
     for entry in sys.path:
         if entry and ("site-packages" in entry or "dist-packages" in entry or entry.endswith(".zip")
                       or any(entry.startswith(p) for p in (sys.prefix, sys.base_prefix))):
@@ -232,6 +234,17 @@ def prepare() -> None:
     e.g. before a fork, so that each confined process only makes system calls."""
     capabilities()
     _needs_read_cap(_read_list((), ()))
+
+
+def _interpreter_executables() -> list[str]:
+    """The interpreter binary and the dynamic loader it needs (execve opens both)."""
+    import glob
+
+    found = [os.path.realpath(sys.executable)]
+    for pattern in ("/lib64/ld-linux*.so*", "/lib/ld-linux*.so*", "/lib/*/ld-linux*.so*", "/usr/lib/*/ld-linux*.so*",
+                    "/lib/ld-musl*.so*"):
+        found += [os.path.realpath(p) for p in glob.glob(pattern)]
+    return list(dict.fromkeys(found))
 
 
 def _read_list(read_paths: Iterable[str | os.PathLike], sockets: Iterable[str]) -> list[str]:
@@ -323,20 +336,21 @@ class _CapData(ctypes.Structure):
     _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
 
-def _capset(caps: int) -> None:
+def _capset(caps: int, inheritable: bool = False) -> None:
     hdr = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
     data = (_CapData * 2)()
     for i in range(2):
         word = (caps >> (32 * i)) & 0xFFFFFFFF
         data[i].effective = data[i].permitted = word
-        data[i].inheritable = 0
+        data[i].inheritable = word if inheritable else 0
     if libc().capset(ctypes.byref(hdr), data) != 0:
         raise SandboxError(f"capset failed: {errno_text()}", "the sandbox cannot drop privileges here")
 
 
-def _drop_uid(uid: int, gid: int, keep_read_cap: bool) -> tuple[str, ...]:
+def _drop_uid(uid: int, gid: int, keep_read_cap: bool, ambient: bool = False) -> tuple[str, ...]:
     """setgroups([]), setresgid, setresuid; every capability gone (bounding set too)
-    except, when asked, CAP_DAC_READ_SEARCH."""
+    except, when asked, CAP_DAC_READ_SEARCH (also ambient with ``ambient``, so that a
+    Python child it executes can read the interpreter too)."""
     keep = (1 << _CAP_DAC_READ_SEARCH) if keep_read_cap else 0
     for cap in range(_CAP_LAST + 1):
         if not keep & (1 << cap):
@@ -353,8 +367,10 @@ def _drop_uid(uid: int, gid: int, keep_read_cap: bool) -> tuple[str, ...]:
     except OSError as exc:
         raise SandboxError(f"could not switch to uid {uid}: {exc.strerror}", "run as root or as the sandbox user") from None
     if keep:
-        _capset(keep)
+        _capset(keep, inheritable=ambient)
         _prctl(_PR_SET_KEEPCAPS, 0, what="PR_SET_KEEPCAPS")
+        if ambient:
+            _prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE, _CAP_DAC_READ_SEARCH, what="PR_CAP_AMBIENT_RAISE")
         return ("CAP_DAC_READ_SEARCH",)
     return ()
 
@@ -372,6 +388,7 @@ def confine_current_process(
     nofile: Optional[int] = None,
     fsize_bytes: Optional[int] = None,
     allow_unsandboxed: bool = False,
+    allow_python_children: bool = False,
 ) -> ConfineReport:
     """Confine this process for good (see the module docstring for the layers).
 
@@ -381,7 +398,14 @@ def confine_current_process(
     gateway): ``socket(AF_UNIX)`` is allowed only when some are given, and each is
     handed to the sandbox user. Call it before any untrusted code runs, from the
     main thread, before other threads start (seccomp and Landlock apply to the
-    calling thread and the threads it creates later).
+    calling thread and the threads it creates later). Afterwards ``TMPDIR`` (and
+    :mod:`tempfile`) point into ``scratch_dir``, the only place files can be made.
+
+    ``allow_python_children`` (a rollout worker whose operators and code benchmarks
+    run :func:`~aflowctl.sandbox.process.run_python` / ``check_solution``): the
+    process may fork and execute *the interpreter only* (Landlock's execute right is
+    given to it and the dynamic loader, nothing else), those children inherit every
+    layer and add their own; at most 512 processes for the sandbox user.
     """
     scratch = os.path.abspath(os.fspath(scratch_dir))
     if not os.path.isdir(scratch):
@@ -396,6 +420,9 @@ def confine_current_process(
     abi = caps["landlock_abi"]
     ppid = os.getppid()
     limits = _set_rlimits(memory_mb, cpu_s, fsize_bytes, nofile)
+    os.environ["TMPDIR"] = scratch
+    if "tempfile" in sys.modules:
+        sys.modules["tempfile"].tempdir = None  # recomputed from TMPDIR on next use
     reads = _read_list(read_paths, sockets)
     user = sandbox_user() if "uid" not in missing else None
     kept: tuple[str, ...] = ()
@@ -412,18 +439,22 @@ def confine_current_process(
         except OSError as exc:
             raise SandboxError(f"could not hand {scratch} to the sandbox user: {exc.strerror}",
                                "put the scratch directory on a local file system") from None
-        kept = _drop_uid(uid, gid, need_cap)
+        kept = _drop_uid(uid, gid, need_cap, ambient=allow_python_children)
         dropped = True
+        if allow_python_children:
+            resource.setrlimit(resource.RLIMIT_NPROC, (512, 512))
+            limits["nproc"] = 512
     _prctl(_PR_SET_NO_NEW_PRIVS, 1, what="PR_SET_NO_NEW_PRIVS")
     _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), what="PR_SET_PDEATHSIG")
     if os.getppid() != ppid:  # the parent died before PDEATHSIG was armed
         os.kill(os.getpid(), signal.SIGKILL)
     fs = net = scoped = False
     if abi > 0:
-        fs, net, scoped = landlock.restrict(abi, scratch, reads, ["/dev/null"])
+        fs, net, scoped = landlock.restrict(abi, scratch, reads, ["/dev/null"],
+                                            executables=_interpreter_executables() if allow_python_children else ())
     sc = False
     if caps["seccomp"]:
-        seccomp.install(allow_socket=bool(sockets))
+        seccomp.install(allow_socket=bool(sockets), allow_children=allow_python_children)
         sc = True
     return ConfineReport(uid=os.getuid(), gid=os.getgid(), dropped_uid=dropped, kept_caps=kept, no_new_privs=True,
                          pdeathsig=True, rlimits=limits, landlock_abi=abi, landlock_fs=fs, landlock_net=net,

@@ -54,8 +54,10 @@ class _RulesetAttr(ctypes.Structure):
                 ("scoped", ctypes.c_uint64)]
 
 
-def restrict(version: int, scratch: str, read_paths: Iterable[str], extra_rw_files: Iterable[str]) -> tuple[bool, bool, bool]:
-    """Build and enforce the ruleset; returns (fs, net, scoped)."""
+def restrict(version: int, scratch: str, read_paths: Iterable[str], extra_rw_files: Iterable[str],
+             executables: Iterable[str] = ()) -> tuple[bool, bool, bool]:
+    """Build and enforce the ruleset; returns (fs, net, scoped). ``executables`` are
+    files that may be executed (and read); nothing else may."""
     lib = libc()
     fs_all = _FS_BY_ABI[min(version, 5)]
     attr = _RulesetAttr(fs_all, (NET_BIND_TCP | NET_CONNECT_TCP) if version >= 4 else 0,
@@ -86,6 +88,8 @@ def restrict(version: int, scratch: str, read_paths: Iterable[str], extra_rw_fil
             add(p, READ)
         for p in extra_rw_files:
             add(p, FS_READ_FILE | FS_WRITE_FILE)
+        for p in executables:
+            add(p, FS_EXECUTE | FS_READ_FILE)
         add(scratch, READ | WRITE)
         if lib.syscall(_SYS_LL_RESTRICT, ctypes.c_int(fd), ctypes.c_uint32(0)) != 0:
             raise SandboxError(f"landlock_restrict_self failed: {errno_text()}", "see `aflowctl doctor`")

@@ -66,8 +66,19 @@ def available() -> bool:
     return True
 
 
-def _seccomp_filter(allow_socket: bool) -> bytes:
-    """The BPF program (struct sock_filter array) for this machine."""
+#: clone flags that create namespaces: refused even where children are allowed
+_CLONE_NEW_NS = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000 | 0x80
+#: what a process that may start sandboxed Python children needs besides the rest
+#: (setrlimit too: a child lowers its own limits; soft = hard and no CAP_SYS_RESOURCE, so none can rise)
+_CHILD_CALLS = ("fork", "vfork", "execve", "setsid", "setpgid", "setrlimit")
+
+
+def _seccomp_filter(allow_socket: bool, allow_children: bool = False) -> bytes:
+    """The BPF program (struct sock_filter array) for this machine.
+
+    ``allow_children``: fork/vfork/clone (without namespace flags), execve (Landlock
+    decides which file: only the interpreter), setsid/setpgid, and signals to any
+    process (Landlock's scoping keeps them inside the sandbox's own domain)."""
     audit, nr = _ARCH[machine()]
     allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
     pid = os.getpid()
@@ -92,7 +103,7 @@ def _seccomp_filter(allow_socket: bool) -> bytes:
     if machine() == "x86_64":
         prog.append((0x35, 0x40000000, "deny", None))  # x32 ABI
     for name in _DENIED:
-        if name in nr:
+        if name in nr and not (allow_children and name in _CHILD_CALLS):
             jeq(nr[name], "deny")
     jeq(nr["clone3"], "enosys")
     jeq(nr["clone"], "clone")
@@ -102,11 +113,15 @@ def _seccomp_filter(allow_socket: bool) -> bytes:
     jeq(nr["socket"], "socket" if allow_socket else "deny")
     jeq(nr["socketpair"], "socket")
     ret(allow)
-    labels["clone"] = len(prog); ld(16); jset(_CLONE_THREAD, "allow", "deny")
-    labels["kill"] = len(prog); ld(16); jeq(pid, "allow"); jeq(0, "allow", "deny")
-    labels["tgkill"] = len(prog); ld(16); jeq(pid, "allow", "deny")
+    if allow_children:
+        labels["clone"] = len(prog); ld(16); jset(_CLONE_NEW_NS, "deny", "allow")
+        labels["kill"] = labels["tgkill"] = labels["prlimit"] = len(prog); ret(allow)
+    else:
+        labels["clone"] = len(prog); ld(16); jset(_CLONE_THREAD, "allow", "deny")
+        labels["kill"] = len(prog); ld(16); jeq(pid, "allow"); jeq(0, "allow", "deny")
+        labels["tgkill"] = len(prog); ld(16); jeq(pid, "allow", "deny")
     # prlimit64(pid, resource, new, old): only reading (new == NULL) of this process
-    labels["prlimit"] = len(prog); ld(16); jeq(0, "prl_new"); jeq(pid, "prl_new", "deny")
+    labels.setdefault("prlimit", len(prog)); ld(16); jeq(0, "prl_new"); jeq(pid, "prl_new", "deny")
     labels["prl_new"] = len(prog); ld(32); jeq(0, None, "deny"); ld(36); jeq(0, "allow", "deny")
     labels["socket"] = len(prog); ld(16); jeq(_AF_UNIX, "allow", "deny")
     labels["allow"] = len(prog); ret(allow)
@@ -126,8 +141,8 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def install(allow_socket: bool) -> None:
-    prog = _seccomp_filter(allow_socket)
+def install(allow_socket: bool, allow_children: bool = False) -> None:
+    prog = _seccomp_filter(allow_socket, allow_children)
     buf = ctypes.create_string_buffer(prog, len(prog))
     fprog = _SockFprog(len(prog) // 8, ctypes.addressof(buf))
     if libc().prctl(_PR_SET_SECCOMP, ctypes.c_ulong(_SECCOMP_MODE_FILTER), ctypes.byref(fprog), 0, 0) != 0:

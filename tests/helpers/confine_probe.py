@@ -29,7 +29,8 @@ def main() -> None:
     try:
         rep = confine_current_process(scratch_dir=cfg["scratch"], memory_mb=cfg.get("memory_mb", 512), cpu_s=20,
                                       allow_unix_sockets=sockets, nofile=cfg.get("nofile"),
-                                      allow_unsandboxed=cfg.get("allow_unsandboxed", False))
+                                      allow_unsandboxed=cfg.get("allow_unsandboxed", False),
+                                      allow_python_children=cfg.get("children", False))
     except SandboxError as exc:
         print(json.dumps({"sandbox_error": str(exc)}))
         return
@@ -68,6 +69,20 @@ def main() -> None:
             s.sendall(b"hello")
             return s.recv(16)
         out["unix_socket"] = probe(talk)
+    if cfg.get("children"):  # nested sandboxes work, and stay contained
+        from aflowctl.sandbox.harness import check_solution
+        from aflowctl.sandbox.process import run_python
+
+        test = "def check(candidate):\n    assert candidate(1, 2) == 3\n"
+        out["nested_check_good"] = probe(lambda: check_solution("def add(a, b):\n    return a + b\n", test, "add").reason)
+        out["nested_check_bad"] = probe(lambda: check_solution("def add(a, b):\n    return 0\n", test, "add").reason)
+        out["nested_run"] = probe(lambda: run_python("print(6 * 7)").stdout.strip())
+        hostile = (f"import os\nfor act in (os.fork, lambda: open({t['secret']!r}).read(),\n"
+                   "            lambda: open('/proc/1/environ').read(), lambda: os.execv('/bin/sh', ['sh'])):\n"
+                   "    try:\n        act()\n        print('ESCAPED')\n    except OSError:\n        pass\n")
+        out["nested_hostile"] = probe(lambda: run_python(hostile).stdout.strip())
+        out["exec_python"] = probe(lambda: subprocess.run([sys.executable, "-c", "print(1)"], capture_output=True,
+                                                          text=True, check=False).stdout.strip())
     print(json.dumps(out))
 
 
