@@ -299,3 +299,27 @@ def test_two_cli_optimize_starts_with_one_run_id(tmp_path):
     store = open_store(db)
     assert [r["id"] for r in queries.list_runs(store)] == ["same"]
     assert queries.get_run(store, "same")["status"] == "completed"
+
+
+def test_no_sql_or_orm_in_the_cli_or_the_optimizer():
+    """Reads go through store/queries.py and writes through store/runs.py."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "aflowctl"
+    models = {"Run", "Workflow", "Evaluation", "RolloutTask", "Experience", "LLMCall", "Checkpoint", "TrainMetric",
+              "RunLease"}
+    offenders = []
+    for path in sorted([*(root / "cli").rglob("*.py"), *(root / "optimizer").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                mod = getattr(node, "module", None) or ""
+                names = {a.name for a in node.names}
+                if mod.split(".")[0] in ("sqlalchemy", "sqlmodel") or any(
+                        a.name.split(".")[0] in ("sqlalchemy", "sqlmodel") for a in node.names):
+                    offenders.append(f"{path.name}:{node.lineno} imports {mod or names}")
+                if mod.startswith("aflowctl.store") and names & models:
+                    offenders.append(f"{path.name}:{node.lineno} imports {sorted(names & models)}")
+            if isinstance(node, ast.Attribute) and node.attr in ("transact", "write", "read", "exec", "execute") \
+                    and isinstance(node.value, ast.Name) and node.value.id in ("store", "s", "session", "conn"):
+                offenders.append(f"{path.name}:{node.lineno} calls {node.value.id}.{node.attr}")
+    assert not offenders, offenders

@@ -33,7 +33,7 @@ from aflowctl.optimizer.convergence import check_convergence
 from aflowctl.optimizer.parse import ProposalError, normalise_modification, parse_proposal
 from aflowctl.optimizer.prompt import messages_to_text, render_optimize_prompt
 from aflowctl.optimizer.selection import Candidate, round_rng, select_parent, top_candidates
-from aflowctl.store import Experience, Workflow, queries, runs, utcnow
+from aflowctl.store import queries, runs
 from aflowctl.store.runs import RunStatus
 from aflowctl.store.db import Store
 
@@ -165,15 +165,9 @@ class Optimizer:
 
             h = "raw-" + hashlib.sha256((graph + "\0" + prompt).encode()).hexdigest()[:40]
 
-        def txn(s):
-            wf = Workflow(run_id=self.run_id, round=round_no, parent_id=parent_id, dataset=self.oc.dataset,
-                          graph_code=graph, prompt_code=prompt, hash=h, modification=modification,
-                          status=status, error=error, created_at=utcnow())
-            s.add(wf)
-            s.flush()
-            return wf.id
-
-        return self.store.transact(txn)
+        return runs.add_workflow(self.store, run_id=self.run_id, round_no=round_no, parent_id=parent_id,
+                                 dataset=self.oc.dataset, graph=graph, prompt=prompt, hash=h, modification=modification,
+                                 status=status, error=error)
 
     def _workflow_rows(self) -> list[dict]:
         return queries.list_workflows(self.store, run_id=self.run_id)
@@ -380,21 +374,18 @@ class Optimizer:
         group_id = f"{self.run_id}:{self._initial_hash()[:12]}"
         policy_version = _optimizer_name(self.cfg)
 
-        def txn(s):
-            for c in children:
-                after = float(np.mean(c.scores)) if c.valid and c.scores else None
-                reward = (after - parent_score) if after is not None else 0.0
-                s.add(Experience(
-                    run_id=self.run_id, round=round_no, group_id=group_id,
-                    episode_id=f"{self.run_id}/r{round_no}/k{c.k}", step=round_no - 2,
-                    anchor=parent["hash"], parent_workflow_id=parent["id"], child_workflow_id=c.workflow_id,
-                    prompt=c.prompt_text, action_text=c.action_text, modification=c.modification,
-                    reward=reward, score_before=parent_score, score_after=after, valid=c.valid and after is not None,
-                    error=c.error if not c.valid else None, policy_version=policy_version, created_at=utcnow(),
-                ))
-            runs.update_state_in(s, self.run_id, completed_round=round_no)
-
-        self.store.transact(txn)
+        rows = []
+        for c in children:
+            after = float(np.mean(c.scores)) if c.valid and c.scores else None
+            rows.append(dict(
+                group_id=group_id, episode_id=f"{self.run_id}/r{round_no}/k{c.k}", step=round_no - 2,
+                anchor=parent["hash"], parent_workflow_id=parent["id"], child_workflow_id=c.workflow_id,
+                prompt=c.prompt_text, action_text=c.action_text, modification=c.modification,
+                reward=(after - parent_score) if after is not None else 0.0, score_before=parent_score,
+                score_after=after, valid=c.valid and after is not None, error=c.error if not c.valid else None,
+                policy_version=policy_version,
+            ))
+        runs.record_round(self.store, self.run_id, round_no, rows)
 
     def _initial_hash(self) -> str:
         rows = [r for r in self._workflow_rows() if r["round"] == 1]

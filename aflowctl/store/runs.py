@@ -332,6 +332,37 @@ def update_state(store: Store, run_id: str, **state: Any) -> None:
     store.transact(lambda s: update_state_in(s, run_id, **state))
 
 
+def add_workflow(store: Store, *, run_id: str, round_no: int, parent_id: Optional[int], dataset: Optional[str],
+                 graph: str, prompt: str, hash: str, modification: Optional[str], status: str = "valid",
+                 error: Optional[str] = None) -> int:
+    """Store a workflow of a run (a round's child, valid or invalid); returns its id."""
+    from aflowctl.store.models import Workflow
+
+    def txn(s: Any) -> int:
+        wf = Workflow(run_id=run_id, round=round_no, parent_id=parent_id, dataset=dataset, graph_code=graph,
+                      prompt_code=prompt, hash=hash, modification=modification, status=status, error=error,
+                      created_at=utcnow())
+        s.add(wf)
+        s.flush()
+        return wf.id
+
+    return store.transact(txn)
+
+
+def record_round(store: Store, run_id: str, round_no: int, experiences: list[dict]) -> None:
+    """Commit a round: its experiences (``Experience`` fields, without run, round and time)
+    and the cursor ``completed_round`` in one transaction, so a round is all or nothing."""
+    from aflowctl.store.models import Experience
+
+    def txn(s: Any) -> None:
+        now = utcnow()
+        for e in experiences:
+            s.add(Experience(run_id=run_id, round=round_no, created_at=now, **e))
+        update_state_in(s, run_id, completed_round=round_no)
+
+    store.transact(txn)
+
+
 def _discard(session: Any, run_id: str, after: int) -> None:
     c = session.connection()
     p = {"r": run_id, "n": after}
