@@ -192,3 +192,37 @@ def test_resume_after_kill_9_of_aflowctl_evaluate(_isolated_home, tmp_path):
     assert all(s == "done" for s, _, _ in by_key.values())
     assert runs == {out["run_id"]: "completed"}  # the interrupted run was resumed, not duplicated
     assert "resuming the interrupted run" not in res.stderr  # --json: nothing but JSON on stdout, no chatter
+
+
+def test_the_same_evaluation_twice_at_once_is_one_run(_isolated_home):
+    """A second identical evaluate while the first runs would resume the first's run: it is
+    refused in one line naming the process that executes it (one process per run)."""
+    import socket
+
+    home = _isolated_home
+    with OpenAIServer(_responder(_answers()), latency_s=0.5) as srv:
+        cmd = [sys.executable, "-m", "aflowctl.cli", "evaluate", "--dataset", "gsm8k", "--limit", "24",
+               "--executor-model", "openai/m", "--api-base", srv.url, "--workers", "1", "--concurrency", "1", "--json"]
+        env = {**os.environ, "AFLOWCTL_HOME": str(home)}
+        first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        db = home / "aflowctl.db"
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and first.poll() is None:  # wait until the first holds its run
+            time.sleep(0.1)
+            try:
+                conn = sqlite3.connect(db)
+                held = conn.execute("SELECT COUNT(*) FROM run_leases").fetchone()[0]
+                conn.close()
+            except sqlite3.Error:
+                continue
+            if held:
+                break
+        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert second.returncode == 1, second.stderr
+    line = _one_line_error(second)
+    assert f"is being executed by pid {first.pid} on {socket.gethostname()}" in line
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT COUNT(*), MIN(status) FROM runs").fetchone() == (1, "completed")
+    conn.close()
