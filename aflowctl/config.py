@@ -182,6 +182,10 @@ class OptimizeConfig(_Strict):
     policy: Optional[str] = _f(
         None, role=E, description="a trained policy (training run id, checkpoint or exported folder) as optimizer"
     )
+    action_format: Literal["code", "edit", "auto"] = _f(
+        "code", role=E,
+        description="what the optimizer answers: code (graph.py/prompt.py), edit (one JSON edit, docs/edits.md), auto",
+    )
     policy_guidance_weight: float = _f(
         0.0, role=E, description="weight of the policy's value estimate in parent selection", ge=0, le=1
     )
@@ -212,7 +216,13 @@ class TrainConfig(_Strict):
     executor: ModelConfig = Field(
         default_factory=lambda: ModelConfig(model="local/smollm2"), description="the model the workflows call"
     )
-    validation_limit: Optional[int] = _f(8, role=E, description="validation problems scored per workflow", ge=1)
+    validation_limit: Optional[int] = _f(
+        8, role=E, description="validation problems drawn per GiGPO group and shared by its episodes", ge=1
+    )
+    action_format: Literal["code", "edit", "auto"] = _f(
+        "code", role=E,
+        description="what the policy answers: code (graph.py/prompt.py), edit (one JSON edit, docs/edits.md), auto",
+    )
     # episodes and batches
     epochs: int = _f(1, role=R, description="passes over the start states", ge=1)
     groups_per_epoch: Optional[int] = _f(None, role=E, description="default: one group per start state", ge=1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import math
 
 import numpy as np
@@ -10,10 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aflowctl.optimizer import mutate
 from aflowctl.optimizer.convergence import check_convergence
-from aflowctl.optimizer.experience import Tried, render_experience
-from aflowctl.optimizer.parse import ProposalError, parse_proposal
+from aflowctl.mdp.experience import Tried, render_experience
+from aflowctl.mdp.parse import ProposalError, parse_proposal
 from aflowctl.optimizer.selection import (
     Candidate,
     blend_with_policy,
@@ -138,55 +136,3 @@ def test_parse_good_and_fenced():
 def test_parse_strict_errors(text, match):
     with pytest.raises(ProposalError, match=match):
         parse_proposal(text)
-
-
-SEED_GRAPH = '''from aflowctl.workflow.api import operator, create_llm_instance
-
-class Workflow:
-    def __init__(self, name, llm_config, dataset):
-        self.llm = create_llm_instance(llm_config)
-        self.custom = operator.Custom(self.llm)
-
-    async def __call__(self, problem):
-        s = await self.custom(input=problem, instruction=prompt_custom.SOLVE)
-        return s["response"], self.llm.get_usage_summary()["total_cost"]
-'''
-SEED_PROMPT = 'SOLVE = "Solve it."\n'
-
-
-@pytest.mark.parametrize("kind", ["math", "qa", "code"])
-def test_mutations_are_valid_code_and_round_trip(kind):
-    rng = np.random.default_rng(0)
-    graph, prompt = SEED_GRAPH, SEED_PROMPT
-    seen = []
-    for _ in range(6):
-        m = mutate.propose(graph, prompt, kind=kind, rng=rng, tried=seen)
-        ast.parse(m.graph)
-        ast.parse(m.prompt)
-        assert "from aflowctl.workflow.api import operator, create_llm_instance" in m.graph
-        assert mutate.read_spec(m.graph, m.prompt, kind) == m.spec
-        assert m.modification not in seen
-        seen.append(m.modification)
-        graph, prompt = m.graph, m.prompt
-
-
-def test_mutation_is_seeded_and_respects_tried():
-    a = mutate.propose(SEED_GRAPH, SEED_PROMPT, kind="math", rng=np.random.default_rng(3))
-    b = mutate.propose(SEED_GRAPH, SEED_PROMPT, kind="math", rng=np.random.default_rng(3))
-    assert a == b
-    spec = mutate.read_spec(SEED_GRAPH, SEED_PROMPT, "math")
-    all_mods = [m for m, _ in mutate.candidate_edits(spec)]
-    with pytest.raises(ProposalError, match="already tried"):
-        mutate.propose(SEED_GRAPH, SEED_PROMPT, kind="math", rng=np.random.default_rng(0), tried=all_mods)
-
-
-def test_mutation_respects_operator_set():
-    spec = mutate.read_spec(SEED_GRAPH, SEED_PROMPT, "math")
-    mods = [m for m, _ in mutate.candidate_edits(spec, ["Custom", "ScEnsemble"])]
-    assert any("ensemble" in m for m in mods)
-    assert not any("Programmer" in m or "Review" in m for m in mods)
-
-
-def test_seed_instruction_is_read_from_prompt():
-    spec = mutate.read_spec(SEED_GRAPH, SEED_PROMPT, "math")
-    assert spec.instruction == "Solve it." and spec.answer_op == "Custom" and spec.ensemble == 1

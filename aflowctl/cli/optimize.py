@@ -47,6 +47,7 @@ def optimize(
     force: Annotated[bool, typer.Option("--force", help="resume even if the config differs")] = False,
     candidates: Annotated[Optional[int], typer.Option("--candidates", help="K modifications sampled and evaluated per round")] = None,
     policy: Annotated[Optional[str], typer.Option("--policy", help="trained policy checkpoint or exported directory as optimizer")] = None,
+    action_format: Annotated[Optional[str], typer.Option("--action-format", help="what the optimizer answers: code, edit (one JSON edit, docs/edits.md) or auto")] = None,
     executor: Annotated[Optional[str], typer.Option("--executor", help="rollout backend: process or ray")] = None,
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address")] = None,
     test: Annotated[bool, typer.Option("--test", help="after the search, evaluate the best workflow on the test split")] = False,
@@ -58,6 +59,7 @@ def optimize(
     """Search for a better workflow (AFlow): select, propose, evaluate, record, converge."""
     from aflowctl.errors import UsageError
     from aflowctl.optimizer.run import run_optimize
+    from aflowctl.trainer.serve import serve_policy
 
     if candidates is not None and candidates < 1:
         raise UsageError("--candidates must be at least 1", "pass --candidates 1 for AFlow's behaviour")
@@ -72,6 +74,7 @@ def optimize(
         "optimize.seed": seed,
         "optimize.budget_usd": budget_usd,
         "optimize.candidates": candidates,
+        "optimize.action_format": action_format,
         # a path is stored absolute (resume from anywhere); a training run id as it is
         "optimize.policy": (str(Path(policy).resolve()) if Path(policy).exists() else policy) if policy else None,
         "rollout.workers": workers,
@@ -79,7 +82,7 @@ def optimize(
         "rollout.ray_address": ray_address,
     }
     outcome = run_optimize(db=db, config=config, overrides=overrides, run_id=run_id, resume=resume, force=force,
-                           test=test, test_round=round_, check_providers=not no_preflight,
+                           test=test, test_round=round_, serve_policy=serve_policy, check_providers=not no_preflight,
                            progress=_progress_printer(json_out), notify=lambda line: err_console.print(line, markup=False))
     if json_out:
         print_json(dataclasses.asdict(outcome))

@@ -27,6 +27,7 @@ def train_cmd(
     sft_only: Annotated[bool, typer.Option("--sft-only", help="only the SFT warm start, no GiGPO")] = False,
     policy_model: Annotated[Optional[str], typer.Option("--policy-model", help="HF model directory or GGUF file of the policy")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="override train.epochs")] = None,
+    action_format: Annotated[Optional[str], typer.Option("--action-format", help="what the policy answers: code, edit (one JSON edit, docs/edits.md) or auto")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:N")] = None,
     seed: SeedOpt = None,
     max_updates: Annotated[Optional[int], typer.Option("--max-updates", help="stop after this many updates in total")] = None,
@@ -48,7 +49,8 @@ def train_cmd(
     if max_updates is not None and max_updates < 1:
         raise UsageError("--max-updates must be >= 1", "pass a positive number")
     store = open_store(db)
-    overrides = {"train.policy_model": policy_model, "train.epochs": epochs, "train.device": device, "train.seed": seed}
+    overrides = {"train.policy_model": policy_model, "train.epochs": epochs, "train.action_format": action_format,
+                 "train.device": device, "train.seed": seed}
     if resume and config is None:
         from aflowctl.store import runs
 

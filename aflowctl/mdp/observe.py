@@ -1,11 +1,18 @@
-"""The optimizer prompt: one rendering used by `aflowctl optimize` and by the trainer."""
+"""Observations: a search state rendered as the chat messages the optimizer (or policy) sees.
+
+Two renderings, one per action format, used alike by ``aflowctl optimize`` and by the
+trainer: :func:`render_optimize_prompt` (code format: AFlow's prompt with the parent's
+full graph.py/prompt.py) and :func:`render_edit_prompt` (edit format: the pipeline as
+a short spec, the edits that apply, what was tried and how it went; short enough for
+a 135M model: under ~600 tokens).
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
-from aflowctl.optimizer.experience import Tried, render_experience
+from aflowctl.mdp.experience import Tried, render_experience
 
 SYSTEM = (
     "You improve agentic workflows: small Python programs that solve a task by calling an LLM through "
@@ -86,3 +93,57 @@ Current workflow (validation score {score}):
 def messages_to_text(messages: list[dict]) -> str:
     """Canonical text form of a rendered prompt (stored in experiences.prompt)."""
     return json.dumps(messages, ensure_ascii=False)
+
+
+EDIT_SYSTEM = "You improve a workflow that solves {task} by choosing ONE edit. Reply with one JSON object and nothing else."
+
+
+def _spec_line(spec) -> str:
+    steps = [f"answer ({spec.answer_op})"]
+    if spec.ensemble > 1:
+        steps.append(f"ensemble (k={spec.ensemble})")
+    steps += [s for s in ("programmer", "test", "review") if getattr(spec, s)]
+    return " -> ".join(steps)
+
+
+def _short(text: str, n: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def render_edit_prompt(
+    *,
+    kind: str,
+    spec,
+    score: float | None,
+    tried: Sequence[Tried],
+    failed_cases: Sequence[dict],
+    edits: Sequence[str],
+    error_feedback: str | None = None,
+    max_tried: int = 6,
+) -> list[dict]:
+    """Chat messages asking for one edit (see docs/edits.md) of the pipeline ``spec``."""
+    task = {"math": "math problems", "qa": "questions about a text", "code": "Python coding tasks"}.get(kind, kind)
+    sc = "not evaluated" if score is None else f"{100 * score:.0f}%"
+    lines = [f"Workflow (score {sc}): {_spec_line(spec)}", f"Answer instruction: {_short(spec.instruction, 160)}", "", "Edits:"]
+    lines += edits
+    shown = list(tried)[-max_tried:]
+    if shown:
+        lines += ["", "Tried on this workflow:"]
+        for t in shown:
+            if not t.valid:
+                lines.append(f"{_short(t.modification, 90)} -> invalid: {_short(t.error or '', 80)}")
+            else:
+                lines.append(f"{_short(t.modification, 90)} -> {_pct(t.score_after)}")
+    for c in list(failed_cases)[:1]:
+        lines += ["", (f"Failed: {_short(c.get('question', ''), 100)} expected {_short(c.get('expected', ''), 20)}, "
+                      f"got {_short(c.get('prediction', ''), 60)}")]
+    lines += ["", "Reply with one JSON edit."]
+    messages = [{"role": "system", "content": EDIT_SYSTEM.format(task=task)}, {"role": "user", "content": "\n".join(lines)}]
+    if error_feedback:
+        messages.append({"role": "user", "content": f"That edit could not be used: {_short(error_feedback, 200)}. Reply with another JSON edit."})
+    return messages
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f}%"

@@ -21,7 +21,7 @@ class Proposal:
     prompt: str
 
 
-_FENCE = re.compile(r"^\s*```[a-zA-Z0-9_+-]*\s*\n(.*?)\n?\s*```\s*$", re.S)
+_FENCE = re.compile(r"^\s*```[a-zA-Z0-9_+-]*\s*\n(.*?)\n?\s*```\s*$", re.DOTALL)
 
 
 def _strip_fence(text: str) -> str:
@@ -35,7 +35,7 @@ def parse_proposal(text: str) -> Proposal:
         raise ProposalError("the response is empty", "answer with <modification>, <graph> and <prompt> sections")
     parts = {}
     for tag in TAGS:
-        found = re.findall(rf"<{tag}>(.*?)</{tag}>", text, flags=re.S)
+        found = re.findall(rf"<{tag}>(.*?)</{tag}>", text, flags=re.DOTALL)
         if not found:
             opened = f"<{tag}>" in text
             raise ProposalError(

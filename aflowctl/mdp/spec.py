@@ -1,32 +1,27 @@
-"""The LLM-free proposer (``--optimizer-model mutate``).
+"""The pipeline spec behind the edit language: read it from a workflow, compile it to code.
 
-A workflow it writes is generated from a small pipeline description (``WORKFLOW_SPEC``,
-kept as a literal in graph.py so that the next mutation can read it back):
+A workflow written by an edit (or by ``mutate``) is generated from a small pipeline
+description, kept as the ``WORKFLOW_SPEC`` literal in graph.py so that the next edit
+can read it back:
 
     answer step (Custom | AnswerGenerate | CustomCodeGenerate, with an instruction)
     -> optional k-sample self-consistency ensemble (ScEnsemble)
     -> optional Programmer step (math)          -> optional Test step (code)
     -> optional Review/Revise step
 
-One edit from a catalogue is applied per proposal (wrap the answer step in an
-ensemble, change k, add or remove a Programmer/Test/Review step, swap the instruction
-for another from a library), chosen with the run's seeded generator among the edits
-not yet tried on this parent. The code is generated, so it is valid by construction;
-the import lines are the parent's own. A parent it did not write (a seed, or an
-LLM-written workflow) is read as the plain answer step of its kind, using its first
-prompt constant as the instruction.
+:func:`render` compiles a spec deterministically into an ordinary graph.py/prompt.py
+(the import lines are the parent's own). A parent without ``WORKFLOW_SPEC`` (a seed,
+or an LLM-written workflow) is read as the plain answer step of its kind, with its
+first prompt constant as the instruction (:func:`read_spec`); :func:`spec_literal`
+says whether a workflow carries a spec at all.
 """
 
 from __future__ import annotations
 
 import ast
 import pprint
-from dataclasses import asdict, dataclass, replace
-from typing import Sequence
-
-import numpy as np
-
-from aflowctl.optimizer.parse import ProposalError, normalise_modification
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
 INSTRUCTIONS: dict[str, list[str]] = {
     "math": [
@@ -70,7 +65,7 @@ def default_answer_op(kind: str) -> str:
 # ---------------------------------------------------------------- reading a parent
 
 
-def _import_lines(graph: str) -> list[str]:
+def import_lines(graph: str) -> list[str]:
     tree = ast.parse(graph)
     lines = graph.splitlines()
     out = []
@@ -96,9 +91,12 @@ def _first_prompt_constant(prompt: str) -> str | None:
     return None
 
 
-def read_spec(graph: str, prompt: str, kind: str) -> Spec:
-    """The parent's pipeline: its WORKFLOW_SPEC, or the plain answer step of its kind."""
-    tree = ast.parse(graph)
+def spec_literal(graph: str) -> dict | None:
+    """The ``WORKFLOW_SPEC`` dict of graph.py, or None when it has none (or graph.py does not parse)."""
+    try:
+        tree = ast.parse(graph)
+    except SyntaxError:
+        return None
     for node in tree.body:
         if (
             isinstance(node, ast.Assign)
@@ -108,9 +106,20 @@ def read_spec(graph: str, prompt: str, kind: str) -> Spec:
         ):
             try:
                 data = ast.literal_eval(node.value)
-                return Spec(**data)
-            except (ValueError, TypeError):
-                break
+            except ValueError:
+                return None
+            return data if isinstance(data, dict) else None
+    return None
+
+
+def read_spec(graph: str, prompt: str, kind: str) -> Spec:
+    """The parent's pipeline: its WORKFLOW_SPEC, or the plain answer step of its kind."""
+    data = spec_literal(graph)
+    if data is not None:
+        try:
+            return Spec(**data)
+        except TypeError:
+            pass
     instruction = _first_prompt_constant(prompt) or INSTRUCTIONS.get(kind, INSTRUCTIONS["math"])[0]
     return Spec(kind=kind, answer_op=default_answer_op(kind), instruction=instruction)
 
@@ -202,79 +211,3 @@ def render(spec: Spec, import_lines: Sequence[str]) -> tuple[str, str]:
     # Custom sends instruction + input with nothing between them: end the instruction with a blank line
     prompt = f"ANSWER_PROMPT = {spec.instruction.rstrip() + chr(10) * 2!r}\n"
     return graph, prompt
-
-
-# ---------------------------------------------------------------- the catalogue
-
-
-def candidate_edits(spec: Spec, allowed_ops: Sequence[str] | None = None) -> list[tuple[str, Spec]]:
-    """Every single edit applicable to ``spec``: (modification text, new spec)."""
-    allowed = set(allowed_ops) if allowed_ops else None
-
-    def ok(*ops: str) -> bool:
-        return allowed is None or all(o in allowed for o in ops)
-
-    edits: list[tuple[str, Spec]] = []
-    if spec.ensemble <= 1:
-        for k in ENSEMBLE_SIZES:
-            if ok("ScEnsemble"):
-                edits.append((f"Wrap the answer step in a {k}-sample self-consistency ensemble (ScEnsemble)", replace(spec, ensemble=k)))
-    else:
-        for k in ENSEMBLE_SIZES:
-            if k != spec.ensemble:
-                edits.append((f"Change the self-consistency ensemble from {spec.ensemble} to {k} samples", replace(spec, ensemble=k)))
-        edits.append(("Remove the self-consistency ensemble (single answer)", replace(spec, ensemble=1)))
-    if spec.kind == "math":
-        if not spec.programmer and ok("Programmer"):
-            edits.append(("Add a Programmer step that computes the answer with Python and appends its output", replace(spec, programmer=True)))
-        elif spec.programmer:
-            edits.append(("Remove the Programmer step", replace(spec, programmer=False)))
-    if spec.kind == "code":
-        if not spec.test and ok("Test"):
-            edits.append(("Add a Test step that runs the public tests and repairs the solution", replace(spec, test=True)))
-        elif spec.test:
-            edits.append(("Remove the Test step", replace(spec, test=False)))
-    if not spec.review and ok("Review", "Revise"):
-        edits.append(("Add a Review/Revise step that checks the answer and revises it when the review fails", replace(spec, review=True)))
-    elif spec.review:
-        edits.append(("Remove the Review/Revise step", replace(spec, review=False)))
-    if spec.kind == "qa" and spec.answer_op == "Custom" and ok("AnswerGenerate"):
-        edits.append(("Use AnswerGenerate (thought then answer) for the answer step", replace(spec, answer_op="AnswerGenerate")))
-    elif spec.kind == "qa" and spec.answer_op == "AnswerGenerate":
-        edits.append(("Use Custom for the answer step", replace(spec, answer_op="Custom")))
-    for i, text in enumerate(INSTRUCTIONS.get(spec.kind, INSTRUCTIONS["math"])):
-        if text != spec.instruction:
-            edits.append((f"Replace the answer instruction with library prompt {spec.kind}-{i + 1}: {text!r}", replace(spec, instruction=text)))
-    return edits
-
-
-@dataclass(frozen=True)
-class Mutation:
-    modification: str
-    graph: str
-    prompt: str
-    spec: Spec
-
-    def as_response(self) -> str:
-        """The proposal in the optimizer's answer format (stored as the action text)."""
-        return f"<modification>{self.modification}</modification>\n<graph>\n{self.graph}</graph>\n<prompt>\n{self.prompt}</prompt>\n"
-
-
-def propose(
-    graph: str,
-    prompt: str,
-    *,
-    kind: str,
-    rng: np.random.Generator,
-    tried: Sequence[str] = (),
-    allowed_ops: Sequence[str] | None = None,
-) -> Mutation:
-    """One seeded edit of the parent, not among ``tried`` (modification texts)."""
-    spec = read_spec(graph, prompt, kind)
-    tried_keys = {normalise_modification(t) for t in tried}
-    edits = [(m, s) for m, s in candidate_edits(spec, allowed_ops) if normalise_modification(m) not in tried_keys]
-    if not edits:
-        raise ProposalError("every mutation in the catalogue was already tried on this parent", "select another parent")
-    modification, new_spec = edits[int(rng.integers(len(edits)))]
-    new_graph, new_prompt = render(new_spec, _import_lines(graph))
-    return Mutation(modification, new_graph, new_prompt, new_spec)

@@ -1,6 +1,8 @@
 """``optimize`` as one call: config, checks, the run's lifecycle, the search, the test split.
 
-The CLI parses its options into :func:`run_optimize` and prints what it returns.
+The CLI parses its options into :func:`run_optimize` and prints what it returns. A
+trained policy as optimizer is served by ``serve_policy`` (the CLI passes
+:func:`aflowctl.trainer.serve.serve_policy`; the optimizer never imports the trainer).
 """
 
 from __future__ import annotations
@@ -8,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from aflowctl.config import Config, ModelConfig
+from aflowctl.errors import ConfigError
 from aflowctl.optimizer.search import OptimizeOutcome, Progress
 
 Notify = Callable[[str], None]
@@ -36,6 +40,7 @@ def run_optimize(
     check_providers: bool = True,
     progress: Optional[Progress] = None,
     notify: Notify = lambda line: None,
+    serve_policy: Optional[Callable[[Config], ModelConfig]] = None,
 ) -> OptimizeOutcome:
     from loguru import logger
 
@@ -51,10 +56,12 @@ def run_optimize(
     if resume or run_id:
         runs.check_not_busy(store, resume or run_id)
     cfg = optimize_config(store, config=config, overrides=overrides, resume=resume)
+    policy_model = None
     if cfg.optimize.policy:
-        from aflowctl.optimizer.policy import check_policy
-
-        check_policy(cfg.optimize.policy, cfg)
+        if serve_policy is None:
+            raise ConfigError("optimize.policy is set but nothing serves a policy here",
+                              "pass serve_policy=aflowctl.trainer.serve.serve_policy")
+        policy_model = serve_policy(cfg)  # refuses a missing policy or another base model
     preflight(cfg)
     if check_providers:
         from aflowctl.preflight import check_models
@@ -74,7 +81,7 @@ def run_optimize(
            f"executor {cfg.optimize.executor.model}")
     try:
         with RolloutPool(store, cfg.rollout) as pool:
-            opt = Optimizer(store, cfg, rid, pool=pool, progress=progress)
+            opt = Optimizer(store, cfg, rid, pool=pool, progress=progress, policy_model=policy_model)
             outcome = opt.run()
             if test and outcome.status in ("completed", "converged"):
                 outcome.test = opt.evaluate_test(test_round)

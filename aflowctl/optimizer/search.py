@@ -25,13 +25,13 @@ from typing import Any, Callable, Optional
 import numpy as np
 from loguru import logger
 
-from aflowctl.config import Config
-from aflowctl.errors import AflowctlError, BudgetExceeded, NotFoundError, stops_run
-from aflowctl.optimizer import experience as exp_mod
-from aflowctl.optimizer import mutate as mutate_mod
+from aflowctl.config import Config, ModelConfig
+from aflowctl.errors import AflowctlError, BudgetExceeded, ConfigError, NotFoundError
+from aflowctl.mdp import experience as exp_mod
+from aflowctl.mdp.core import EvalPlan, SearchMDP, SearchState, one_line
+from aflowctl.mdp.observe import messages_to_text
+from aflowctl.mdp.parse import ProposalError, normalise_modification
 from aflowctl.optimizer.convergence import check_convergence
-from aflowctl.optimizer.parse import ProposalError, normalise_modification, parse_proposal
-from aflowctl.optimizer.prompt import messages_to_text, render_optimize_prompt
 from aflowctl.optimizer.selection import Candidate, round_rng, select_parent, top_candidates
 from aflowctl.store import queries, runs
 from aflowctl.store.runs import RunStatus
@@ -80,6 +80,9 @@ def preflight(cfg: Config) -> None:
     from aflowctl.llm.registry import resolve
 
     bench = benchmarks.get(cfg.optimize.dataset)
+    check_action_format(cfg.optimize.action_format, dataset=cfg.optimize.dataset, kind=bench.kind)
+    if cfg.optimize.optimizer.model == "mutate" and not cfg.optimize.policy:
+        check_action_format("edit", dataset=cfg.optimize.dataset, kind=bench.kind)  # mutate picks edits
     if not bench.load("validate"):
         raise AflowctlError(f"the validation split of {cfg.optimize.dataset} is empty", f"aflowctl data fetch {cfg.optimize.dataset}")
     resolve(cfg.optimize.executor.model)
@@ -91,9 +94,11 @@ def preflight(cfg: Config) -> None:
 
 
 class Optimizer:
-    """One optimize run. ``evaluate`` and ``make_llm`` are injectable for tooling."""
+    """One optimize run. With ``optimize.policy`` set, ``policy_model`` is how the policy is
+    served (see :func:`aflowctl.trainer.serve.policy_model_config`)."""
 
-    def __init__(self, store: Store, cfg: Config, run_id: str, *, pool: Any, progress: Optional[Progress] = None):
+    def __init__(self, store: Store, cfg: Config, run_id: str, *, pool: Any, progress: Optional[Progress] = None,
+                 policy_model: Optional[ModelConfig] = None):
         from aflowctl import benchmarks
 
         self.store = store
@@ -108,6 +113,12 @@ class Optimizer:
         self._optimizer_llm = None
         self._wait_s = 0.0  # time spent waiting on LLM calls and evaluations in this round
         self.round_stats: list[dict] = []  # per round: wall_s, wait_s, overhead_s
+        self.policy_model = policy_model
+        if self.oc.policy and policy_model is None:
+            raise ConfigError("optimize.policy is set but the policy is not served",
+                              "pass policy_model=aflowctl.trainer.serve.policy_model_config(...)")
+        self.mdp = SearchMDP(dataset=self.oc.dataset, operators=self.oc.operators, action_format=self.oc.action_format,
+                             failed_cases=self.oc.failed_cases, evaluate=self._mdp_evaluate)
         self._check_models()
 
     def _check_models(self) -> None:
@@ -137,7 +148,8 @@ class Optimizer:
         return llm.model_copy(update={"budget_usd": budget})
 
     def _evaluate(self, graph: str, prompt: str, *, workflow_id: Optional[int], repeats: int, split: str = "validate",
-                  indices: Optional[list[int]] = None, limit: Optional[int] = None, store_rows: bool = True):
+                  indices: Optional[list[int]] = None, limit: Optional[int] = None, store_rows: bool = True,
+                  seed: Optional[int] = None):
         from aflowctl.rollout.evaluate import evaluate_workflow
         from aflowctl.workflow.loader import WorkflowSource
 
@@ -149,10 +161,18 @@ class Optimizer:
                 self.store, WorkflowSource(graph=graph, prompt=prompt), dataset=self.oc.dataset, split=split,
                 executor=self.oc.executor, llm_cfg=self._llm_cfg(), rollout_cfg=self.cfg.rollout, repeats=repeats,
                 limit=limit, indices=indices, run_id=self.run_id, workflow_id=workflow_id if store_rows else None,
-                seed=self.oc.seed, pool=self.pool, store_rows=store_rows,
+                seed=self.oc.seed if seed is None else seed, pool=self.pool, store_rows=store_rows,
             )
         finally:
             self._wait_s += time.perf_counter() - t0
+
+    def _mdp_evaluate(self, src, *, indices, seed, repeats=1, workflow_id=None, store_rows=False):
+        return self._evaluate(src.graph, src.prompt, workflow_id=workflow_id, repeats=repeats, indices=list(indices),
+                              store_rows=store_rows, seed=seed)
+
+    def plan(self) -> EvalPlan:
+        """Every workflow of the run is scored on the same problems with the same executor seed."""
+        return EvalPlan(indices=tuple(range(len(self.val_problems))), seed=self.oc.seed)
 
     def _insert_workflow(self, *, round_no: int, parent_id: Optional[int], graph: str, prompt: str,
                          modification: Optional[str], status: str = "valid", error: Optional[str] = None) -> int:
@@ -182,104 +202,62 @@ class Optimizer:
 
     def _failed_cases(self, workflow_id: int) -> list[dict]:
         details = queries.first_evaluation_details(self.store, workflow_id)
-        if details is None:
-            return []
-        out = []
-        for d in details:
-            if d.get("score", 1.0) >= 1.0:
-                continue
-            idx = d.get("index")
-            if idx is None or idx >= len(self.val_problems):
-                continue
-            problem = self.val_problems[idx]
-            out.append({
-                "question": self.bench.inputs(problem)[0],
-                "expected": self.bench.expected(problem),
-                "prediction": d.get("prediction") if d.get("prediction") is not None else d.get("answer", d.get("error", "")),
-            })
-            if len(out) >= self.oc.failed_cases:
-                break
-        return out
-
-    def _operator_descriptions(self) -> str:
-        from aflowctl.workflow.registry import operator_descriptions
-
-        return operator_descriptions(list(self.oc.operators))
+        return self.mdp.failed_cases(details) if details is not None else []
 
     def _get_optimizer_llm(self):
         if self._optimizer_llm is None:
             from aflowctl.llm.client import make_llm
 
-            mc = self.oc.optimizer
-            role = "optimizer"
-            if self.oc.policy:
-                from aflowctl.optimizer.policy import policy_model_config
-
-                mc = policy_model_config(self.oc.policy, self.oc.optimizer)
-                role = "policy"
+            mc, role = (self.policy_model, "policy") if self.oc.policy else (self.oc.optimizer, "optimizer")
             self._optimizer_llm = make_llm(mc, role=role, run_id=self.run_id, store=self.store, llm_cfg=self._llm_cfg())
         return self._optimizer_llm
 
     # -------------------------------------------------------------- proposal
 
-    def _propose_one(self, round_no: int, k: int, parent: dict, parent_score: float, tried: list[exp_mod.Tried],
-                     exclude: list[str], failed_cases: list[dict], first: Optional[mutate_mod.Mutation] = None) -> _Child:
-        """One child of ``parent``: retried up to max_retries with the error fed back.
+    def _propose_one(self, round_no: int, k: int, state: SearchState, exclude: list[str],
+                     first: Optional[tuple[str, str]] = None) -> _Child:
+        """One child of the parent ``state``: retried up to max_retries with the reason fed back.
 
-        ``exclude`` holds modifications taken by sibling candidates of this round."""
-        from aflowctl.workflow.loader import WorkflowSource, check_source
-
-        tried_texts = [t.modification for t in tried] + list(exclude)
-        tried_keys = {normalise_modification(t) for t in [t.modification for t in tried]}
-        use_mutate = self._uses_mutate()
-        render = dict(
-            dataset=self.oc.dataset, kind=self.kind, parent_graph=parent["graph_code"], parent_prompt=parent["prompt_code"],
-            parent_score=parent_score, experience=tried, failed_cases=failed_cases,
-            operator_descriptions=self._operator_descriptions(),
-        )
-        prompt_text = messages_to_text(render_optimize_prompt(**render))
+        Only what the answer got wrong is retried (an invalid action, see
+        :mod:`aflowctl.mdp.core`); any other error stops the run. ``exclude`` holds the
+        modifications taken by sibling candidates of this round (``mutate`` avoids them)."""
+        plan = self.plan()
+        prompt_text = messages_to_text(self.mdp.observe(state))
+        taken = list(exclude)
         feedback: Optional[str] = None
         last = _Child(k=k, modification=None, action_text="", prompt_text=prompt_text)
         for attempt in range(self.oc.max_retries + 1):
-            try:
-                if use_mutate:
-                    m = first if (attempt == 0 and first is not None) else mutate_mod.propose(
-                        parent["graph_code"], parent["prompt_code"], kind=self.kind,
-                        rng=round_rng(self.oc.seed, round_no, 1000 + 10 * k + attempt),
-                        tried=tried_texts, allowed_ops=self.oc.operators)
-                    tried_texts.append(m.modification)
-                    action, modification, graph, prompt = m.as_response(), m.modification, m.graph, m.prompt
+            if self._uses_mutate():
+                if attempt == 0 and first is not None:
+                    action, mod = first
                 else:
-                    msgs = render_optimize_prompt(**render, error_feedback=feedback)
-                    llm = self._get_optimizer_llm()
-                    t0 = time.perf_counter()
                     try:
-                        sample = _run_async(llm.generate(msgs, temperature=self.oc.optimizer.temperature,
-                                                         seed=self.oc.seed * 1_000_003 + round_no * 101 + k))
-                    finally:
-                        self._wait_s += time.perf_counter() - t0
-                    action = sample.text
-                    last = _Child(k=k, modification=None, action_text=action, prompt_text=prompt_text)
-                    p = parse_proposal(action)
-                    modification, graph, prompt = p.modification, p.graph, p.prompt
-                last = _Child(k=k, modification=modification, action_text=action, prompt_text=prompt_text, graph=graph, prompt=prompt)
-                if normalise_modification(modification) in tried_keys:
-                    raise ProposalError(f"the modification '{modification[:80]}' was already tried on this workflow", "propose a different one")
-                check_source(WorkflowSource(graph=graph, prompt=prompt), known_operators=self.oc.operators)
-                smoke = self._evaluate(graph, prompt, workflow_id=None, repeats=1, indices=[0], store_rows=False)
-                err = _first_error(smoke)
-                if err:
-                    raise ProposalError(f"the workflow failed its one-problem smoke run: {err[:300]}", "fix the code")
-                last.valid = True
-                last.error = None
+                        action, mod = self.mdp.random_action(state, round_rng(self.oc.seed, round_no, 1000 + 10 * k + attempt),
+                                                             exclude=taken)
+                    except ProposalError as exc:  # every catalogue edit was tried: nothing left to propose
+                        last.error = one_line(exc)
+                        return last
+                taken.append(mod)
+            else:
+                msgs = self.mdp.observe(state, error_feedback=feedback)
+                llm = self._get_optimizer_llm()
+                t0 = time.perf_counter()
+                try:
+                    sample = _run_async(llm.generate(msgs, temperature=self.oc.optimizer.temperature,
+                                                     seed=self.oc.seed * 1_000_003 + round_no * 101 + k))
+                finally:
+                    self._wait_s += time.perf_counter() - t0
+                action = sample.text
+            act = self.mdp.check(state, action, plan)
+            src = act.source
+            last = _Child(k=k, modification=act.modification, action_text=action, prompt_text=prompt_text,
+                          graph=src.graph if src is not None else None, prompt=src.prompt if src is not None else None,
+                          valid=act.valid, error=act.error)
+            if act.valid:
                 return last
-            except AflowctlError as exc:
-                if stops_run(exc):  # a refused key or the budget: no retry can fix it
-                    raise
-                feedback = str(exc)
-                last.error = feedback
-                logger.info(f"round {round_no} candidate {k} attempt {attempt + 1}: {feedback}")
-                self.progress("proposal_failed", round=round_no, k=k, attempt=attempt + 1, error=feedback)
+            feedback = act.error
+            logger.info(f"round {round_no} candidate {k} attempt {attempt + 1}: {feedback}")
+            self.progress("proposal_failed", round=round_no, k=k, attempt=attempt + 1, error=feedback)
         return last
 
     def _uses_mutate(self) -> bool:
@@ -287,26 +265,25 @@ class Optimizer:
 
     def _propose_all(self, round_no: int, parent: dict, parent_score: float) -> list[_Child]:
         """K children, proposed and smoke-checked in parallel; siblings never repeat each other."""
-        tried = self._tried(parent["id"])
-        failed_cases = self._failed_cases(parent["id"])
+        from aflowctl.workflow.loader import WorkflowSource
+
+        state = SearchState(source=WorkflowSource(graph=parent["graph_code"], prompt=parent["prompt_code"]),
+                            score=parent_score, tried=self._tried(parent["id"]), failed_cases=self._failed_cases(parent["id"]))
         K = self.oc.candidates
-        firsts: list[Optional[mutate_mod.Mutation]] = [None] * K
+        firsts: list[Optional[tuple[str, str]]] = [None] * K
         if self._uses_mutate():
             taken: list[str] = []
             for k in range(K):
                 try:
-                    m = mutate_mod.propose(parent["graph_code"], parent["prompt_code"], kind=self.kind,
-                                           rng=round_rng(self.oc.seed, round_no, 1000 + 10 * k),
-                                           tried=[t.modification for t in tried] + taken, allowed_ops=self.oc.operators)
+                    firsts[k] = self.mdp.random_action(state, round_rng(self.oc.seed, round_no, 1000 + 10 * k), exclude=taken)
                 except ProposalError:
                     break
-                firsts[k] = m
-                taken.append(m.modification)
-        siblings = [m.modification for m in firsts if m is not None]
+                taken.append(firsts[k][1])
+        siblings = [f[1] for f in firsts if f is not None]
 
         def one(k: int) -> _Child:
-            exclude = [x for x in siblings if firsts[k] is None or x != firsts[k].modification]
-            return self._propose_one(round_no, k, parent, parent_score, tried, exclude, failed_cases, firsts[k])
+            mine = firsts[k][1] if firsts[k] is not None else None
+            return self._propose_one(round_no, k, state, [x for x in siblings if x != mine], firsts[k])
 
         if K == 1:
             children = [one(0)]
@@ -334,12 +311,14 @@ class Optimizer:
         check_source(src)
         self.progress("round_start", round=1, parent=None)
         wid = self._insert_workflow(round_no=1, parent_id=None, graph=src.graph, prompt=src.prompt, modification=None)
-        res = self._evaluate(src.graph, src.prompt, workflow_id=wid, repeats=self.oc.validation_rounds)
+        res = self.mdp.evaluate(src, self.plan(), repeats=self.oc.validation_rounds, workflow_id=wid, store_rows=True)
 
         runs.update_state(self.store, self.run_id, completed_round=1)
         self.progress("round_done", round=1, score=res.mean_score, children=[(wid, res.mean_score)])
 
     def _round(self, round_no: int) -> None:
+        from aflowctl.workflow.loader import WorkflowSource
+
         cands = top_candidates(self._candidates(), self.oc.sample)
         if not cands:
             raise AflowctlError("no evaluated workflow to select a parent from", "check the initial workflow")
@@ -361,7 +340,8 @@ class Optimizer:
         if valid:
             with ThreadPoolExecutor(max_workers=len(valid)) as tp:
                 results = list(tp.map(
-                    lambda c: self._evaluate(c.graph, c.prompt, workflow_id=c.workflow_id, repeats=self.oc.validation_rounds),
+                    lambda c: self.mdp.evaluate(WorkflowSource(graph=c.graph, prompt=c.prompt or ""), self.plan(),
+                                                repeats=self.oc.validation_rounds, workflow_id=c.workflow_id, store_rows=True),
                     valid,
                 ))
             for c, res in zip(valid, results):
@@ -381,7 +361,7 @@ class Optimizer:
                 group_id=group_id, episode_id=f"{self.run_id}/r{round_no}/k{c.k}", step=round_no - 2,
                 anchor=parent["hash"], parent_workflow_id=parent["id"], child_workflow_id=c.workflow_id,
                 prompt=c.prompt_text, action_text=c.action_text, modification=c.modification,
-                reward=(after - parent_score) if after is not None else 0.0, score_before=parent_score,
+                reward=self.mdp.reward(parent_score, after), score_before=parent_score,
                 score_after=after, valid=c.valid and after is not None, error=c.error if not c.valid else None,
                 policy_version=policy_version,
             ))

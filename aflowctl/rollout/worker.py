@@ -403,6 +403,7 @@ async def _run_problem(bench: Any, factory: _WorkflowFactory, problem: dict, rep
             if _fatal(exc):
                 raise
             out["error"] = error_text(exc)
+            out["error_type"] = type(exc).__name__  # the caller tells the workflow's faults from infrastructure
     # Cost is unknown (None) only when calls were made and none had a known price.
     out["cost_usd"] = None if scope.calls and scope.unknown_cost_calls == scope.calls else round(scope.cost_usd, 10)
     out["tokens"] = scope.tokens

@@ -5,14 +5,14 @@ policy, and turns a batch of (state, action text) into transitions. The trainer
 groups episodes that share a start state (GiGPO's episode groups) and uses
 :attr:`State.anchor` to form step groups (exact equality of the key).
 
-* :class:`WorkflowEnv` - the MDP of issue 6: a state is a workflow (graph + prompt
-  code) with its validation score and experience; the action is the policy's full
-  response to the optimizer prompt (``<modification>/<graph>/<prompt>``); the
-  child is evaluated on a validation sample and the reward is
-  score(child) - score(parent). An unparseable response, a repeated modification or
-  a child that fails to compile or run is invalid: the state stays, reward 0,
-  ``valid = False``. Its scorer is injectable (``score_fn``), the default evaluates
-  through the rollout pool.
+* :class:`WorkflowEnv` - workflow search, the one search MDP of
+  :mod:`aflowctl.mdp.core` that ``aflowctl optimize`` uses too: a state is a
+  workflow with its validation score and experience; the action is the policy's
+  answer in the configured format (``train.action_format``: code or one JSON edit);
+  the child is evaluated on the group's validation problems (common random numbers)
+  and the reward is score(child) - score(parent). An invalid action (unparseable,
+  repeated, not compiling, failing its smoke run) keeps the state, reward 0,
+  ``valid = False``, with its one-line reason.
 * :class:`RewardEnv` - fixed prompts and an injected ``reward_fn(text) -> float``
   (e.g. :func:`keyword_reward`); for smoke tests of the training loop itself.
 """
@@ -106,192 +106,191 @@ class RewardEnv:
 
 # --------------------------------------------------------------------------- workflow env
 
-ScoreFn = Callable[..., Any]
-
 
 class WorkflowEnv:
-    """AFlow workflow search as an MDP (see the module docstring).
+    """AFlow workflow search as an MDP: the search step of :class:`aflowctl.mdp.core.SearchMDP`.
 
-    ``score_fn(sources, dataset, *, rng) -> list[(score, failed_cases) | Exception]``
-    scores child workflows on a validation sample (an exception marks a child that
-    failed to compile or run); the default evaluates them through one rollout pool
-    (started on first use, closed by :meth:`close`) with the executor of the config.
-    The prompt is the one ``aflowctl optimize`` renders (same experience and failed
-    cases sections), so a trained policy can act in ``optimize --policy``.
+    A state's ``data`` holds ``dataset``, ``search`` (a :class:`SearchState`) and
+    ``plan`` (the :class:`EvalPlan` of its GiGPO group). Observation, parsing, validity
+    and reward are the MDP's, exactly as ``aflowctl optimize`` applies them; the smoke
+    verdict comes from the plan's first problem of the child's evaluation.
+
+    Common random numbers: :meth:`prepare` gives every state of a group the group's
+    plan, ``validation_limit`` validation problems and one executor seed drawn from
+    the run seed and the group's key; the group's start workflow and every child are
+    scored on it. ``evaluate`` (same signature as :class:`PoolEvaluator`) is
+    injectable; the default evaluates through one rollout pool, closed by :meth:`close`.
     """
 
     name = "workflow"
 
-    def __init__(self, cfg, *, store=None, run_id: Optional[str] = None, score_fn: Optional[ScoreFn] = None):
+    def __init__(self, cfg, *, store=None, run_id: Optional[str] = None, evaluate=None):
         self.cfg = cfg
         self.train = cfg.train
         self.store = store
         self.run_id = run_id
-        self.score_fn = score_fn or self._evaluate_through_pool
-        self._scores: dict[tuple[str, str], tuple[float, list]] = {}
+        self._evaluate = evaluate
         self._pool = None
-        self._problems: dict[str, list] = {}
+        self._evaluators: dict[str, Any] = {}
+        self._mdps: dict[str, Any] = {}
+        self._scores: dict[tuple, tuple[float, list]] = {}
+        self.evaluations = 0  # child and parent evaluations run (not cached)
+
+    def mdp(self, ds: str):
+        from aflowctl.mdp.core import SearchMDP
+
+        if ds not in self._mdps:
+            self._mdps[ds] = SearchMDP(dataset=ds, operators=self.cfg.optimize.operators,
+                                       action_format=self.train.action_format, failed_cases=self.cfg.optimize.failed_cases,
+                                       evaluate=self._evaluator(ds), where="train")
+        return self._mdps[ds]
+
+    def _evaluator(self, ds: str):
+        if self._evaluate is not None:
+            return self._evaluate
+        if ds not in self._evaluators:
+            from aflowctl.mdp.core import PoolEvaluator
+            from aflowctl.rollout.pool import RolloutPool
+
+            if self._pool is None:
+                self._pool = RolloutPool(self.store, self.cfg.rollout)
+                self._pool.start()
+            self._evaluators[ds] = PoolEvaluator(self.store, dataset=ds, executor=self.train.executor, llm_cfg=self.cfg.llm,
+                                                 rollout_cfg=self.cfg.rollout, run_id=self.run_id, pool=self._pool)
+        return self._evaluators[ds]
 
     # -- states
     def start_states(self) -> list[State]:
+        from aflowctl.mdp.core import SearchState
         from aflowctl.workflow import loader
         from aflowctl.workflow.seeds import seed_workflow
 
         out = []
         for ds in self.train.datasets:
+            self.mdp(ds)  # refuses an action format the benchmark cannot take, before any episode
             src = seed_workflow(ds)
-            h = loader.canonical_hash(src)
-            out.append(State(anchor=h, start=ds, data={"dataset": ds, "source": src, "score": None, "tried": []}))
+            out.append(State(anchor=loader.canonical_hash(src), start=ds, data={"dataset": ds, "search": SearchState(src)}))
         return out
 
-    def prepare(self, states: Sequence[State], rng: random.Random) -> None:
-        """Score the states whose score is not known yet (start workflows), once per workflow."""
-        todo: dict[tuple[str, str], State] = {}
-        for s in states:
-            key = (s.data["dataset"], s.anchor)
-            if s.data.get("score") is None and key not in self._scores:
-                todo.setdefault(key, s)
-        for ds in sorted({k[0] for k in todo}):
-            keys = [k for k in todo if k[0] == ds]
-            results = self.score_fn([todo[k].data["source"] for k in keys], ds, rng=rng)
-            for k, r in zip(keys, results):
-                if isinstance(r, BaseException):
-                    from aflowctl.trainer import TrainingError
+    def plan_for(self, ds: str, group_key: str):
+        """The group's problems and executor seed, drawn from the run seed (same key, same plan)."""
+        from aflowctl.mdp.core import EvalPlan
+        from aflowctl.trainer.loop import derive_seed
 
-                    raise TrainingError(f"the start workflow of {ds} failed to run: {str(r).splitlines()[0][:300]}",
-                                        "check train.executor (model, api_base) and the rollout settings")
-                self._scores[k] = (float(r[0]), list(r[1]))
-        for s in states:
-            key = (s.data["dataset"], s.anchor)
-            if s.data.get("score") is None:
-                s.data["score"], s.data["failed_cases"] = self._scores[key]
+        n = len(self.mdp(ds).bench.load("validate"))
+        if n == 0:
+            from aflowctl.errors import BenchmarkError
+
+            raise BenchmarkError(f"the validation split of {ds} is empty", f"aflowctl data fetch {ds}")
+        limit = min(self.train.validation_limit or n, n)
+        draw = random.Random(derive_seed(self.train.seed, "crn-problems", ds, group_key))
+        indices = tuple(sorted(draw.sample(range(n), limit)))
+        return EvalPlan(indices=indices, seed=derive_seed(self.train.seed, "crn-executor", ds, group_key) % 1_000_000)
+
+    def prepare(self, states: Sequence[State], rng: random.Random, groups: Optional[Sequence[str]] = None) -> None:
+        """Give each state its group's plan (``groups``: one key per state) and score the
+        states whose score is not known yet (start workflows) on it."""
+        for i, s in enumerate(states):
+            if "plan" not in s.data:
+                s.data["plan"] = self.plan_for(s.data["dataset"], groups[i] if groups else "default")
+        todo = [s for s in states if s.data["search"].score is None]
+        results = self._score_all([(s.data["dataset"], s.data["search"].source, s.data["plan"]) for s in todo])
+        for s in todo:
+            r = results[self._key(s.data["dataset"], s.data["search"].source, s.data["plan"])]
+            if isinstance(r, str):
+                from aflowctl.trainer import TrainingError
+
+                raise TrainingError(f"the start workflow of {s.data['dataset']} is invalid: {r}",
+                                    "check train.executor (model, api_base) and the rollout settings")
+            s.data["search"].score, details = r
+            s.data["search"].failed_cases = self.mdp(s.data["dataset"]).failed_cases(details)
+
+    def _key(self, ds: str, src, plan) -> tuple:
+        from aflowctl.workflow import loader
+
+        return (ds, loader.canonical_hash(src), plan)
+
+    def _score_all(self, items: Sequence[tuple]) -> dict:
+        """Score (dataset, source, plan) items, each distinct one once (cached): the value
+        is (score, details), or the one-line reason the child is invalid."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        todo: dict[tuple, tuple] = {}
+        for ds, src, plan in items:
+            k = self._key(ds, src, plan)
+            if k not in self._scores:
+                todo.setdefault(k, (ds, src, plan))
+
+        def one(item):
+            from aflowctl.errors import WorkflowError
+            from aflowctl.mdp.core import one_line
+            from aflowctl.mdp.parse import ProposalError
+
+            ds, src, plan = item
+            mdp = self.mdp(ds)
+            try:
+                res = mdp.evaluate(src, plan)
+                mdp.judge_smoke(res.details, plan.smoke_index)
+            except (ProposalError, WorkflowError) as exc:
+                return one_line(exc)
+            return (float(res.mean_score), list(res.details))
+
+        if todo:
+            keys = list(todo)
+            with ThreadPoolExecutor(max_workers=min(8, len(keys))) as tp:
+                for k, r in zip(keys, tp.map(one, [todo[k] for k in keys])):
+                    self._scores[k] = r
+            self.evaluations += len(keys)
+        return {self._key(ds, src, plan): self._scores[self._key(ds, src, plan)] for ds, src, plan in items}
 
     def observe(self, state: State) -> list[dict]:
-        from aflowctl.optimizer.prompt import render_optimize_prompt
-        from aflowctl.workflow.registry import operator_descriptions
-
-        if state.data.get("score") is None:
+        if state.data["search"].score is None:
             self.prepare([state], random.Random(0))
-        ds = state.data["dataset"]
-        src = state.data["source"]
-        return render_optimize_prompt(
-            dataset=ds, kind=self._bench(ds).kind, parent_graph=src.graph, parent_prompt=src.prompt,
-            parent_score=state.data["score"], experience=list(state.data.get("tried", [])),
-            failed_cases=self._failed_case_texts(ds, state.data.get("failed_cases", [])),
-            operator_descriptions=operator_descriptions(list(self.cfg.optimize.operators)),
-        )
-
-    def _bench(self, ds: str):
-        from aflowctl import benchmarks
-
-        return benchmarks.get(ds)
-
-    def _failed_case_texts(self, ds: str, details: list) -> list[dict]:
-        if not details:
-            return []
-        bench = self._bench(ds)
-        if ds not in self._problems:
-            self._problems[ds] = bench.load("validate")
-        problems = self._problems[ds]
-        out = []
-        for d in details:
-            idx = d.get("index")
-            if idx is None or idx >= len(problems):
-                continue
-            p = problems[idx]
-            out.append({"question": bench.inputs(p)[0], "expected": bench.expected(p),
-                        "prediction": d.get("prediction") if d.get("prediction") is not None else d.get("error", "")})
-            if len(out) >= self.cfg.optimize.failed_cases:
-                break
-        return out
+        return self.mdp(state.data["dataset"]).observe(state.data["search"])
 
     def step_batch(self, states, actions, *, rng):
-        from aflowctl.errors import AflowctlError
-        from aflowctl.optimizer.experience import Tried
-        from aflowctl.optimizer.parse import ProposalError, normalise_modification, parse_proposal
+        from aflowctl.mdp.core import SearchState
+        from aflowctl.mdp.experience import Tried
         from aflowctl.workflow import loader
 
         self.prepare(states, rng)
-        out: list[Optional[Transition]] = [None] * len(states)
-        pending: dict[str, list[tuple[int, Any, Any]]] = {}
-        for i, (s, text) in enumerate(zip(states, actions)):
-            mod = None
-            try:
-                prop = parse_proposal(text)
-                mod = prop.modification
-                if normalise_modification(mod) in {normalise_modification(t.modification) for t in s.data.get("tried", [])}:
-                    raise ProposalError(f"the modification '{mod[:80]}' was already tried on this workflow", "propose another")
-                src = loader.WorkflowSource(graph=prop.graph, prompt=prop.prompt)
-                loader.check_source(src)
-            except AflowctlError as exc:
-                out[i] = self._invalid(s, mod, str(exc))
+        acts = [self.mdp(s.data["dataset"]).parse(s.data["search"], text) for s, text in zip(states, actions)]
+        results = self._score_all([(s.data["dataset"], a.source, s.data["plan"]) for s, a in zip(states, acts) if a.valid])
+        out: list[Transition] = []
+        for s, a in zip(states, acts):
+            ds, search, plan = s.data["dataset"], s.data["search"], s.data["plan"]
+            r = results.get(self._key(ds, a.source, plan)) if a.valid else a.error
+            if isinstance(r, str) or r is None:
+                out.append(self._invalid(s, a, r or "invalid"))
                 continue
-            pending.setdefault(s.data["dataset"], []).append((i, prop, src))
-        for ds, items in pending.items():
-            results = self.score_fn([src for _, _, src in items], ds, rng=rng)
-            for (i, prop, src), r in zip(items, results):
-                s = states[i]
-                if isinstance(r, BaseException):
-                    out[i] = self._invalid(s, prop.modification, f"the child failed to run: {r}")
-                    continue
-                score, failed = float(r[0]), list(r[1])
-                child_hash = loader.canonical_hash(src)
-                self._scores[(ds, child_hash)] = (score, failed)
-                before = float(s.data["score"])
-                tried = Tried(modification=prop.modification, score_before=before, score_after=score, valid=True)
-                s.data.setdefault("tried", []).append(tried)  # the parent's experience grows (AFlow's experience)
-                child = State(anchor=child_hash, start=s.start, data={
-                    "dataset": ds, "source": src, "score": score, "failed_cases": failed, "tried": [],
-                })
-                out[i] = Transition(child, score - before, True, info={
-                    "modification": prop.modification, "score_before": before, "score_after": score,
-                })
-        return out  # type: ignore[return-value]
+            score, details = r
+            before = float(search.score)
+            search.tried.append(Tried(modification=a.modification, score_before=before, score_after=score, valid=True))
+            child = SearchState(source=a.source, score=score, failed_cases=self.mdp(ds).failed_cases(details))
+            nxt = State(anchor=loader.canonical_hash(a.source), start=s.start,
+                        data={"dataset": ds, "search": child, "plan": plan})
+            out.append(Transition(nxt, self.mdp(ds).reward(before, score), True, info={
+                "modification": a.modification, "score_before": before, "score_after": score, "format": a.format,
+            }))
+        return out
 
     @staticmethod
-    def _invalid(s: State, mod, error: str) -> Transition:
-        from aflowctl.optimizer.experience import Tried
+    def _invalid(s: State, a, error: str) -> Transition:
+        from aflowctl.mdp.experience import Tried
 
-        err = error.splitlines()[0][:300] if error else "invalid"
-        if mod:
-            s.data.setdefault("tried", []).append(Tried(modification=mod, score_before=s.data.get("score"),
-                                                        score_after=None, valid=False, error=err))
-        return Transition(s, 0.0, False, error=err, info={"modification": mod, "score_before": s.data.get("score")})
-
-    def _evaluate_through_pool(self, sources, dataset, *, rng):
-        """Evaluate workflows on the validation sample through one shared rollout pool."""
-        from aflowctl.rollout.evaluate import evaluate_workflow
-        from aflowctl.rollout.pool import RolloutPool
-
-        if self._pool is None:
-            self._pool = RolloutPool(self.store, self.cfg.rollout)
-            self._pool.start()
-        results = []
-        for src in sources:
-            try:
-                res = evaluate_workflow(
-                    self.store, src, dataset=dataset, split="validate", executor=self.train.executor,
-                    llm_cfg=self.cfg.llm, rollout_cfg=self.cfg.rollout, repeats=1, limit=self.train.validation_limit,
-                    run_id=self.run_id, seed=self.train.seed, pool=self._pool, store_rows=False,
-                )
-            except Exception as exc:  # noqa: BLE001 - a child that fails to compile or run is an invalid action
-                from aflowctl.errors import BudgetExceeded
-
-                if isinstance(exc, BudgetExceeded):
-                    raise
-                results.append(exc)
-                continue
-            if res.errors and res.errors >= max(1, res.n):
-                results.append(RuntimeError(f"the workflow raised on all {res.n} problems"))
-                continue
-            failed = [d for d in res.details if float(d.get("score", 0.0)) < 1.0]
-            results.append((float(res.mean_score), failed))
-        return results
+        search = s.data["search"]
+        if a.modification:
+            search.tried.append(Tried(modification=a.modification, score_before=search.score, score_after=None,
+                                      valid=False, error=error))
+        return Transition(s, 0.0, False, error=error, info={"modification": a.modification,
+                                                            "score_before": search.score, "format": a.format})
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+        self._evaluators.clear()
+        self._mdps.clear()
 
 
 def make_env(cfg, *, store=None, run_id=None) -> Environment:

@@ -274,6 +274,12 @@ class Trainer:
         if self.resume:
             runs.require_run(self.store, self.run_id, kind="train")
         pol.resolve_policy_path(self.t.policy_model)
+        if self.env is None and self.t.env == "workflow" and self.t.action_format == "edit" and not self.sft_only:
+            from aflowctl import benchmarks
+            from aflowctl.mdp.core import check_action_format
+
+            for ds in self.t.datasets:
+                check_action_format(self.t.action_format, dataset=ds, kind=benchmarks.get(ds).kind, where="train")
         if self.from_experiences:
             from aflowctl.trainer.sft import load_pairs
 
@@ -363,7 +369,7 @@ class Trainer:
         t = self.t
         starts = self._starts()
         rng = random.Random(derive_seed(t.seed, "env", update))
-        states, gids, eids = [], [], []
+        states, gids, eids, keys = [], [], [], []
         base = self.counters["groups_consumed"]
         for gi in range(t.groups_per_batch):
             start = starts[(base + gi) % len(starts)]
@@ -372,19 +378,30 @@ class Trainer:
                 states.append(copy.deepcopy(start))
                 gids.append(gid)
                 eids.append(f"{gid}/e{e}")
+                keys.append(f"u{update}/g{gi}")  # the group's common random numbers (see WorkflowEnv.prepare)
         records: list[StepRecord] = []
+        timing = {"generation_s": 0.0, "env_s": 0.0}
+        t_env = time.perf_counter()
         if hasattr(self.env, "prepare"):
-            self.env.prepare(states, rng)
+            self.env.prepare(states, rng, groups=keys)
+        timing["env_s"] += time.perf_counter() - t_env
         for step in range(t.steps_per_episode):
+            t_env = time.perf_counter()
             messages = [self.env.observe(s) for s in states]
+            t_gen = time.perf_counter()
+            timing["env_s"] += t_gen - t_env
             rollouts = pol.sample(self.model, self.tok, messages, temperature=t.temperature, top_p=t.top_p,
                                   max_new_tokens=t.max_new_tokens, seed=derive_seed(t.seed, "sample", update, step),
                                   batch_size=t.generation_batch_size, device=self.device)
+            t_env = time.perf_counter()
+            timing["generation_s"] += t_env - t_gen
             trans = self.env.step_batch(states, [r.text for r in rollouts], rng=rng)
+            timing["env_s"] += time.perf_counter() - t_env
             for s, m, r, tr, gid, eid in zip(states, messages, rollouts, trans, gids, eids):
                 records.append(StepRecord(gid, eid, step, s.anchor, float(tr.reward), bool(tr.valid), tr.error, m, r,
                                           dict(tr.info)))
             states = [tr.next_state for tr in trans]
+        self.last_timing = timing
         return records
 
     def _micro_batches(self, idx: Sequence[int]) -> list[list[int]]:
@@ -501,6 +518,9 @@ class Trainer:
             "response_len_mean": n_resp_tokens / max(1, len(records)),
             "tokens_per_s": fb_tokens / max(t_upd, 1e-9), "samples_per_s": len(records) / max(t_roll + t_upd, 1e-9),
             "rollout_s": t_roll, "update_s": t_upd,
+            # rollout_s = generation_s (policy sampling) + env_s (evaluations: executor calls) + bookkeeping
+            **getattr(self, "last_timing", {}),
+            "prompt_tokens_max": max((len(r.rollout.prompt_ids) for r in records), default=0),
         }
         metrics.update(self._gpu_stats())
         self._record_experiences(u, records)

@@ -1,4 +1,4 @@
-"""`aflowctl optimize --policy`: a trained policy plays the optimizer role.
+"""Serving a trained policy as the optimizer (`aflowctl optimize --policy`).
 
 ``--policy`` takes an exported policy directory (``aflowctl export-policy``), any
 Hugging Face model directory, a trainer checkpoint directory, or a training run id
@@ -92,3 +92,9 @@ def describe(spec: str) -> dict[str, Any]:
     d = resolve_policy_dir(spec)
     meta = d / "aflowctl_policy.json"
     return {"dir": str(d), **(json.loads(meta.read_text()) if meta.is_file() else {})}
+
+
+def serve_policy(cfg: Config) -> ModelConfig:
+    """The ModelConfig serving ``cfg.optimize.policy`` after :func:`check_policy` accepted it."""
+    check_policy(cfg.optimize.policy, cfg)
+    return policy_model_config(cfg.optimize.policy, cfg.optimize.optimizer)
