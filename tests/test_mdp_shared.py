@@ -300,3 +300,57 @@ def test_bad_action_format_input_is_one_line_before_any_run(tmp_path, monkeypatc
     assert r.exit_code == 1 and "no edit catalogue" in r.stderr, r.output
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
+
+
+def test_optimizer_and_trainer_do_not_import_each_other():
+    """Both sit above aflowctl.mdp; neither imports the other (no import cycle)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "aflowctl"
+
+    def imported(pkg: str) -> set[str]:
+        names: set[str] = set()
+        for f in (root / pkg).rglob("*.py"):
+            for node in ast.walk(ast.parse(f.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    names.add(node.module)
+                    names.update(f"{node.module}.{a.name}" for a in node.names)
+                elif isinstance(node, ast.Import):
+                    names.update(a.name for a in node.names)
+        return names
+
+    assert not [m for m in imported("optimizer") if m.startswith("aflowctl.trainer")]
+    assert not [m for m in imported("trainer") if m.startswith("aflowctl.optimizer")]
+    assert not [m for m in imported("mdp") if m.startswith(("aflowctl.trainer", "aflowctl.optimizer"))]
+
+
+@pytest.mark.slow
+def test_short_edit_format_training_run_on_arith(tmp_path, monkeypatch):
+    """configs/train/arith-edit.toml, cut to one tiny update: the embedded SmolLM2 answers in the edit
+    language, valid actions are recorded, a checkpoint is written, prompt + answer stay under 700 tokens."""
+    from aflowctl import plugins
+    from aflowctl.config import apply_overrides
+    from aflowctl.store import open_store, queries
+    from aflowctl.trainer import policy as pol
+    from aflowctl.trainer.loop import Trainer
+
+    monkeypatch.setenv("AFLOWCTL_LOAD_PLUGINS", "aflowctl-arith")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key-123456")
+    plugins.reset()
+    repo = Path(__file__).resolve().parents[1]
+    with OpenAIServer(responder=lambda messages, body: "The answer is 7").start() as server:
+        cfg = load_config(repo / "configs" / "train" / "arith-edit.toml")
+        cfg = apply_overrides(cfg, {
+            "train.groups_per_epoch": 1, "train.episodes_per_group": 4, "train.steps_per_episode": 1,
+            "train.validation_limit": 2, "train.temperature": 0.3, "train.max_new_tokens": 24,
+            "train.executor.model": "openai/test-exec", "train.executor.api_base": server.url,
+        })
+        res = Trainer(cfg, store=open_store()).run()
+    assert res.updates == 1 and (res.last_checkpoint / "model" / "model.safetensors").is_file()
+    rows = queries.list_experiences(open_store(), run_id=res.run_id)
+    assert len(rows) == 4 and any(r["valid"] for r in rows), [r["action_text"] for r in rows]
+    assert all(r["valid"] or r["error"] for r in rows)
+    _, tok = pol.load_policy(pol.resolve_policy_path(None))
+    for r in rows:
+        prompt = len(pol.render_prompt_ids(tok, json.loads(r["prompt"])))
+        assert prompt < 600 and prompt + len(tok(r["action_text"])["input_ids"]) < 700

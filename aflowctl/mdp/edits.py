@@ -9,7 +9,7 @@ An edit names one change of the parent's pipeline spec (:mod:`aflowctl.mdp.spec`
     {"edit": "answer_op", "op": "AnswerGenerate"}     the operator of the answer step
 
 :func:`parse_edit` reads an answer (the object alone, or inside a fenced block; prose
-around one object is ignored), :func:`apply_edit` applies it to a spec or says in one
+around it is ignored; the first object is the answer), :func:`apply_edit` applies it to a spec or says in one
 line why it does not apply, :func:`catalogue` lists the edits the LLM-free ``mutate``
 policy picks from (everything it did before the language existed). The reference with
 an example of each edit is docs/edits.md.
@@ -93,12 +93,10 @@ def parse_edit(text: str) -> Edit:
     if start < 0:
         raise EditError("the answer is not JSON (no '{' found)", f"answer with one JSON object such as {EXAMPLE}")
     try:
-        data, end = json.JSONDecoder().raw_decode(body, start)
+        data, _ = json.JSONDecoder().raw_decode(body, start)  # the first object is the answer
     except json.JSONDecodeError as exc:
         raise EditError(f"the answer is not valid JSON: {exc.msg} at character {exc.pos}",
                         f"answer with one JSON object such as {EXAMPLE}") from None
-    if "{" in body[end:]:
-        raise EditError("the answer has more than one JSON object", "give exactly one edit")
     if not isinstance(data, dict):
         raise EditError("the answer is JSON but not an object", f"answer with one JSON object such as {EXAMPLE}")
     name = data.get("edit")
@@ -179,8 +177,8 @@ def apply_edit(spec: Spec, e: Edit, allowed_ops: Sequence[str] | None = None) ->
         if e.step != "answer":
             raise EditError(f"only the answer step has an instruction (got step '{str(e.step)[:40]}')", 'use "step": "answer"')
         text = str(e.text).strip()
-        if not text:
-            raise EditError("the instruction text is empty", "write the new instruction")
+        if not re.sub(r"[\W_]+", "", text):
+            raise EditError("the instruction text is empty or a placeholder", "write the new instruction")
         if len(text) > MAX_INSTRUCTION_CHARS:
             raise EditError(f"the instruction is {len(text)} characters (at most {MAX_INSTRUCTION_CHARS})", "shorten it")
         if text == spec.instruction.strip():
@@ -220,25 +218,17 @@ def catalogue(spec: Spec, allowed_ops: Sequence[str] | None = None) -> list[Edit
     return out
 
 
-def available(spec: Spec, allowed_ops: Sequence[str] | None = None) -> list[str]:
-    """One short line per edit form that applies to ``spec`` (the edit observation's menu)."""
+def available(spec: Spec, allowed_ops: Optional[Sequence[str]] = None) -> list[str]:
+    """Example lines of the edits that apply to ``spec`` (the edit observation's menu)."""
     lines = []
-    ks = [k for k in range(MIN_K, MAX_K + 1) if k != spec.ensemble]
-    try:
-        apply_edit(spec, Edit("ensemble", k=ks[0]), allowed_ops)
-        lines.append(f'{{"edit": "ensemble", "k": K}}  sample the answer K times and vote (K {MIN_K}-{MAX_K})')
-    except EditError:
-        pass
-    adds = [s for s in ADDABLE if _ok(spec, Edit("add", step=s), allowed_ops)]
-    if adds:
-        lines.append(f'{{"edit": "add", "step": S}}  S: {" | ".join(adds)}')
-    removes = [s for s in REMOVABLE if _ok(spec, Edit("remove", step=s), allowed_ops)]
-    if removes:
-        lines.append(f'{{"edit": "remove", "step": S}}  S: {" | ".join(removes)}')
-    lines.append('{"edit": "instruction", "step": "answer", "text": "..."}  new answer instruction')
-    ops = [o for o in ANSWER_OPS.get(spec.kind, ()) if _ok(spec, Edit("answer_op", op=o), allowed_ops)]
-    if ops:
-        lines.append(f'{{"edit": "answer_op", "op": O}}  O: {" | ".join(ops)}')
+    k = 3 if spec.ensemble != 3 else 5
+    if _ok(spec, Edit("ensemble", k=k), allowed_ops):
+        lines.append(f'{{"edit": "ensemble", "k": {k}}}  (answer k times and vote, k {MIN_K}-{MAX_K})')
+    lines += [f'{{"edit": "add", "step": "{s}"}}' for s in ADDABLE if _ok(spec, Edit("add", step=s), allowed_ops)]
+    lines += [f'{{"edit": "remove", "step": "{s}"}}' for s in REMOVABLE if _ok(spec, Edit("remove", step=s), allowed_ops)]
+    lines.append('{"edit": "instruction", "step": "answer", "text": "..."}  (new instruction)')
+    lines += [f'{{"edit": "answer_op", "op": "{o}"}}' for o in ANSWER_OPS.get(spec.kind, ())
+              if _ok(spec, Edit("answer_op", op=o), allowed_ops)]
     return lines
 
 

@@ -125,7 +125,7 @@ def render_edit_prompt(
     """Chat messages asking for one edit (see docs/edits.md) of the pipeline ``spec``."""
     task = {"math": "math problems", "qa": "questions about a text", "code": "Python coding tasks"}.get(kind, kind)
     sc = "not evaluated" if score is None else f"{100 * score:.0f}%"
-    lines = [f"Workflow (score {sc}): {_spec_line(spec)}", f"Answer instruction: {_short(spec.instruction, 160)}", "", "Edits:"]
+    lines = [f"Workflow (score {sc}): {_spec_line(spec)}", f"Answer instruction: {_short(spec.instruction, 160)}", "", "Edits (pick one):"]
     lines += edits
     shown = list(tried)[-max_tried:]
     if shown:
