@@ -93,7 +93,7 @@ def _cli(args: list[str], log: Path, env: dict) -> subprocess.CompletedProcess:
         fh.write(f"\n$ {' '.join(cmd)}\n")
         fh.flush()
         t0 = time.time()
-        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=fh, text=True, env=env)
+        p = subprocess.run(cmd, check=False, stdout=subprocess.PIPE, stderr=fh, text=True, env=env)
         fh.write(p.stdout + f"\n# exit {p.returncode} after {time.time() - t0:.0f} s\n")
     return p
 

@@ -218,7 +218,7 @@ def catalogue(spec: Spec, allowed_ops: Sequence[str] | None = None) -> list[Edit
     return out
 
 
-def available(spec: Spec, allowed_ops: Optional[Sequence[str]] = None) -> list[str]:
+def available(spec: Spec, allowed_ops: Sequence[str] | None = None) -> list[str]:
     """Example lines of the edits that apply to ``spec`` (the edit observation's menu)."""
     lines = []
     k = 3 if spec.ensemble != 3 else 5
