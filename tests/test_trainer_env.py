@@ -83,7 +83,7 @@ def test_workflow_env_edit_format_observation_is_short(shared_data):
     env.prepare([start], random.Random(0), groups=["g"])
     msgs = env.observe(start)
     text = msgs[0]["content"] + msgs[1]["content"]
-    assert '{"edit": "ensemble", "k": K}' in text and "<graph>" not in text and "Failed:" in text
+    assert '{"edit": "ensemble", "k": 3}' in text and "<graph>" not in text and "Failed:" in text
     assert len(text.split()) < 200  # well under 600 tokens; the slow training test counts real tokens
     tr = env.step_batch([start], ['{"edit": "ensemble", "k": 3}'], rng=random.Random(0))[0]
     assert tr.valid and tr.info["modification"] == '{"edit": "ensemble", "k": 3}' and tr.info["format"] == "edit"
