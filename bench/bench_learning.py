@@ -66,8 +66,11 @@ def train_run(config: Path, *, updates: int, quick: bool, home: Path | None) -> 
         "update_s_by_update": [round(m["update_s"], 1) for m in ms],
         "prompt_tokens_max": max((m.get("prompt_tokens_max", 0) for m in ms), default=0),
         "prompt_plus_answer_tokens_max": lens,
-        "G": cfg.train.episodes_per_group, "T": cfg.train.steps_per_episode,
-        "validation_limit": cfg.train.validation_limit, "run_id": res.run_id, "wall_s": round(wall, 1),
+        "G": cfg.train.episodes_per_group,
+        "T": cfg.train.steps_per_episode,
+        "validation_limit": cfg.train.validation_limit,
+        "run_id": res.run_id,
+        "wall_s": round(wall, 1),
     }
 
 
@@ -153,7 +156,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="3 updates, 4 problems per group (<= 10 minutes on 2 cores)")
     ap.add_argument("--updates", type=int, default=None, help="updates to train (default 12, --quick 3)")
     ap.add_argument("--config", type=Path, default=CONFIG)
-    ap.add_argument("--home", type=Path, default=None, help="AFLOWCTL_HOME for the training run (default: a temporary one)")
+    ap.add_argument(
+        "--home", type=Path, default=None, help="AFLOWCTL_HOME for the training run (default: a temporary one)"
+    )
     ap.add_argument("--experiment", type=Path, default=None, help="run the full experiment into this folder")
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--json", action="store_true", help="print only the JSON summary")

@@ -13,7 +13,7 @@ from aflowctl.mdp.mutate import propose_edit
 from aflowctl.mdp.parse import ProposalError
 from aflowctl.workflow.loader import WorkflowSource, check_source
 
-SEED_GRAPH = '''from aflowctl.workflow.api import operator, create_llm_instance
+SEED_GRAPH = """from aflowctl.workflow.api import operator, create_llm_instance
 
 class Workflow:
     def __init__(self, name, llm_config, dataset):
@@ -23,7 +23,7 @@ class Workflow:
     async def __call__(self, problem):
         s = await self.custom(input=problem, instruction=prompt_custom.SOLVE)
         return s["response"], self.llm.get_usage_summary()["total_cost"]
-'''
+"""
 SEED_PROMPT = 'SOLVE = "Solve it."\n'
 ALL_OPS = ["Custom", "AnswerGenerate", "CustomCodeGenerate", "ScEnsemble", "Programmer", "Test", "Review", "Revise"]
 
@@ -40,9 +40,18 @@ EVERY_EDIT = [
     ("math", {"edit": "add", "step": "programmer"}, lambda s: s.programmer, "Programmer"),
     ("code", {"edit": "add", "step": "test"}, lambda s: s.test, "Test"),
     ("qa", {"edit": "add", "step": "review"}, lambda s: s.review, "Review"),
-    ("math", {"edit": "instruction", "step": "answer", "text": "Add the numbers. Reply with the number."},
-     lambda s: s.instruction == "Add the numbers. Reply with the number.", "Add the numbers"),
-    ("math", {"edit": "answer_op", "op": "AnswerGenerate"}, lambda s: s.answer_op == "AnswerGenerate", "AnswerGenerate"),
+    (
+        "math",
+        {"edit": "instruction", "step": "answer", "text": "Add the numbers. Reply with the number."},
+        lambda s: s.instruction == "Add the numbers. Reply with the number.",
+        "Add the numbers",
+    ),
+    (
+        "math",
+        {"edit": "answer_op", "op": "AnswerGenerate"},
+        lambda s: s.answer_op == "AnswerGenerate",
+        "AnswerGenerate",
+    ),
 ]
 
 
@@ -67,18 +76,21 @@ def test_remove_undoes_each_step(step):
     _compile(out)
 
 
-@pytest.mark.parametrize("text,reason", [
-    ("", "empty"),
-    ("add an ensemble please", "not JSON"),
-    ('{"edit": "ensemble", "k": }', "not valid JSON"),
-    ("[1, 2]", "not JSON"),
-    ('{"k": 3}', 'no "edit"'),
-    ('{"edit": "shuffle"}', "unknown edit 'shuffle'"),
-    ('{"edit": "ensemble"}', "needs 'k'"),
-    ('{"edit": "ensemble", "k": "five"}', "whole number"),
-    ('{"edit": "ensemble", "k": true}', "whole number"),
-    ('{"edit": "add", "step": "programmer", "k": 2}', "unexpected key 'k'"),
-])
+@pytest.mark.parametrize(
+    "text,reason",
+    [
+        ("", "empty"),
+        ("add an ensemble please", "not JSON"),
+        ('{"edit": "ensemble", "k": }', "not valid JSON"),
+        ("[1, 2]", "not JSON"),
+        ('{"k": 3}', 'no "edit"'),
+        ('{"edit": "shuffle"}', "unknown edit 'shuffle'"),
+        ('{"edit": "ensemble"}', "needs 'k'"),
+        ('{"edit": "ensemble", "k": "five"}', "whole number"),
+        ('{"edit": "ensemble", "k": true}', "whole number"),
+        ('{"edit": "add", "step": "programmer", "k": 2}', "unexpected key 'k'"),
+    ],
+)
 def test_malformed_answers_are_refused_with_a_reason(text, reason):
     with pytest.raises(EditError, match=reason) as ei:
         parse_edit(text)
@@ -88,26 +100,31 @@ def test_malformed_answers_are_refused_with_a_reason(text, reason):
 def test_fenced_and_chatty_answers_parse():
     assert parse_edit('```json\n{"edit": "ensemble", "k": 3}\n```').k == 3
     assert parse_edit('Sure! {"edit": "add", "step": "review"} should help.').step == "review"
-    assert parse_edit('{"edit": "ensemble", "k": 3}\n{"edit": "ensemble", "k": 5}').k == 3  # the first object is the answer
+    assert (
+        parse_edit('{"edit": "ensemble", "k": 3}\n{"edit": "ensemble", "k": 5}').k == 3
+    )  # the first object is the answer
 
 
-@pytest.mark.parametrize("kind,obj,reason", [
-    ("math", {"edit": "ensemble", "k": 1}, "at least 2"),
-    ("math", {"edit": "ensemble", "k": 0}, "at least 2"),
-    ("math", {"edit": "ensemble", "k": 12}, "at most 9"),
-    ("math", {"edit": "remove", "step": "review"}, "has no review step"),
-    ("math", {"edit": "remove", "step": "answer"}, "cannot be removed"),
-    ("math", {"edit": "remove", "step": "planner"}, "unknown step 'planner'"),
-    ("math", {"edit": "add", "step": "test"}, "code tasks only"),
-    ("code", {"edit": "add", "step": "programmer"}, "math tasks only"),
-    ("math", {"edit": "add", "step": "critic"}, "unknown step 'critic'"),
-    ("math", {"edit": "instruction", "step": "review", "text": "x"}, "only the answer step"),
-    ("math", {"edit": "instruction", "step": "answer", "text": "  "}, "empty"),
-    ("math", {"edit": "instruction", "step": "answer", "text": "..."}, "placeholder"),
-    ("math", {"edit": "instruction", "step": "answer", "text": "Solve it."}, "unchanged"),
-    ("math", {"edit": "answer_op", "op": "Custom"}, "already uses Custom"),
-    ("math", {"edit": "answer_op", "op": "CustomCodeGenerate"}, "not available for math"),
-])
+@pytest.mark.parametrize(
+    "kind,obj,reason",
+    [
+        ("math", {"edit": "ensemble", "k": 1}, "at least 2"),
+        ("math", {"edit": "ensemble", "k": 0}, "at least 2"),
+        ("math", {"edit": "ensemble", "k": 12}, "at most 9"),
+        ("math", {"edit": "remove", "step": "review"}, "has no review step"),
+        ("math", {"edit": "remove", "step": "answer"}, "cannot be removed"),
+        ("math", {"edit": "remove", "step": "planner"}, "unknown step 'planner'"),
+        ("math", {"edit": "add", "step": "test"}, "code tasks only"),
+        ("code", {"edit": "add", "step": "programmer"}, "math tasks only"),
+        ("math", {"edit": "add", "step": "critic"}, "unknown step 'critic'"),
+        ("math", {"edit": "instruction", "step": "review", "text": "x"}, "only the answer step"),
+        ("math", {"edit": "instruction", "step": "answer", "text": "  "}, "empty"),
+        ("math", {"edit": "instruction", "step": "answer", "text": "..."}, "placeholder"),
+        ("math", {"edit": "instruction", "step": "answer", "text": "Solve it."}, "unchanged"),
+        ("math", {"edit": "answer_op", "op": "Custom"}, "already uses Custom"),
+        ("math", {"edit": "answer_op", "op": "CustomCodeGenerate"}, "not available for math"),
+    ],
+)
 def test_edits_that_do_not_apply_are_refused(kind, obj, reason):
     parent = spec.read_spec(SEED_GRAPH, SEED_PROMPT, kind)
     with pytest.raises(EditError, match=reason):
@@ -150,9 +167,15 @@ def test_mutate_covers_the_old_catalogue_and_stops_when_all_tried():
     sp = spec.read_spec(SEED_GRAPH, SEED_PROMPT, "math")
     cat = edits.catalogue(sp)
     names = {(e.edit, e.k, e.step, e.op) for e in cat}
-    assert {("ensemble", 3, None, None), ("ensemble", 5, None, None), ("add", None, "programmer", None),
-            ("add", None, "review", None)} <= names
-    assert sum(e.edit == "instruction" for e in cat) == len(spec.INSTRUCTIONS["math"]) - (sp.instruction in spec.INSTRUCTIONS["math"])
+    assert {
+        ("ensemble", 3, None, None),
+        ("ensemble", 5, None, None),
+        ("add", None, "programmer", None),
+        ("add", None, "review", None),
+    } <= names
+    assert sum(e.edit == "instruction" for e in cat) == len(spec.INSTRUCTIONS["math"]) - (
+        sp.instruction in spec.INSTRUCTIONS["math"]
+    )
     qa = edits.catalogue(spec.read_spec(SEED_GRAPH, SEED_PROMPT, "qa"))
     assert Edit("answer_op", op="AnswerGenerate") in qa
     with pytest.raises(ProposalError, match="already tried"):

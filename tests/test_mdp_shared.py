@@ -111,7 +111,9 @@ def test_same_answer_same_validity_and_error_in_optimize_and_train(tmp_path, mon
         r = runner.invoke(app, ["optimize", "--config", str(cfg_path), "--db", str(db), "--run-id", "o1", "--json"])
         assert r.exit_code == 0, r.output
         conn = sqlite3.connect(db)
-        rows = conn.execute("SELECT episode_id, valid, error, modification FROM experiences WHERE run_id = 'o1'").fetchall()
+        rows = conn.execute(
+            "SELECT episode_id, valid, error, modification FROM experiences WHERE run_id = 'o1'"
+        ).fetchall()
         by_k = {int(e.rsplit("/k", 1)[1]): (bool(v), err, mod) for e, v, err, mod in rows}
         assert len(by_k) == len(answers)
 
@@ -135,7 +137,11 @@ def test_same_answer_same_validity_and_error_in_optimize_and_train(tmp_path, mon
             assert trans[0].valid and [t.valid for t in trans[1:]] == [False] * (len(answers) - 1)
             errs = [t.error for t in trans[1:]]
             assert "not JSON" in errs[0] and "unknown edit 'shuffle'" in errs[1] and "at least 2" in errs[2]
-            assert "has no review step" in errs[3] and "Programmer is not allowed" in errs[4] and "mixes formats" in errs[5]
+            assert (
+                "has no review step" in errs[3]
+                and "Programmer is not allowed" in errs[4]
+                and "mixes formats" in errs[5]
+            )
         else:
             assert "smoke run" in trans[0].error and "boom" in trans[0].error
             assert "action format is code" in trans[1].error and "<graph>" in trans[2].error
@@ -150,8 +156,11 @@ def test_an_error_that_is_not_the_answers_fault_stops_the_run(tmp_path, monkeypa
     server = _server(['{"edit": "ensemble", "k": 3}'])
     try:
         cfg = _config(tmp_path, server, "edit", 1)
-        cfg.write_text(cfg.read_text().replace('model = "openai/test-opt"\n',
-                                               'model = "openai/test-opt"\napi_key_env = "AFLOWCTL_TEST_NO_SUCH_KEY"\n'))
+        cfg.write_text(
+            cfg.read_text().replace(
+                'model = "openai/test-opt"\n', 'model = "openai/test-opt"\napi_key_env = "AFLOWCTL_TEST_NO_SUCH_KEY"\n'
+            )
+        )
         db = tmp_path / "k.db"
         r = runner.invoke(app, ["optimize", "--config", str(cfg), "--db", str(db), "--run-id", "k1"])
         assert r.exit_code != 0
@@ -174,8 +183,16 @@ def test_executor_failures_in_the_smoke_run_are_raised_not_invalid(shared_data):
     from aflowctl.workflow.seeds import seed_workflow
 
     def evaluate(src, *, indices, seed, repeats=1, workflow_id=None, store_rows=False):
-        details = [{"repeat": 0, "index": i, "score": 0.0, "error": "openai/test-exec: 429 Too Many Requests after 5 retries",
-                    "error_type": "ProviderError"} for i in indices]
+        details = [
+            {
+                "repeat": 0,
+                "index": i,
+                "score": 0.0,
+                "error": "openai/test-exec: 429 Too Many Requests after 5 retries",
+                "error_type": "ProviderError",
+            }
+            for i in indices
+        ]
         return EvalResult("gsm8k", "validate", 0.0, [0.0], 0.0, len(indices), 1, None, 0, details=details)
 
     mdp = SearchMDP(dataset="gsm8k", operators=["Custom", "ScEnsemble"], action_format="edit", evaluate=evaluate)
@@ -200,8 +217,9 @@ def test_common_random_numbers_within_a_group(tmp_path, monkeypatch):
         store = open_store(tmp_path / "c.db")
         calls: list[tuple] = []
         env = WorkflowEnv(cfg, store=store)
-        real = PoolEvaluator(store, dataset="gsm8k", executor=cfg.train.executor, llm_cfg=cfg.llm,
-                             rollout_cfg=cfg.rollout, run_id=None)
+        real = PoolEvaluator(
+            store, dataset="gsm8k", executor=cfg.train.executor, llm_cfg=cfg.llm, rollout_cfg=cfg.rollout, run_id=None
+        )
 
         def spy(src, *, indices, seed, **kw):
             calls.append((src.graph, tuple(indices), seed))
@@ -215,8 +233,11 @@ def test_common_random_numbers_within_a_group(tmp_path, monkeypatch):
             groups = ["u0/g0"] * 3 + ["u0/g1"] * 3
             states = [copy.deepcopy(start) for _ in groups]
             env.prepare(states, random.Random(0), groups=groups)
-            answers = ['{"edit": "ensemble", "k": 3}', '{"edit": "ensemble", "k": 5}',
-                       '{"edit": "instruction", "step": "answer", "text": "Work in numbered steps."}'] * 2
+            answers = [
+                '{"edit": "ensemble", "k": 3}',
+                '{"edit": "ensemble", "k": 5}',
+                '{"edit": "instruction", "step": "answer", "text": "Work in numbered steps."}',
+            ] * 2
             trans = env.step_batch(states, answers, rng=random.Random(0))
         finally:
             env.close()
@@ -235,7 +256,9 @@ def test_common_random_numbers_within_a_group(tmp_path, monkeypatch):
         # the same run seed and group key give the same plan; another seed another one
         env2 = WorkflowEnv(cfg, store=store)
         assert env2.plan_for("gsm8k", "u0/g1") == plans["u0/g1"]
-        other = WorkflowEnv(load_config(None, {"train.datasets": ["gsm8k"], "train.seed": 9, "train.validation_limit": 3}))
+        other = WorkflowEnv(
+            load_config(None, {"train.datasets": ["gsm8k"], "train.seed": 9, "train.validation_limit": 3})
+        )
         assert other.plan_for("gsm8k", "u0/g1") != plans["u0/g1"]
     finally:
         server.stop()
@@ -283,10 +306,32 @@ def test_bad_action_format_input_is_one_line_before_any_run(tmp_path, monkeypatc
     cases = [
         (["optimize", "--action-format", "bogus", "--optimizer-model", "mutate"], "action_format"),
         (["train", "--action-format", "bogus"], "action_format"),
-        (["optimize", "--action-format", "edit", "--dataset", "chatty", "--optimizer-model", "mutate",
-          "--executor-model", "openai/gpt-4o-mini"], "no edit catalogue"),
-        (["optimize", "--dataset", "chatty", "--optimizer-model", "mutate", "--executor-model", "openai/gpt-4o-mini"],
-         "no edit catalogue"),  # mutate picks edits
+        (
+            [
+                "optimize",
+                "--action-format",
+                "edit",
+                "--dataset",
+                "chatty",
+                "--optimizer-model",
+                "mutate",
+                "--executor-model",
+                "openai/gpt-4o-mini",
+            ],
+            "no edit catalogue",
+        ),
+        (
+            [
+                "optimize",
+                "--dataset",
+                "chatty",
+                "--optimizer-model",
+                "mutate",
+                "--executor-model",
+                "openai/gpt-4o-mini",
+            ],
+            "no edit catalogue",
+        ),  # mutate picks edits
     ]
     for args, needle in cases:
         r = runner.invoke(app, args + ["--db", str(db)])
@@ -340,11 +385,19 @@ def test_short_edit_format_training_run_on_arith(tmp_path, monkeypatch):
     repo = Path(__file__).resolve().parents[1]
     with OpenAIServer(responder=lambda messages, body: "The answer is 7").start() as server:
         cfg = load_config(repo / "configs" / "train" / "arith-edit.toml")
-        cfg = apply_overrides(cfg, {
-            "train.groups_per_epoch": 1, "train.episodes_per_group": 4, "train.steps_per_episode": 1,
-            "train.validation_limit": 2, "train.temperature": 0.3, "train.max_new_tokens": 24,
-            "train.executor.model": "openai/test-exec", "train.executor.api_base": server.url,
-        })
+        cfg = apply_overrides(
+            cfg,
+            {
+                "train.groups_per_epoch": 1,
+                "train.episodes_per_group": 4,
+                "train.steps_per_episode": 1,
+                "train.validation_limit": 2,
+                "train.temperature": 0.3,
+                "train.max_new_tokens": 24,
+                "train.executor.model": "openai/test-exec",
+                "train.executor.api_base": server.url,
+            },
+        )
         res = Trainer(cfg, store=open_store()).run()
     assert res.updates == 1 and (res.last_checkpoint / "model" / "model.safetensors").is_file()
     rows = queries.list_experiences(open_store(), run_id=res.run_id)

@@ -45,18 +45,32 @@ from aflowctl.mdp.parse import (
 
 FORMATS = ("code", "edit", "auto")
 # Errors of a workflow's own problem runs that are not the workflow's fault: they stop the run.
-INFRASTRUCTURE = ("ProviderError", "BudgetExceeded", "StoreError", "ConfigError", "PluginError", "SandboxError",
-                  "RolloutError", "NotFoundError", "BenchmarkError")
+INFRASTRUCTURE = (
+    "ProviderError",
+    "BudgetExceeded",
+    "StoreError",
+    "ConfigError",
+    "PluginError",
+    "SandboxError",
+    "RolloutError",
+    "NotFoundError",
+    "BenchmarkError",
+)
 
 
 def check_action_format(action_format: str, *, dataset: str, kind: str, where: str = "optimize") -> None:
     """Refuse an unknown format, or ``edit`` on a benchmark kind without an edit catalogue."""
     if action_format not in FORMATS:
-        raise ConfigError(f"unknown action format '{action_format}' (known: {', '.join(FORMATS)})",
-                          f"set {where}.action_format or --action-format to code, edit or auto")
+        raise ConfigError(
+            f"unknown action format '{action_format}' (known: {', '.join(FORMATS)})",
+            f"set {where}.action_format or --action-format to code, edit or auto",
+        )
     if action_format == "edit" and kind not in edits_mod.edit_kinds():
-        raise ConfigError(f"benchmark {dataset} is of kind '{kind}', which has no edit catalogue (kinds with one: "
-                          f"{', '.join(edits_mod.edit_kinds())})", f"set {where}.action_format to code or auto")
+        raise ConfigError(
+            f"benchmark {dataset} is of kind '{kind}', which has no edit catalogue (kinds with one: "
+            f"{', '.join(edits_mod.edit_kinds())})",
+            f"set {where}.action_format to code or auto",
+        )
 
 
 def one_line(exc: BaseException | str, limit: int = 300) -> str:
@@ -97,22 +111,47 @@ class Action:
 
 
 class EvaluateFn(Protocol):
-    def __call__(self, src: Any, *, indices: Sequence[int], seed: int, repeats: int = 1,
-                 workflow_id: int | None = None, store_rows: bool = False) -> Any: ...
+    def __call__(
+        self,
+        src: Any,
+        *,
+        indices: Sequence[int],
+        seed: int,
+        repeats: int = 1,
+        workflow_id: int | None = None,
+        store_rows: bool = False,
+    ) -> Any: ...
 
 
 class PoolEvaluator:
     """Evaluates through :func:`aflowctl.rollout.evaluate.evaluate_workflow` and one pool
     (the caller's, or one started on first use and closed by :meth:`close`)."""
 
-    def __init__(self, store: Any, *, dataset: str, executor: Any, llm_cfg: Any, rollout_cfg: Any,
-                 run_id: str | None, pool: Any = None):
+    def __init__(
+        self,
+        store: Any,
+        *,
+        dataset: str,
+        executor: Any,
+        llm_cfg: Any,
+        rollout_cfg: Any,
+        run_id: str | None,
+        pool: Any = None,
+    ):
         self.store, self.dataset, self.executor = store, dataset, executor
         self.llm_cfg, self.rollout_cfg, self.run_id = llm_cfg, rollout_cfg, run_id
         self.pool, self._own = pool, False
 
-    def __call__(self, src: Any, *, indices: Sequence[int], seed: int, repeats: int = 1,
-                 workflow_id: int | None = None, store_rows: bool = False) -> Any:
+    def __call__(
+        self,
+        src: Any,
+        *,
+        indices: Sequence[int],
+        seed: int,
+        repeats: int = 1,
+        workflow_id: int | None = None,
+        store_rows: bool = False,
+    ) -> Any:
         from aflowctl.rollout.evaluate import evaluate_workflow
 
         if self.pool is None:
@@ -121,9 +160,20 @@ class PoolEvaluator:
             self.pool, self._own = RolloutPool(self.store, self.rollout_cfg), True
             self.pool.start()
         return evaluate_workflow(
-            self.store, src, dataset=self.dataset, split="validate", executor=self.executor, llm_cfg=self.llm_cfg,
-            rollout_cfg=self.rollout_cfg, repeats=repeats, indices=list(indices), run_id=self.run_id,
-            workflow_id=workflow_id if store_rows else None, seed=seed, pool=self.pool, store_rows=store_rows,
+            self.store,
+            src,
+            dataset=self.dataset,
+            split="validate",
+            executor=self.executor,
+            llm_cfg=self.llm_cfg,
+            rollout_cfg=self.rollout_cfg,
+            repeats=repeats,
+            indices=list(indices),
+            run_id=self.run_id,
+            workflow_id=workflow_id if store_rows else None,
+            seed=seed,
+            pool=self.pool,
+            store_rows=store_rows,
         )
 
     def close(self) -> None:
@@ -138,15 +188,25 @@ def raise_infrastructure(details: Sequence[dict], what: str) -> None:
         name = d.get("error_type")
         if d.get("error") and name in INFRASTRUCTURE:
             cls = getattr(_errors, name, AflowctlError)
-            raise cls(f"{what}: {one_line(d['error'])}",
-                      "fix the executor (model, key, server) and resume the run; this was not the workflow's fault")
+            raise cls(
+                f"{what}: {one_line(d['error'])}",
+                "fix the executor (model, key, server) and resume the run; this was not the workflow's fault",
+            )
 
 
 class SearchMDP:
     """The search step of one benchmark; see the module docstring."""
 
-    def __init__(self, *, dataset: str, operators: Sequence[str], action_format: str = "code", failed_cases: int = 3,
-                 evaluate: EvaluateFn | None = None, where: str = "optimize"):
+    def __init__(
+        self,
+        *,
+        dataset: str,
+        operators: Sequence[str],
+        action_format: str = "code",
+        failed_cases: int = 3,
+        evaluate: EvaluateFn | None = None,
+        where: str = "optimize",
+    ):
         from aflowctl import benchmarks
 
         self.dataset = dataset
@@ -181,15 +241,27 @@ class SearchMDP:
     def observe(self, state: SearchState, *, error_feedback: str | None = None) -> list[dict]:
         if self.format_of(state) == "edit":
             sp = self.spec_of(state)
-            return render_edit_prompt(kind=self.kind, spec=sp, score=state.score, tried=state.tried,
-                                      failed_cases=state.failed_cases, edits=edits_mod.available(sp, self.operators),
-                                      error_feedback=error_feedback)
+            return render_edit_prompt(
+                kind=self.kind,
+                spec=sp,
+                score=state.score,
+                tried=state.tried,
+                failed_cases=state.failed_cases,
+                edits=edits_mod.available(sp, self.operators),
+                error_feedback=error_feedback,
+            )
         from aflowctl.workflow.registry import operator_descriptions
 
         return render_optimize_prompt(
-            dataset=self.dataset, kind=self.kind, parent_graph=state.source.graph, parent_prompt=state.source.prompt,
-            parent_score=state.score, experience=state.tried, failed_cases=state.failed_cases,
-            operator_descriptions=operator_descriptions(self.operators), error_feedback=error_feedback,
+            dataset=self.dataset,
+            kind=self.kind,
+            parent_graph=state.source.graph,
+            parent_prompt=state.source.prompt,
+            parent_score=state.score,
+            experience=state.tried,
+            failed_cases=state.failed_cases,
+            operator_descriptions=operator_descriptions(self.operators),
+            error_feedback=error_feedback,
         )
 
     def failed_cases(self, details: Sequence[dict]) -> list[dict]:
@@ -226,11 +298,16 @@ class SearchMDP:
         act = Action(text=text or "", format=form)
         try:
             if self.action_format == "edit" and has_code:
-                raise ProposalError("the answer mixes formats: it has <modification>/<graph>/<prompt> sections but the "
-                                    "action format is edit", f"answer with one JSON object such as {edits_mod.EXAMPLE}")
+                raise ProposalError(
+                    "the answer mixes formats: it has <modification>/<graph>/<prompt> sections but the "
+                    "action format is edit",
+                    f"answer with one JSON object such as {edits_mod.EXAMPLE}",
+                )
             if self.action_format == "code" and is_edit:
-                raise ProposalError("the answer is a JSON edit but this run's action format is code",
-                                    "answer with <modification>, <graph> and <prompt> sections")
+                raise ProposalError(
+                    "the answer is a JSON edit but this run's action format is code",
+                    "answer with <modification>, <graph> and <prompt> sections",
+                )
             if form == "code":
                 p = parse_proposal(text)
                 act.modification = p.modification
@@ -239,15 +316,19 @@ class SearchMDP:
                 act.source = WorkflowSource(graph=p.graph, prompt=p.prompt)
             else:
                 if self.action_format == "auto" and not self.editable(state.source):
-                    raise ProposalError("this workflow was not written by edits, so an edit cannot apply to it",
-                                        "answer in code format (<modification>, <graph>, <prompt>)")
+                    raise ProposalError(
+                        "this workflow was not written by edits, so an edit cannot apply to it",
+                        "answer in code format (<modification>, <graph>, <prompt>)",
+                    )
                 e = edits_mod.parse_edit(text)
                 act.modification = e.canonical()
                 act.source = self.compile_edit(state, e)
             tried = {normalise_modification(t.modification) for t in state.tried}
             if normalise_modification(act.modification) in tried:
-                raise ProposalError(f"the modification '{act.modification[:80]}' was already tried on this workflow",
-                                    "propose a different one")
+                raise ProposalError(
+                    f"the modification '{act.modification[:80]}' was already tried on this workflow",
+                    "propose a different one",
+                )
             from aflowctl.workflow.loader import check_source
 
             check_source(act.source, known_operators=self.operators)
@@ -281,13 +362,22 @@ class SearchMDP:
         raise_infrastructure(mine, "the executor failed during the smoke run")
         for d in mine:
             if d.get("error"):
-                raise ProposalError(f"the workflow failed its one-problem smoke run: {one_line(d['error'])}", "fix the code")
+                raise ProposalError(
+                    f"the workflow failed its one-problem smoke run: {one_line(d['error'])}", "fix the code"
+                )
 
-    def evaluate(self, src: Any, plan: EvalPlan, *, repeats: int = 1, workflow_id: int | None = None,
-                 store_rows: bool = False) -> Any:
+    def evaluate(
+        self, src: Any, plan: EvalPlan, *, repeats: int = 1, workflow_id: int | None = None, store_rows: bool = False
+    ) -> Any:
         """Evaluate a child on the plan; errors that are not the workflow's fault are raised."""
-        res = self._run(src, indices=list(plan.indices), seed=plan.seed, repeats=repeats, workflow_id=workflow_id,
-                        store_rows=store_rows)
+        res = self._run(
+            src,
+            indices=list(plan.indices),
+            seed=plan.seed,
+            repeats=repeats,
+            workflow_id=workflow_id,
+            store_rows=store_rows,
+        )
         raise_infrastructure(res.details, "the executor failed during an evaluation")
         return res
 
@@ -304,7 +394,9 @@ class SearchMDP:
 
     # ------------------------------------------------------------ the random policy
 
-    def random_action(self, state: SearchState, rng: np.random.Generator, exclude: Sequence[str] = ()) -> tuple[str, str]:
+    def random_action(
+        self, state: SearchState, rng: np.random.Generator, exclude: Sequence[str] = ()
+    ) -> tuple[str, str]:
         """``mutate``'s answer for ``state``: (answer text in the state's format, modification).
         Raises :class:`ProposalError` when every catalogue edit was tried (or excluded)."""
         tried = [t.modification for t in state.tried] + list(exclude)
@@ -313,4 +405,7 @@ class SearchMDP:
         if self.format_of(state) == "edit":
             return mod, mod
         src = self.compile_edit(state, e)
-        return f"<modification>{mod}</modification>\n<graph>\n{src.graph}</graph>\n<prompt>\n{src.prompt}</prompt>\n", mod
+        return (
+            f"<modification>{mod}</modification>\n<graph>\n{src.graph}</graph>\n<prompt>\n{src.prompt}</prompt>\n",
+            mod,
+        )

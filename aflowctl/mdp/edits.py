@@ -36,8 +36,17 @@ MIN_K, MAX_K = 2, 9
 MAX_INSTRUCTION_CHARS = 600
 ADDABLE = {"programmer": "math", "test": "code", "review": None}  # step -> the task kind it needs (None: any)
 REMOVABLE = ("ensemble", "programmer", "test", "review")
-STEP_OPERATORS = {"programmer": ("Programmer",), "test": ("Test",), "review": ("Review", "Revise"), "ensemble": ("ScEnsemble",)}
-ANSWER_OPS = {"math": ("Custom", "AnswerGenerate"), "qa": ("Custom", "AnswerGenerate"), "code": ("CustomCodeGenerate", "Custom")}
+STEP_OPERATORS = {
+    "programmer": ("Programmer",),
+    "test": ("Test",),
+    "review": ("Review", "Revise"),
+    "ensemble": ("ScEnsemble",),
+}
+ANSWER_OPS = {
+    "math": ("Custom", "AnswerGenerate"),
+    "qa": ("Custom", "AnswerGenerate"),
+    "code": ("CustomCodeGenerate", "Custom"),
+}
 EXAMPLE = '{"edit": "ensemble", "k": 3}'
 
 
@@ -95,20 +104,24 @@ def parse_edit(text: str) -> Edit:
     try:
         data, _ = json.JSONDecoder().raw_decode(body, start)  # the first object is the answer
     except json.JSONDecodeError as exc:
-        raise EditError(f"the answer is not valid JSON: {exc.msg} at character {exc.pos}",
-                        f"answer with one JSON object such as {EXAMPLE}") from None
+        raise EditError(
+            f"the answer is not valid JSON: {exc.msg} at character {exc.pos}",
+            f"answer with one JSON object such as {EXAMPLE}",
+        ) from None
     if not isinstance(data, dict):
         raise EditError("the answer is JSON but not an object", f"answer with one JSON object such as {EXAMPLE}")
     name = data.get("edit")
     if not isinstance(name, str):
-        raise EditError("the object has no \"edit\" name", f"name the edit, as in {EXAMPLE}")
+        raise EditError('the object has no "edit" name', f"name the edit, as in {EXAMPLE}")
     if name not in EDITS:
         raise EditError(f"unknown edit '{name[:40]}' (known: {', '.join(EDITS)})", "pick one of the listed edits")
     params = EDITS[name]
     extra = [k for k in data if k != "edit" and k not in params]
     if extra:
-        raise EditError(f"unexpected key '{str(extra[0])[:40]}' for edit '{name}' (it takes: {', '.join(params)})",
-                        "drop the other keys")
+        raise EditError(
+            f"unexpected key '{str(extra[0])[:40]}' for edit '{name}' (it takes: {', '.join(params)})",
+            "drop the other keys",
+        )
     values: dict = {}
     for p in params:
         if p not in data:
@@ -129,8 +142,10 @@ def parse_edit(text: str) -> Edit:
 def _allowed(ops: Sequence[str], allowed: Sequence[str] | None) -> None:
     missing = [o for o in ops if allowed is not None and o not in allowed]
     if missing:
-        raise EditError(f"the operator {missing[0]} is not allowed in this run (allowed: {', '.join(allowed or [])})",
-                        "pick an edit that uses the allowed operators")
+        raise EditError(
+            f"the operator {missing[0]} is not allowed in this run (allowed: {', '.join(allowed or [])})",
+            "pick an edit that uses the allowed operators",
+        )
 
 
 def _has(spec: Spec, step: str) -> bool:
@@ -143,8 +158,10 @@ def apply_edit(spec: Spec, e: Edit, allowed_ops: Sequence[str] | None = None) ->
     if e.edit == "ensemble":
         k = int(e.k or 0)
         if k < MIN_K:
-            raise EditError(f"k must be at least {MIN_K} (got {k})",
-                            'to drop the ensemble use {"edit": "remove", "step": "ensemble"}')
+            raise EditError(
+                f"k must be at least {MIN_K} (got {k})",
+                'to drop the ensemble use {"edit": "remove", "step": "ensemble"}',
+            )
         if k > MAX_K:
             raise EditError(f"k must be at most {MAX_K} (got {k})", f"pick k from {MIN_K} to {MAX_K}")
         if spec.ensemble == k:
@@ -156,10 +173,14 @@ def apply_edit(spec: Spec, e: Edit, allowed_ops: Sequence[str] | None = None) ->
         if step == "ensemble":
             raise EditError("add the ensemble with the ensemble edit", EXAMPLE)
         if step not in ADDABLE:
-            raise EditError(f"unknown step '{step[:40]}' to add (addable: {', '.join(ADDABLE)})", "pick an addable step")
+            raise EditError(
+                f"unknown step '{step[:40]}' to add (addable: {', '.join(ADDABLE)})", "pick an addable step"
+            )
         need = ADDABLE[step]
         if need is not None and spec.kind != need:
-            raise EditError(f"the {step} step applies to {need} tasks only (this is a {spec.kind} task)", "pick another step")
+            raise EditError(
+                f"the {step} step applies to {need} tasks only (this is a {spec.kind} task)", "pick another step"
+            )
         if _has(spec, step):
             raise EditError(f"the workflow already has a {step} step", "pick another edit")
         _allowed(STEP_OPERATORS[step], allowed)
@@ -169,26 +190,35 @@ def apply_edit(spec: Spec, e: Edit, allowed_ops: Sequence[str] | None = None) ->
         if step == "answer":
             raise EditError("the answer step cannot be removed", "remove another step")
         if step not in REMOVABLE:
-            raise EditError(f"unknown step '{step[:40]}' to remove (removable: {', '.join(REMOVABLE)})", "pick a step the workflow has")
+            raise EditError(
+                f"unknown step '{step[:40]}' to remove (removable: {', '.join(REMOVABLE)})",
+                "pick a step the workflow has",
+            )
         if not _has(spec, step):
             raise EditError(f"the workflow has no {step} step", "remove a step it has")
         return replace(spec, ensemble=1) if step == "ensemble" else replace(spec, **{step: False})
     if e.edit == "instruction":
         if e.step != "answer":
-            raise EditError(f"only the answer step has an instruction (got step '{str(e.step)[:40]}')", 'use "step": "answer"')
+            raise EditError(
+                f"only the answer step has an instruction (got step '{str(e.step)[:40]}')", 'use "step": "answer"'
+            )
         text = str(e.text).strip()
         if not re.sub(r"[\W_]+", "", text):
             raise EditError("the instruction text is empty or a placeholder", "write the new instruction")
         if len(text) > MAX_INSTRUCTION_CHARS:
-            raise EditError(f"the instruction is {len(text)} characters (at most {MAX_INSTRUCTION_CHARS})", "shorten it")
+            raise EditError(
+                f"the instruction is {len(text)} characters (at most {MAX_INSTRUCTION_CHARS})", "shorten it"
+            )
         if text == spec.instruction.strip():
             raise EditError("the instruction is unchanged", "write a different instruction")
         return replace(spec, instruction=text)
     # answer_op
     ops = ANSWER_OPS.get(spec.kind, ANSWER_OPS["math"])
     if e.op not in ops:
-        raise EditError(f"answer_op '{str(e.op)[:40]}' is not available for {spec.kind} tasks (available: {', '.join(ops)})",
-                        "pick one of them")
+        raise EditError(
+            f"answer_op '{str(e.op)[:40]}' is not available for {spec.kind} tasks (available: {', '.join(ops)})",
+            "pick one of them",
+        )
     if e.op == spec.answer_op:
         raise EditError(f"the answer step already uses {e.op}", "pick another operator")
     _allowed((str(e.op),), allowed)
@@ -225,10 +255,15 @@ def available(spec: Spec, allowed_ops: Sequence[str] | None = None) -> list[str]
     if _ok(spec, Edit("ensemble", k=k), allowed_ops):
         lines.append(f'{{"edit": "ensemble", "k": {k}}}  (answer k times and vote, k {MIN_K}-{MAX_K})')
     lines += [f'{{"edit": "add", "step": "{s}"}}' for s in ADDABLE if _ok(spec, Edit("add", step=s), allowed_ops)]
-    lines += [f'{{"edit": "remove", "step": "{s}"}}' for s in REMOVABLE if _ok(spec, Edit("remove", step=s), allowed_ops)]
+    lines += [
+        f'{{"edit": "remove", "step": "{s}"}}' for s in REMOVABLE if _ok(spec, Edit("remove", step=s), allowed_ops)
+    ]
     lines.append('{"edit": "instruction", "step": "answer", "text": "..."}  (new instruction)')
-    lines += [f'{{"edit": "answer_op", "op": "{o}"}}' for o in ANSWER_OPS.get(spec.kind, ())
-              if _ok(spec, Edit("answer_op", op=o), allowed_ops)]
+    lines += [
+        f'{{"edit": "answer_op", "op": "{o}"}}'
+        for o in ANSWER_OPS.get(spec.kind, ())
+        if _ok(spec, Edit("answer_op", op=o), allowed_ops)
+    ]
     return lines
 
 

@@ -18,11 +18,14 @@ from aflowctl.mdp.parse import ProposalError, normalise_modification
 from aflowctl.mdp.spec import Spec
 
 
-def propose_edit(spec: Spec, *, rng: np.random.Generator, tried: Sequence[str] = (),
-                 allowed_ops: Sequence[str] | None = None) -> Edit:
+def propose_edit(
+    spec: Spec, *, rng: np.random.Generator, tried: Sequence[str] = (), allowed_ops: Sequence[str] | None = None
+) -> Edit:
     """One edit of ``spec`` whose canonical text is not among ``tried`` (modification texts)."""
     keys = {normalise_modification(t) for t in tried}
     edits = [e for e in catalogue(spec, allowed_ops) if normalise_modification(e.canonical()) not in keys]
     if not edits:
-        raise ProposalError("every edit in the mutate catalogue was already tried on this workflow", "select another parent")
+        raise ProposalError(
+            "every edit in the mutate catalogue was already tried on this workflow", "select another parent"
+        )
     return edits[int(rng.integers(len(edits)))]

@@ -47,7 +47,9 @@ def render_failed_cases(cases: Sequence[dict], max_chars: int = 600) -> str:
     out = ["Some validation problems this workflow got wrong:"]
     for i, c in enumerate(cases, 1):
         q = str(c.get("question", ""))[:max_chars]
-        out.append(f"{i}. problem: {q}\n   expected: {str(c.get('expected', ''))[:200]}\n   workflow answered: {str(c.get('prediction', ''))[:300]}")
+        out.append(
+            f"{i}. problem: {q}\n   expected: {str(c.get('expected', ''))[:200]}\n   workflow answered: {str(c.get('prediction', ''))[:300]}"
+        )
     return "\n".join(out)
 
 
@@ -86,7 +88,12 @@ Current workflow (validation score {score}):
 {FORMAT_RULES.format(call_args=_call_args(kind))}"""
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
     if error_feedback:
-        messages.append({"role": "user", "content": f"Your previous answer could not be used: {error_feedback}\nAnswer again in the required form."})
+        messages.append(
+            {
+                "role": "user",
+                "content": f"Your previous answer could not be used: {error_feedback}\nAnswer again in the required form.",
+            }
+        )
     return messages
 
 
@@ -95,7 +102,9 @@ def messages_to_text(messages: list[dict]) -> str:
     return json.dumps(messages, ensure_ascii=False)
 
 
-EDIT_SYSTEM = "You improve a workflow that solves {task} by choosing ONE edit. Reply with one JSON object and nothing else."
+EDIT_SYSTEM = (
+    "You improve a workflow that solves {task} by choosing ONE edit. Reply with one JSON object and nothing else."
+)
 
 
 def _spec_line(spec) -> str:
@@ -125,7 +134,12 @@ def render_edit_prompt(
     """Chat messages asking for one edit (see docs/edits.md) of the pipeline ``spec``."""
     task = {"math": "math problems", "qa": "questions about a text", "code": "Python coding tasks"}.get(kind, kind)
     sc = "not evaluated" if score is None else f"{100 * score:.0f}%"
-    lines = [f"Workflow (score {sc}): {_spec_line(spec)}", f"Answer instruction: {_short(spec.instruction, 160)}", "", "Edits (pick one):"]
+    lines = [
+        f"Workflow (score {sc}): {_spec_line(spec)}",
+        f"Answer instruction: {_short(spec.instruction, 160)}",
+        "",
+        "Edits (pick one):",
+    ]
     lines += edits
     shown = list(tried)[-max_tried:]
     if shown:
@@ -136,12 +150,25 @@ def render_edit_prompt(
             else:
                 lines.append(f"{_short(t.modification, 90)} -> {_pct(t.score_after)}")
     for c in list(failed_cases)[:1]:
-        lines += ["", (f"Failed: {_short(c.get('question', ''), 100)} expected {_short(c.get('expected', ''), 20)}, "
-                      f"got {_short(c.get('prediction', ''), 60)}")]
+        lines += [
+            "",
+            (
+                f"Failed: {_short(c.get('question', ''), 100)} expected {_short(c.get('expected', ''), 20)}, "
+                f"got {_short(c.get('prediction', ''), 60)}"
+            ),
+        ]
     lines += ["", "Reply with one JSON edit."]
-    messages = [{"role": "system", "content": EDIT_SYSTEM.format(task=task)}, {"role": "user", "content": "\n".join(lines)}]
+    messages = [
+        {"role": "system", "content": EDIT_SYSTEM.format(task=task)},
+        {"role": "user", "content": "\n".join(lines)},
+    ]
     if error_feedback:
-        messages.append({"role": "user", "content": f"That edit could not be used: {_short(error_feedback, 200)}. Reply with another JSON edit."})
+        messages.append(
+            {
+                "role": "user",
+                "content": f"That edit could not be used: {_short(error_feedback, 200)}. Reply with another JSON edit.",
+            }
+        )
     return messages
 
 

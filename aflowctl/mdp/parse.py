@@ -48,8 +48,12 @@ def parse_proposal(text: str) -> Proposal:
     if not parts["modification"].strip():
         raise ProposalError("the <modification> section is empty", "describe the one change you made")
     if "class Workflow" not in parts["graph"]:
-        raise ProposalError("the <graph> section defines no 'class Workflow'", "give the complete graph.py with class Workflow")
-    return Proposal(modification=" ".join(parts["modification"].split()), graph=parts["graph"] + "\n", prompt=parts["prompt"] + "\n")
+        raise ProposalError(
+            "the <graph> section defines no 'class Workflow'", "give the complete graph.py with class Workflow"
+        )
+    return Proposal(
+        modification=" ".join(parts["modification"].split()), graph=parts["graph"] + "\n", prompt=parts["prompt"] + "\n"
+    )
 
 
 def normalise_modification(text: str) -> str:

@@ -200,14 +200,17 @@ def render(spec: Spec, import_lines: Sequence[str]) -> tuple[str, str]:
     init = ["self.name = name", "self.dataset = dataset", "self.llm = create_llm_instance(llm_config)"]
     init += [f"self.{_ATTR[op]} = operator.{op}(self.llm)" for op in dict.fromkeys(operators_used(spec))]
     spec_literal = pprint.pformat(asdict(spec), width=100, sort_dicts=True)
-    graph = "\n".join(
-        list(import_lines)
-        + ["", f"WORKFLOW_SPEC = {spec_literal}", "", "", "class Workflow:"]
-        + ["    def __init__(self, name, llm_config, dataset) -> None:"]
-        + [f"        {line}" for line in init]
-        + ["", f"    async def __call__(self, {args}):"]
-        + [f"        {line}" for line in body]
-    ) + "\n"
+    graph = (
+        "\n".join(
+            list(import_lines)
+            + ["", f"WORKFLOW_SPEC = {spec_literal}", "", "", "class Workflow:"]
+            + ["    def __init__(self, name, llm_config, dataset) -> None:"]
+            + [f"        {line}" for line in init]
+            + ["", f"    async def __call__(self, {args}):"]
+            + [f"        {line}" for line in body]
+        )
+        + "\n"
+    )
     # Custom sends instruction + input with nothing between them: end the instruction with a blank line
     prompt = f"ANSWER_PROMPT = {spec.instruction.rstrip() + chr(10) * 2!r}\n"
     return graph, prompt

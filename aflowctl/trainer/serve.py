@@ -63,8 +63,10 @@ def check_policy(spec: str, cfg: Config) -> Path:
     try:
         base = resolve_policy_path(cfg.train.policy_model)
     except Exception as exc:  # noqa: BLE001 - the base model is unavailable: cannot compare
-        raise CheckpointError(f"cannot check the policy's base model: {getattr(exc, 'message', exc)}",
-                              "set train.policy_model to the base model the policy was trained from") from None
+        raise CheckpointError(
+            f"cannot check the policy's base model: {getattr(exc, 'message', exc)}",
+            "set train.policy_model to the base model the policy was trained from",
+        ) from None
     want = model_fingerprint(base)
     got = _base_fingerprint(policy_dir)
     if got is not None and got != want:
