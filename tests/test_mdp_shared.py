@@ -162,7 +162,10 @@ def test_an_error_that_is_not_the_answers_fault_stops_the_run(tmp_path, monkeypa
             )
         )
         db = tmp_path / "k.db"
-        r = runner.invoke(app, ["optimize", "--config", str(cfg), "--db", str(db), "--run-id", "k1"])
+        # the provider preflight refuses it before any run exists; past it (--no-preflight), the run stops at the call
+        r = runner.invoke(app, ["optimize", "--config", str(cfg), "--db", str(db), "--run-id", "k0"])
+        assert r.exit_code != 0 and "AFLOWCTL_TEST_NO_SUCH_KEY" in r.stderr
+        r = runner.invoke(app, ["optimize", "--config", str(cfg), "--db", str(db), "--run-id", "k1", "--no-preflight"])
         assert r.exit_code != 0
         assert "AFLOWCTL_TEST_NO_SUCH_KEY" in r.stderr
         conn = sqlite3.connect(db)

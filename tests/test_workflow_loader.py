@@ -367,7 +367,8 @@ def test_every_seed_and_every_mutation_passes_the_static_check():
     import numpy as np
 
     from aflowctl import benchmarks
-    from aflowctl.optimizer import mutate
+    from aflowctl.mdp import edits, spec
+    from aflowctl.mdp.mutate import propose_edit
     from aflowctl.workflow import seeds
 
     kinds = {"code": "code", "qa": "qa"}
@@ -380,14 +381,14 @@ def test_every_seed_and_every_mutation_passes_the_static_check():
         except Exception:  # noqa: BLE001 - the generic seeds have no benchmark
             kind = "code" if "code" in name else "math"
         rng = np.random.default_rng(0)
-        graph, prompt, seen = src.graph, src.prompt, []
+        sp, imports, seen = spec.read_spec(src.graph, src.prompt, kind), spec.import_lines(src.graph), []
         for _ in range(8):
             try:
-                m = mutate.propose(graph, prompt, kind=kind, rng=rng, tried=seen)
+                e = propose_edit(sp, rng=rng, tried=seen)
             except Exception:  # noqa: BLE001 - a seed the catalogue cannot edit further
                 break
-            check_source(WorkflowSource(m.graph, m.prompt))
+            sp = edits.apply_edit(sp, e)
+            check_source(WorkflowSource(*spec.render(sp, imports)))
             checked += 1
-            seen.append(m.modification)
-            graph, prompt = m.graph, m.prompt
+            seen.append(e.canonical())
     assert checked >= 20

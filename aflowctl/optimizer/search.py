@@ -28,7 +28,7 @@ from loguru import logger
 from aflowctl.config import Config, ModelConfig
 from aflowctl.errors import AflowctlError, BudgetExceeded, ConfigError, NotFoundError
 from aflowctl.mdp import experience as exp_mod
-from aflowctl.mdp.core import EvalPlan, SearchMDP, SearchState, one_line
+from aflowctl.mdp.core import EvalPlan, SearchMDP, SearchState, check_action_format, one_line
 from aflowctl.mdp.observe import messages_to_text
 from aflowctl.mdp.parse import ProposalError, normalise_modification
 from aflowctl.optimizer.convergence import check_convergence
