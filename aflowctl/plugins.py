@@ -23,9 +23,10 @@ import importlib
 import os
 import sys
 import threading
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Optional, Protocol, TypeVar
 
 import pluggy
 
@@ -50,7 +51,9 @@ _pm: pluggy.PluginManager | None = None
 _pm_lock = threading.RLock()
 _load_errors: dict[str, str] = {}
 _plugin_dists: dict[str, tuple[str, str]] = {}  # plugin name -> (dist name, version)
-_failed_dists: dict[str, tuple[Optional[str], Optional[str]]] = {}  # plugins that failed to load -> (dist name, version)
+_failed_dists: dict[
+    str, tuple[Optional[str], Optional[str]]
+] = {}  # plugins that failed to load -> (dist name, version)
 
 
 def _wanted() -> set[str] | None:
@@ -174,8 +177,6 @@ def list_plugins() -> list[dict[str, Any]]:
     return out
 
 
-
-
 # --------------------------------------------------------------------------- contracts
 
 
@@ -292,7 +293,7 @@ def missing_members(obj: Any, protocol: type) -> list[str]:
 # --------------------------------------------------------------------------- the registry
 
 T = TypeVar("T")
-_registries: list["Registry[Any]"] = []
+_registries: list[Registry[Any]] = []
 
 
 class Registry(Generic[T]):
@@ -400,8 +401,9 @@ class Registry(Generic[T]):
         return {k: list(v) for k, v in self._by_plugin.items()}
 
 
-def check_object(plugin: str, what: str, obj: Any, protocol: type, *, name_hint: str,
-                 unimplemented: tuple[str, ...] = ()) -> str:
+def check_object(
+    plugin: str, what: str, obj: Any, protocol: type, *, name_hint: str, unimplemented: tuple[str, ...] = ()
+) -> str:
     """The name ``obj`` registers under, once it is a valid name (non-empty, no ``/``, no
     outer spaces) and ``obj`` has every member of ``protocol``; else :class:`PluginError`
     naming what is missing (``unimplemented``: members known to be stubs)."""
@@ -410,6 +412,8 @@ def check_object(plugin: str, what: str, obj: Any, protocol: type, *, name_hint:
         raise PluginError(f"plugin {plugin} registered a {what} without a valid name ({name!r})", name_hint)
     missing = missing_members(obj, protocol) + list(unimplemented)
     if missing:
-        raise PluginError(f"plugin {plugin} registered {what} {name!r} without {', '.join(missing)}",
-                          f"implement the {what} contract (docs/plugins.md, {protocol.__name__})")
+        raise PluginError(
+            f"plugin {plugin} registered {what} {name!r} without {', '.join(missing)}",
+            f"implement the {what} contract (docs/plugins.md, {protocol.__name__})",
+        )
     return name

@@ -316,6 +316,24 @@ def test_broken_operator_plugin_is_reported_not_fatal():
     assert "boom" in registry.hook_errors()["broken-ops"]
 
 
+def test_operator_classes_without_call_are_refused():
+    from aflowctl import plugins
+    from aflowctl.hookspecs import hookimpl
+
+    class NoCall:  # a class is always callable; its instances are not
+        def __init__(self, llm):
+            self.llm = llm
+
+    class Plugin:
+        @hookimpl
+        def register_operators(self, register):
+            register(NoCall, "NoCall: nothing")
+
+    plugins.register_plugin(Plugin(), name="nocall-ops")
+    assert "NoCall" not in registry.names() and "Custom" in registry.names()
+    assert "has no __call__" in registry.hook_errors()["nocall-ops"]
+
+
 # ------------------------------------------------------------------ real client, loopback server
 
 

@@ -20,9 +20,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 from aflowctl import paths
 from aflowctl.errors import BenchmarkError
@@ -242,7 +243,8 @@ def fetch_local(benchmark, source: Path, splits: Optional[list[str]] = None) -> 
         for split in wanted or benchmark.all_splits():
             if split == "sample" and wanted is None:
                 continue
-            hit = next((f / file_name(benchmark.name, split) for f in folders if (f / file_name(benchmark.name, split)).is_file()), None)
+            name = file_name(benchmark.name, split)
+            hit = next((f / name for f in folders if (f / name).is_file()), None)
             if hit is not None:
                 plan.append((split, hit))
             elif wanted is not None:
@@ -286,11 +288,15 @@ def fetch_hub(benchmark, splits: Optional[list[str]] = None) -> list[Fetched]:
     if fetcher is None and type(benchmark).__module__.startswith("aflowctl.benchmarks."):
         fetcher = hub.FETCHERS.get(benchmark.name)
     if fetcher is None:
-        shipped = [s for s in ("validate", "test") if s in benchmark.all_splits()
-                   and split_info(benchmark, s).origin == "shipped with the package"]
+        shipped = [
+            s
+            for s in ("validate", "test")
+            if s in benchmark.all_splits() and split_info(benchmark, s).origin == "shipped with the package"
+        ]
         if shipped and len(shipped) == len([s for s in ("validate", "test") if s in benchmark.all_splits()]):
             raise BenchmarkError(
-                f"benchmark {benchmark.name!r} ships its {' and '.join(shipped)} splits with its package: nothing to fetch",
+                f"benchmark {benchmark.name!r} ships its {' and '.join(shipped)} splits with its package: "
+                "nothing to fetch",
                 f"to use other problems: aflowctl data fetch {benchmark.name} --from FILE --split validate",
             )
         raise BenchmarkError(
@@ -309,7 +315,10 @@ def fetch_hub(benchmark, splits: Optional[list[str]] = None) -> list[Fetched]:
                 f"benchmark {benchmark.name!r} has no split {s!r}",
                 f"choose from: {', '.join(benchmark.all_splits())}",
             )
-    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get("HF_DATASETS_OFFLINE", "") not in ("", "0"):
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get("HF_DATASETS_OFFLINE", "") not in (
+        "",
+        "0",
+    ):
         raise BenchmarkError(
             "the Hugging Face hub is switched off here (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set)",
             f"unset it when online, or fetch from a local copy: aflowctl data fetch {benchmark.name} --from PATH",

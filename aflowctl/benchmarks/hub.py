@@ -14,8 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any
 
 from aflowctl.benchmarks.data import PACKAGE_SAMPLES
 from aflowctl.errors import BenchmarkError
@@ -118,7 +119,8 @@ def _select(rows_by_key: dict, keys: list, name: str, split: str) -> list[dict]:
     missing = [k for k in keys if k not in rows_by_key]
     if missing:
         raise BenchmarkError(
-            f"{len(missing)} problems of AFlow's {name} {split} split are not in the hub's dataset (e.g. {missing[0]!r})",
+            f"{len(missing)} problems of AFlow's {name} {split} split are not in the hub's dataset "
+            f"(e.g. {missing[0]!r})",
             f"the upstream dataset changed; copy AFlow's file instead: aflowctl data fetch {name} --from PATH",
         )
     return [rows_by_key[k] for k in keys]

@@ -30,7 +30,9 @@ def report(exc: BaseException) -> int:
     orig = getattr(exc, "orig", exc)
     if isinstance(orig, sqlite3.DatabaseError) and not isinstance(orig, sqlite3.IntegrityError):
         # a store error raised outside an opened store (no path known): one line, no SQL
-        sys.stderr.write(f"Error: the store cannot be used ({orig}). Check --db/AFLOWCTL_HOME, or restore it from a backup\n")
+        sys.stderr.write(
+            f"Error: the store cannot be used ({orig}). Check --db/AFLOWCTL_HOME, or restore it from a backup\n"
+        )
         return 1
     if isinstance(exc, KeyboardInterrupt):
         sys.stderr.write("Interrupted: everything finished so far is stored; resume with --resume RUN_ID\n")

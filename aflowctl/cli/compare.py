@@ -11,7 +11,10 @@ from aflowctl.cli._options import DbOpt, JsonOpt
 
 
 def compare(
-    run_ids: Annotated[list[str], typer.Argument(help="two or more optimize runs on the same benchmark; the first one's group is the baseline")],
+    run_ids: Annotated[
+        list[str],
+        typer.Argument(help="two or more optimize runs on the same benchmark; the first one's group is the baseline"),
+    ],
     plot: Annotated[
         Optional[Path],
         typer.Option("--plot", help="PNG to write (default: $AFLOWCTL_HOME/runs/compare/<A>__<B>.png)"),
@@ -45,28 +48,48 @@ def _print_tables(result: dict) -> None:
 
     rows, spend_rows = [], []
     for s in result["runs"]:
-        rows.append({
-            "run": s["run_id"], "group": s["group"], "seed": s["seed"], "rounds": s["rounds"],
-            "best val": s["best_score"], "test": s["test_score"],
-            "valid/prop": f"{s['valid_modifications']}/{s['proposals']}",
-            "spend $": s["cost_usd"], "best@budget": s["best_at_common_budget"],
-        })
-        spend_rows.append({
-            "run": s["run_id"], "status": s["status"],
-            "best wf (round)": f"{s['best_workflow_id']} ({s['best_round']})" if s["best_workflow_id"] else None,
-            **{role: v for role, v in s["spend_by_role"].items()}, "total $": s["cost_usd"],
-        })
-    print_table(rows, ["run", "group", "seed", "rounds", "best val", "test", "valid/prop", "spend $", "best@budget"],
-                title=f"compare — {result['dataset']}")
+        rows.append(
+            {
+                "run": s["run_id"],
+                "group": s["group"],
+                "seed": s["seed"],
+                "rounds": s["rounds"],
+                "best val": s["best_score"],
+                "test": s["test_score"],
+                "valid/prop": f"{s['valid_modifications']}/{s['proposals']}",
+                "spend $": s["cost_usd"],
+                "best@budget": s["best_at_common_budget"],
+            }
+        )
+        spend_rows.append(
+            {
+                "run": s["run_id"],
+                "status": s["status"],
+                "best wf (round)": f"{s['best_workflow_id']} ({s['best_round']})" if s["best_workflow_id"] else None,
+                **{role: v for role, v in s["spend_by_role"].items()},
+                "total $": s["cost_usd"],
+            }
+        )
+    print_table(
+        rows,
+        ["run", "group", "seed", "rounds", "best val", "test", "valid/prop", "spend $", "best@budget"],
+        title=f"compare — {result['dataset']}",
+    )
     roles = sorted({role for s in result["runs"] for role in s["spend_by_role"]})
-    print_table(spend_rows, ["run", "status", "best wf (round)", *roles, "total $"], title="best workflow and spend by role (USD)")
+    print_table(
+        spend_rows,
+        ["run", "status", "best wf (round)", *roles, "total $"],
+        title="best workflow and spend by role (USD)",
+    )
     ids = [s["run_id"] for s in result["runs"]]
     print_table(result["per_round"], ["round", *ids], title="best score by round")
     for g in result["groups"]:
         fb = g["final_best"]
         std = "n/a" if fb["std"] is None else f"{fb['std']:.4f}"
         mean = "n/a" if fb["mean"] is None else f"{fb['mean']:.4f}"
-        line = f"group {g['group']} [{g['label']}]: {fb['n']} run(s), final best {mean} ± {std} (mean ± std across seeds)"
+        line = (
+            f"group {g['group']} [{g['label']}]: {fb['n']} run(s), final best {mean} ± {std} (mean ± std across seeds)"
+        )
         if g["test"] is not None and g["test"]["mean"] is not None:
             tstd = "n/a" if g["test"]["std"] is None else f"{g['test']['std']:.4f}"
             line += f"; test {g['test']['mean']:.4f} ± {tstd}"
@@ -76,7 +99,9 @@ def _print_tables(result: dict) -> None:
     for n in result["notes"]:
         console.print(f"note: {n}", markup=False, highlight=False)
     if result["common_budget_usd"] is not None:
-        console.print(f"common budget (smallest total spend): ${result['common_budget_usd']:.4f}", markup=False, highlight=False)
+        console.print(
+            f"common budget (smallest total spend): ${result['common_budget_usd']:.4f}", markup=False, highlight=False
+        )
     if result.get("plot"):
         console.print(f"plot: {result['plot']}", markup=False, highlight=False)
 

@@ -62,7 +62,9 @@ def fetch_cmd(
     *,
     source: Annotated[
         Optional[Path],
-        typer.Option("--from", help="a JSONL file or a folder with AFlow's data files (offline); default: the Hugging Face hub"),
+        typer.Option(
+            "--from", help="a JSONL file or a folder with AFlow's data files (offline); default: the Hugging Face hub"
+        ),
     ] = None,
     split: Annotated[
         Optional[list[str]], typer.Option("--split", help="split to fetch (repeatable; default: all the source has)")
@@ -81,7 +83,8 @@ def fetch_cmd(
         return
     for r in rows:
         console.print(
-            f"{r['benchmark']} {r['split']}: {r['count']} problems -> {r['path']} (sha256 {r['sha256'][:12]}, from {r['source']})",
+            f"{r['benchmark']} {r['split']}: {r['count']} problems -> {r['path']} "
+            f"(sha256 {r['sha256'][:12]}, from {r['source']})",
             highlight=False,
             soft_wrap=True,
         )

@@ -19,11 +19,17 @@ class ReportFormat(str, Enum):
 
 def report(
     run_id: Annotated[str, typer.Argument(help="the run to report on (see 'aflowctl inspect runs')")],
-    out: Annotated[Optional[Path], typer.Option("--out", help="folder for report.png and report.html (default: the run's folder)")] = None,
-    fmt: Annotated[ReportFormat, typer.Option("--format", help="html: write report.png + report.html; md: print a markdown summary")] = ReportFormat.html,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", help="folder for report.png and report.html (default: the run's folder)")
+    ] = None,
+    fmt: Annotated[
+        ReportFormat,
+        typer.Option("--format", help="html: write report.png + report.html; md: print a markdown summary"),
+    ] = ReportFormat.html,
     db: DbOpt = None,
 ) -> None:
-    """Report on a run: score per round with the running best and spend, the search tree with diffs (or training curves)."""
+    """Report on a run: score per round with the running best and spend, the search tree with diffs
+    (or training curves)."""
     from aflowctl.reporting import report as rep
     from aflowctl.store import open_store
 
@@ -38,8 +44,15 @@ def report(
 
 def export(
     run_id: Annotated[str, typer.Argument(help="the run to export")],
-    aflow: Annotated[Path, typer.Option("--aflow", help="write AFlow round folders (round_N/graph.py, prompt.py, results.json) into this folder")],
-    force: Annotated[bool, typer.Option("--force", help="replace round folders and results.json already in the folder")] = False,
+    aflow: Annotated[
+        Path,
+        typer.Option(
+            "--aflow", help="write AFlow round folders (round_N/graph.py, prompt.py, results.json) into this folder"
+        ),
+    ],
+    force: Annotated[
+        bool, typer.Option("--force", help="replace round folders and results.json already in the folder")
+    ] = False,
     db: DbOpt = None,
 ) -> None:
     """Export a run's workflows as AFlow round folders (the folder plays workspace/<DATASET>/workflows)."""

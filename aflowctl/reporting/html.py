@@ -60,15 +60,25 @@ def _tree(data: dict[str, Any]) -> dict[str, Any]:
         failed.setdefault(f["parent_id"], []).append(f)
     ids = {w["id"] for w in wfs}
     roots = sorted((w for w in wfs if w["parent_id"] is None or w["parent_id"] not in ids), key=lambda x: x["id"])
-    return {"roots": roots, "children": children, "failed": failed, "best_id": data["best"]["id"] if data["best"] else None}
+    return {
+        "roots": roots,
+        "children": children,
+        "failed": failed,
+        "best_id": data["best"]["id"] if data["best"] else None,
+    }
 
 
 def render_html(data: dict[str, Any], png: bytes) -> str:
     """A self-contained page: inline CSS, the PNG as base64, no scripts, no external resources."""
     meta = data["run"]
     head = [
-        ["run", meta["id"]], ["kind", meta["kind"]], ["dataset", meta["dataset"] or "—"], ["status", meta["status"]],
-        ["seed", meta["seed"]], ["created", meta["created_at"]], ["updated", meta["updated_at"]],
+        ["run", meta["id"]],
+        ["kind", meta["kind"]],
+        ["dataset", meta["dataset"] or "—"],
+        ["status", meta["status"]],
+        ["seed", meta["seed"]],
+        ["created", meta["created_at"]],
+        ["updated", meta["updated_at"]],
         ["total spend (USD)", f"{data['total_cost_usd']:.4f}"],
     ]
     if meta.get("message"):
@@ -77,10 +87,14 @@ def render_html(data: dict[str, Any], png: bytes) -> str:
         "data": data,
         "head": head,
         "png_base64": base64.b64encode(png).decode("ascii"),
-        "role_rows": [[role, r["calls"], r["cached_calls"], r["tokens"], f"{r['cost_usd']:.4f}"]
-                      for role, r in data["spend_by_role"].items()],
-        "model_rows": [[m["role"], m["model"], m["calls"], m["cached_calls"], m["tokens"], f"{m['cost_usd']:.4f}"]
-                       for m in data["spend_by_model"]],
+        "role_rows": [
+            [role, r["calls"], r["cached_calls"], r["tokens"], f"{r['cost_usd']:.4f}"]
+            for role, r in data["spend_by_role"].items()
+        ],
+        "model_rows": [
+            [m["role"], m["model"], m["calls"], m["cached_calls"], m["tokens"], f"{m['cost_usd']:.4f}"]
+            for m in data["spend_by_model"]
+        ],
         "unpriced": sum(r["unpriced_calls"] for r in data["spend_by_role"].values()),
     }
     if data["kind"] == "train":
@@ -93,8 +107,16 @@ def render_html(data: dict[str, Any], png: bytes) -> str:
         context["checkpoint_rows"] = [[c["step"], c["path"], c["created_at"]] for c in data["checkpoints"]]
     else:
         context["round_rows"] = [
-            [r["round"], ", ".join(map(str, r["parents"])) or "—", r["proposals"], r["valid"], _num(r["best_score"]),
-             _num(r["running_best"]), _num(r["round_cost_usd"]), _num(r["cumulative_cost_usd"])]
+            [
+                r["round"],
+                ", ".join(map(str, r["parents"])) or "—",
+                r["proposals"],
+                r["valid"],
+                _num(r["best_score"]),
+                _num(r["running_best"]),
+                _num(r["round_cost_usd"]),
+                _num(r["cumulative_cost_usd"]),
+            ]
             for r in data["rounds"]
         ]
         context.update(_tree(data))

@@ -13,9 +13,10 @@ matplotlib is imported lazily (inside the functions) with the Agg backend.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional
 
 #: train metrics drawn in the report, in this order, when present
 TRAIN_PANELS = ("reward_mean", "loss", "kl", "entropy", "valid_rate", "grad_norm")
@@ -140,7 +141,9 @@ def optimize_figure(data: dict[str, Any]) -> Any:
             handles.append(line)
             labels.append(label)
         if handles:
-            ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize=8, frameon=False)
+            ax.legend(
+                handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize=8, frameon=False
+            )
         meta = data["run"]
         ax.set_title(f"{meta['id']} — {meta['dataset'] or '?'} ({meta['status']})", fontsize=11)
         fig.tight_layout()
@@ -170,7 +173,9 @@ def train_figure(data: dict[str, Any]) -> Any:
     from matplotlib.ticker import MaxNLocator
 
     keys = [k for k in TRAIN_PANELS if k in data["metric_keys"]]
-    keys += [k for k in data["metric_keys"] if k not in keys and k not in ("epoch", "lr", "steps")][: max(0, 4 - len(keys))]
+    keys += [k for k in data["metric_keys"] if k not in keys and k not in ("epoch", "lr", "steps")][
+        : max(0, 4 - len(keys))
+    ]
     keys = keys[:6] or ["reward_mean"]
     ncols = 2 if len(keys) > 1 else 1
     nrows = math.ceil(len(keys) / ncols)
@@ -183,12 +188,20 @@ def train_figure(data: dict[str, Any]) -> Any:
             if rows:
                 xs = [m["update"] for m in rows]
                 ys = [float(m[key]) for m in rows]
-                ax.plot(xs, ys, marker="o" if len(xs) < 40 else None, markersize=6 if len(xs) < 4 else 3, color="tab:blue")
+                ax.plot(
+                    xs, ys, marker="o" if len(xs) < 40 else None, markersize=6 if len(xs) < 4 else 3, color="tab:blue"
+                )
                 sd = [m.get("reward_std") for m in rows]
                 if key == "reward_mean" and all(isinstance(s, (int, float)) for s in sd):
                     if len(xs) > 1:
-                        ax.fill_between(xs, [y - s for y, s in zip(ys, sd)], [y + s for y, s in zip(ys, sd)],
-                                        color="tab:blue", alpha=0.15, label="± reward_std")
+                        ax.fill_between(
+                            xs,
+                            [y - s for y, s in zip(ys, sd)],
+                            [y + s for y, s in zip(ys, sd)],
+                            color="tab:blue",
+                            alpha=0.15,
+                            label="± reward_std",
+                        )
                     else:
                         ax.errorbar(xs, ys, yerr=sd, fmt="none", ecolor="tab:blue", capsize=4, label="± reward_std")
                     ax.legend(fontsize=8)
@@ -209,7 +222,7 @@ def train_figure(data: dict[str, Any]) -> Any:
             ax.set_title(key, fontsize=10)
             ax.set_xlabel("update")
             ax.grid(alpha=0.3)
-        for ax in list(axes.flat)[len(keys):]:
+        for ax in list(axes.flat)[len(keys) :]:
             ax.axis("off")
         meta = data["run"]
         n = len(updates)
@@ -236,8 +249,12 @@ def comparison_figure(result: dict[str, Any]) -> Any:
             g = s.get("group", 0)
             k = within.get(g, 0)
             within[g] = k + 1
-            style = {"color": colors[g % len(colors)], "marker": _MARKERS[k % len(_MARKERS)], "markersize": 4,
-                     "label": f"{s['run_id']} (group {g}, seed {s['seed']})"}
+            style = {
+                "color": colors[g % len(colors)],
+                "marker": _MARKERS[k % len(_MARKERS)],
+                "markersize": 4,
+                "label": f"{s['run_id']} (group {g}, seed {s['seed']})",
+            }
             pts = [p for p in s["curve"] if p["best_score"] is not None]
             if not pts:
                 continue
@@ -261,8 +278,15 @@ def comparison_figure(result: dict[str, Any]) -> Any:
                 pad = max(0.02, 0.1 * (max(ys) - min(ys)))
                 ax.set_ylim(max(-0.02, min(ys) - pad), min(1.02, max(ys) + pad))
         ax1.set_title("best score vs round", fontsize=10)
-        ax2.set_title("best score vs " + ("spend" if axis and axis[0] == "cumulative_cost_usd" else
-                                          (axis[0].split("_", 1)[1] if axis else "usage")), fontsize=10)
+        ax2.set_title(
+            "best score vs "
+            + (
+                "spend"
+                if axis and axis[0] == "cumulative_cost_usd"
+                else (axis[0].split("_", 1)[1] if axis else "usage")
+            ),
+            fontsize=10,
+        )
         handles, labels = ax1.get_legend_handles_labels()
         h2, l2 = ax2.get_legend_handles_labels()
         handles += [h for h, lab in zip(h2, l2) if lab == "common budget"]

@@ -39,7 +39,9 @@ def write_report(store: Store, run_id: str, out_dir: str | Path | None = None) -
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ReportError(f"cannot create the report folder {out}: {exc.strerror}", "pass a writable folder to --out") from None
+        raise ReportError(
+            f"cannot create the report folder {out}: {exc.strerror}", "pass a writable folder to --out"
+        ) from None
     png = plot(data, out / "report.png")
     html_path = out / "report.html"
     html_path.write_text(render_html(data, png.read_bytes()), encoding="utf-8")

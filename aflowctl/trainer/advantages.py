@@ -24,7 +24,8 @@ dicts out); :func:`gigpo_advantages_arrays` is the array form it uses inside.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -35,11 +35,16 @@ def training_capabilities() -> dict[str, Any]:
         })
     if out["gpus"]:
         g = max(out["gpus"], key=lambda x: x["memory_gb"])
-        out["suggestion"] = (f"train on cuda:{g['index']} ({g['name']}): full fine-tune up to ~{g['full_finetune_max_params_b']}B "
-                             f"parameters, LoRA up to ~{g['lora_max_params_b']}B (configs/train/deep.toml)")
+        out["suggestion"] = (
+            f"train on cuda:{g['index']} ({g['name']}): full fine-tune up to ~{g['full_finetune_max_params_b']}B "
+            f"parameters, LoRA up to ~{g['lora_max_params_b']}B (configs/train/deep.toml)"
+        )
     else:
         ram = out["ram_gb"] or 0
-        out["suggestion"] = ("CPU only: the embedded SmolLM2-135M trains (about 6 GB RAM and ~20 s per update of 8 x 64 tokens "
-                             "on 2 cores; configs/train/test.toml)" if ram >= 8 else
-                             "CPU only with little RAM: use train.lora = true or a smaller policy")
+        out["suggestion"] = (
+            "CPU only: the embedded SmolLM2-135M trains (about 6 GB RAM and ~20 s per update of 8 x 64 tokens "
+            "on 2 cores; configs/train/test.toml)"
+            if ram >= 8
+            else "CPU only with little RAM: use train.lora = true or a smaller policy"
+        )
     return out

@@ -29,7 +29,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from aflowctl.errors import CheckpointError
 
@@ -81,7 +81,7 @@ def capture_rng() -> dict[str, Any]:
     import torch
 
     version, mt, gauss = random.getstate()
-    np_state = np.random.get_state()
+    np_state = cast(tuple, np.random.get_state(legacy=True))  # (kind, keys, pos, has_gauss, cached_gauss)
     out: dict[str, Any] = {
         "python_version": int(version),
         "python_mt": torch.tensor(mt, dtype=torch.int64),
@@ -201,16 +201,25 @@ def save_checkpoint(
     manifest_sha = sha256_file(final / MANIFEST)
     removed = _prune(root, keep)
     if store is not None and run_id is not None:
-        from sqlmodel import delete
+        from sqlmodel import col, delete
 
         from aflowctl.store import Checkpoint, utcnow
 
         def _rows(session):
-            session.exec(delete(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.step == step))
+            session.exec(delete(Checkpoint).where(col(Checkpoint.run_id) == run_id, col(Checkpoint.step) == step))
             if removed:
-                session.exec(delete(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.path.in_([str(p) for p in removed])))
-            session.add(Checkpoint(run_id=run_id, step=step, path=str(final), sha256=manifest_sha,
-                                   metrics_json=json.dumps(metrics or {}, default=str), created_at=utcnow()))
+                gone = col(Checkpoint.path).in_([str(p) for p in removed])
+                session.exec(delete(Checkpoint).where(col(Checkpoint.run_id) == run_id, gone))
+            session.add(
+                Checkpoint(
+                    run_id=run_id,
+                    step=step,
+                    path=str(final),
+                    sha256=manifest_sha,
+                    metrics_json=json.dumps(metrics or {}, default=str),
+                    created_at=utcnow(),
+                )
+            )
 
         store.transact(_rows)
     return CheckpointInfo(final, step, full_state)
@@ -254,7 +263,9 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
     """Check every file against MANIFEST.json; return the trainer state or raise CheckpointError."""
     path = Path(path)
     if not path.is_dir():
-        raise CheckpointError(f"checkpoint {path} does not exist", "list the run's checkpoints with 'aflowctl inspect training RUN_ID'")
+        raise CheckpointError(
+            f"checkpoint {path} does not exist", "list the run's checkpoints with 'aflowctl inspect training RUN_ID'"
+        )
     man_p = path / MANIFEST
     try:
         manifest = json.loads(man_p.read_text())
@@ -267,7 +278,9 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
     for rel, meta in files.items():
         p = path / rel
         if not p.is_file():
-            raise CheckpointError(f"checkpoint {path} is missing {rel}", "resume with --fallback to use the previous checkpoint")
+            raise CheckpointError(
+                f"checkpoint {path} is missing {rel}", "resume with --fallback to use the previous checkpoint"
+            )
         if p.stat().st_size != meta["size"]:
             raise CheckpointError(
                 f"checkpoint {path} is truncated: {rel} has {p.stat().st_size} bytes, expected {meta['size']}",
@@ -317,8 +330,11 @@ def latest_checkpoint(run_dir: Path, *, fallback: bool = False) -> Optional[Chec
         except CheckpointError as exc:
             if not fallback:
                 older = [c.name for c in candidates if c != p]
-                hint = (f"resume with --fallback to use the previous checkpoint ({older[0]})" if older
-                        else "no older checkpoint exists: start a new run")
+                hint = (
+                    f"resume with --fallback to use the previous checkpoint ({older[0]})"
+                    if older
+                    else "no older checkpoint exists: start a new run"
+                )
                 raise CheckpointError(exc.message, hint) from None
             first_error = first_error or exc
     raise CheckpointError(
@@ -326,8 +342,9 @@ def latest_checkpoint(run_dir: Path, *, fallback: bool = False) -> Optional[Chec
     )
 
 
-def compatibility_problems(saved: dict[str, Any], *, config: dict[str, Any], model_fingerprint: str,
-                           lora: bool) -> list[str]:
+def compatibility_problems(
+    saved: dict[str, Any], *, config: dict[str, Any], model_fingerprint: str, lora: bool
+) -> list[str]:
     """What differs between a checkpoint and the run about to use it (empty: compatible)."""
     from aflowctl.config import conflicting_keys
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from aflowctl.trainer import TrainingError
 
@@ -47,7 +48,9 @@ def _embedded_gguf() -> Path:
     try:
         return embedded_gguf()
     except AflowctlError as exc:
-        raise TrainingError(exc.message, (exc.hint or "") + ", or set train.policy_model to an HF model directory") from None
+        raise TrainingError(
+            exc.message, (exc.hint or "") + ", or set train.policy_model to an HF model directory"
+        ) from None
 
 
 def embedded_tokenizer_dir() -> Path:
@@ -72,8 +75,9 @@ def embedded_tokenizer_dir() -> Path:
     return out
 
 
-def make_tiny_policy(out_dir: str | Path, *, seed: int = 0, hidden: int = 64, layers: int = 2,
-                     head_scale: float = 1.0) -> Path:
+def make_tiny_policy(
+    out_dir: str | Path, *, seed: int = 0, hidden: int = 64, layers: int = 2, head_scale: float = 1.0
+) -> Path:
     """Write a small randomly initialised Llama with the embedded tokenizer to ``out_dir``.
 
     For tests and benchmarks: it trains and samples in milliseconds on a CPU. The
@@ -87,9 +91,17 @@ def make_tiny_policy(out_dir: str | Path, *, seed: int = 0, hidden: int = 64, la
     out = Path(out_dir)
     tok = AutoTokenizer.from_pretrained(str(embedded_tokenizer_dir()))
     cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=False,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
     cfg.architectures = ["LlamaForCausalLM"]
     torch.manual_seed(seed)
@@ -99,8 +111,9 @@ def make_tiny_policy(out_dir: str | Path, *, seed: int = 0, hidden: int = 64, la
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
-    (out / f"{TINY_MARKER}.json").write_text(json.dumps({"seed": seed, "hidden": hidden, "layers": layers,
-                                                              "head_scale": head_scale}))
+    (out / f"{TINY_MARKER}.json").write_text(
+        json.dumps({"seed": seed, "hidden": hidden, "layers": layers, "head_scale": head_scale})
+    )
     return out
 
 
@@ -127,8 +140,10 @@ def resolve_policy_path(spec: Optional[str]) -> Path:
     try:
         return Path(local_model.resolve(spec))
     except ProviderError as exc:
-        raise TrainingError(f"cannot resolve the policy model: {exc.message}",
-                            "set train.policy_model to an HF model directory, a GGUF file or a hub id") from None
+        raise TrainingError(
+            f"cannot resolve the policy model: {exc.message}",
+            "set train.policy_model to an HF model directory, a GGUF file or a hub id",
+        ) from None
 
 
 def model_fingerprint(path: Path) -> str:
@@ -142,8 +157,7 @@ def model_fingerprint(path: Path) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_policy(path: Path, *, device: str = "cpu", lora: Optional[dict] = None,
-                gradient_checkpointing: bool = False):
+def load_policy(path: Path, *, device: str = "cpu", lora: Optional[dict] = None, gradient_checkpointing: bool = False):
     """A fresh (never shared) trainable copy of the model at ``path`` and its tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -152,10 +166,13 @@ def load_policy(path: Path, *, device: str = "cpu", lora: Optional[dict] = None,
     hf_logging.disable_progress_bar()
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        # Any: a PreTrainedModel, or the PeftModel wrapping it below
+        model: Any = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     except (OSError, ValueError) as exc:
-        raise TrainingError(f"cannot load the policy model from {path}: {str(exc).splitlines()[0]}",
-                            "check that the directory holds a Hugging Face causal LM") from None
+        raise TrainingError(
+            f"cannot load the policy model from {path}: {str(exc).splitlines()[0]}",
+            "check that the directory holds a Hugging Face causal LM",
+        ) from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     model.config.use_cache = False
@@ -166,8 +183,16 @@ def load_policy(path: Path, *, device: str = "cpu", lora: Optional[dict] = None,
             from peft import LoraConfig, get_peft_model
         except ImportError:
             raise TrainingError("LoRA needs peft", "pip install 'aflowctl[lora]' or set train.lora = false") from None
-        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=lora["r"], lora_alpha=lora["alpha"],
-                                                 lora_dropout=0.0, target_modules="all-linear"))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                task_type="CAUSAL_LM",
+                r=lora["r"],
+                lora_alpha=lora["alpha"],
+                lora_dropout=0.0,
+                target_modules="all-linear",
+            ),
+        )
     model.to(device)
     return model, tok
 
@@ -180,8 +205,18 @@ def render_prompt_ids(tokenizer, messages: Sequence[dict]) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def sample(model, tokenizer, prompts: Sequence[Sequence[dict]], *, temperature: float, top_p: float = 1.0,
-           max_new_tokens: int, seed: int, batch_size: int = 16, device: str = "cpu") -> list[Rollout]:
+def sample(
+    model,
+    tokenizer,
+    prompts: Sequence[Sequence[dict]],
+    *,
+    temperature: float,
+    top_p: float = 1.0,
+    max_new_tokens: int,
+    seed: int,
+    batch_size: int = 16,
+    device: str = "cpu",
+) -> list[Rollout]:
     """Sample one response per prompt (chat messages) from the current policy.
 
     Generation is :func:`aflowctl.llm.local_model.generate_batch` (left padding, KV
@@ -197,11 +232,25 @@ def sample(model, tokenizer, prompts: Sequence[Sequence[dict]], *, temperature: 
     try:
         for start in range(0, len(prompts), batch_size):
             chunk = [list(m) for m in prompts[start : start + batch_size]]
-            res = generate_batch(model, tokenizer, chunk, temperature=temperature, top_p=top_p,
-                                 max_new_tokens=max_new_tokens, seed=[(seed + start + i) % (2**63) for i in range(len(chunk))])
+            res = generate_batch(
+                model,
+                tokenizer,
+                chunk,
+                temperature=temperature,
+                top_p=top_p,
+                max_new_tokens=max_new_tokens,
+                seed=[(seed + start + i) % (2**63) for i in range(len(chunk))],
+            )
             for r in res:
-                out.append(Rollout(list(r.prompt_ids), list(r.token_ids), r.text, r.finish_reason,
-                                   meta={"sample_logprobs": list(r.logprobs)}))
+                out.append(
+                    Rollout(
+                        list(r.prompt_ids),
+                        list(r.token_ids),
+                        r.text,
+                        r.finish_reason,
+                        meta={"sample_logprobs": list(r.logprobs)},
+                    )
+                )
     finally:
         model.train(was_training)
     return out
@@ -233,8 +282,9 @@ def pack(batch: Sequence[Rollout], pad_id: int, device: str = "cpu"):
     return ids.to(device), att.to(device), pos.to(device), resp.to(device), rmask.to(device)
 
 
-def response_logprobs(model, ids, att, pos, resp, *, temperature: float = 1.0, with_entropy: bool = False,
-                      autocast: Optional[str] = None):
+def response_logprobs(
+    model, ids, att, pos, resp, *, temperature: float = 1.0, with_entropy: bool = False, autocast: Optional[str] = None
+):
     """Per-token log-probs of the response tokens (and their entropy) under ``model``."""
     import contextlib
 
@@ -243,7 +293,9 @@ def response_logprobs(model, ids, att, pos, resp, *, temperature: float = 1.0, w
     R = resp.shape[1]
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if autocast == "cuda" else contextlib.nullcontext()
     with ctx:
-        logits = model(input_ids=ids, attention_mask=att, position_ids=pos, logits_to_keep=R + 1, use_cache=False).logits
+        logits = model(
+            input_ids=ids, attention_mask=att, position_ids=pos, logits_to_keep=R + 1, use_cache=False
+        ).logits
     logits = logits[:, :-1, :].float()
     if temperature != 1.0:
         logits = logits / temperature

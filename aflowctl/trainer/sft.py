@@ -20,8 +20,8 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from aflowctl.errors import NotFoundError
 from aflowctl.trainer import TrainingError
@@ -47,7 +47,7 @@ def _messages(prompt: str) -> list:
 
 def load_pairs(store, run_ids: Sequence[str], train_cfg) -> list[Pair]:
     """The weighted (prompt, response) pairs of the given runs; raises when there are none."""
-    from sqlmodel import select
+    from sqlmodel import col, select
 
     from aflowctl.store import Experience, Run
 
@@ -55,14 +55,16 @@ def load_pairs(store, run_ids: Sequence[str], train_cfg) -> list[Pair]:
         missing = [r for r in run_ids if s.get(Run, r) is None]
         if missing:
             raise NotFoundError(f"run(s) {', '.join(missing)} do not exist", "see 'aflowctl inspect runs'")
-        rows = s.exec(select(Experience).where(Experience.run_id.in_(list(run_ids))).order_by(Experience.id)).all()
+        rows = s.exec(select(Experience).where(col(Experience.run_id).in_(list(run_ids))).order_by(Experience.id)).all()
     usable = [r for r in rows if r.valid and r.prompt.strip() and r.action_text.strip()]
     if train_cfg.sft_mode == "filter":
         usable = [r for r in usable if r.reward > train_cfg.sft_min_reward]
     if not usable:
         raise TrainingError(
-            f"no usable experiences in run(s) {', '.join(run_ids)} ({len(rows)} rows; need valid ones with a prompt and a "
-            f"response" + (f" and reward > {train_cfg.sft_min_reward}" if train_cfg.sft_mode == "filter" else "") + ")",
+            f"no usable experiences in run(s) {', '.join(run_ids)} ({len(rows)} rows; need valid ones with a prompt "
+            f"and a response"
+            + (f" and reward > {train_cfg.sft_min_reward}" if train_cfg.sft_mode == "filter" else "")
+            + ")",
             "run 'aflowctl optimize' first, lower train.sft_min_reward, or use train.sft_mode = 'weight'",
         )
     if train_cfg.sft_mode == "weight":
@@ -118,5 +120,11 @@ def run_sft(trainer, run_ids: Sequence[str]) -> dict:
             trainer.callback("sft", {"epoch": epoch, "step": len(losses), "loss": losses[-1]})
     opt.zero_grad(set_to_none=True)
     dt = time.perf_counter() - t0
-    return {"sft_pairs": len(pairs), "sft_steps": len(losses), "sft_loss_first": losses[0], "sft_loss_last": losses[-1],
-            "sft_reward_mean": sum(p.reward for p in pairs) / len(pairs), "tokens_per_s": tokens / max(dt, 1e-9)}
+    return {
+        "sft_pairs": len(pairs),
+        "sft_steps": len(losses),
+        "sft_loss_first": losses[0],
+        "sft_loss_last": losses[-1],
+        "sft_reward_mean": sum(p.reward for p in pairs) / len(pairs),
+        "tokens_per_s": tokens / max(dt, 1e-9),
+    }

@@ -148,7 +148,7 @@ def _from_aflow_statement(node: ast.AST) -> Optional[str]:
     if mapped is None:
         return None
     kept, api = mapped
-    height = node.end_lineno - node.lineno  # type: ignore[attr-defined,operator]
+    height = node.end_lineno - node.lineno  # type: ignore[attr-defined]
     if height == 0:
         text = f"from {API_MODULE} import {', '.join(api)}"
     else:

@@ -31,7 +31,8 @@ import random
 import re
 import secrets
 from collections import Counter
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 from aflowctl.workflow import sandbox
 
@@ -155,7 +156,8 @@ def extract_code(text: str, entry_point: Optional[str] = None) -> str:
     code = ""
     if pyblocks:
         if entry_point:
-            defining = [b for b in pyblocks if re.search(rf"^\s*(async\s+)?def\s+{re.escape(entry_point)}\s*\(", b, re.M)]
+            defines = re.compile(rf"^\s*(async\s+)?def\s+{re.escape(entry_point)}\s*\(", re.M)
+            defining = [b for b in pyblocks if defines.search(b)]
             if defining:
                 pyblocks = defining
         code = max(pyblocks, key=len)
@@ -166,7 +168,7 @@ def extract_code(text: str, entry_point: Optional[str] = None) -> str:
         return code + "\n" if code else ""
     m = _CODE_START.search(code)
     if m:
-        code = code[m.start():]
+        code = code[m.start() :]
     lines = code.splitlines()
     for end in range(len(lines), 0, -1):  # drop trailing prose until it parses
         cand = "\n".join(lines[:end])
@@ -488,8 +490,11 @@ class Test(Operator):
             verdict = await self.run_tests(solution, tests, entry_point)
             if verdict.ok:
                 return {"result": True, "solution": solution}
-            reply = await self._ask(TEST_REPAIR_PROMPT.format(
-                problem=problem, solution=solution, failure=verdict.reason, entry_point=entry_point))
+            reply = await self._ask(
+                TEST_REPAIR_PROMPT.format(
+                    problem=problem, solution=solution, failure=verdict.reason, entry_point=entry_point
+                )
+            )
             fixed = extract_code(reply, entry_point)
             if fixed:
                 solution = fixed
@@ -514,12 +519,16 @@ def _explained_assert(line: str) -> str:
     except SyntaxError:
         return f"    {line}\n"
     node = tree.body[0] if len(tree.body) == 1 else None
-    if (isinstance(node, ast.Assert) and node.msg is None and isinstance(node.test, ast.Compare)
-            and len(node.test.ops) == 1 and isinstance(node.test.ops[0], ast.Eq)):
+    if (
+        isinstance(node, ast.Assert)
+        and node.msg is None
+        and isinstance(node.test, ast.Compare)
+        and len(node.test.ops) == 1
+        and isinstance(node.test.ops[0], ast.Eq)
+    ):
         left = ast.unparse(node.test.left)
         right = ast.unparse(node.test.comparators[0])
-        return (f"    _got = {left}\n"
-                f"    assert _got == {right}, {('failed: ' + line)!r} + '; got ' + repr(_got)[:300]\n")
+        return f"    _got = {left}\n    assert _got == {right}, {('failed: ' + line)!r} + '; got ' + repr(_got)[:300]\n"
     return "".join(f"    {ln}\n" for ln in line.splitlines())
 
 
@@ -593,7 +602,16 @@ class MdEnsemble(Operator):
 
 
 BUILTIN_OPERATORS: tuple[type, ...] = (
-    Custom, AnswerGenerate, CustomCodeGenerate, ScEnsemble, Programmer, Test, Format, Review, Revise, MdEnsemble,
+    Custom,
+    AnswerGenerate,
+    CustomCodeGenerate,
+    ScEnsemble,
+    Programmer,
+    Test,
+    Format,
+    Review,
+    Revise,
+    MdEnsemble,
 )
 
 

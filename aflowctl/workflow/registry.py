@@ -13,7 +13,8 @@ others.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any, Optional
 
 from aflowctl.errors import PluginError, WorkflowError
 from aflowctl.plugins import Operator, Registry
@@ -34,19 +35,27 @@ def _describe(name: str, description: Any) -> str:
     return str(description).strip()
 
 
-def _accept(plugin: str, operator_class: Any, description: Optional[Any] = None) -> tuple[str, tuple[type[Operator], str]]:
+def _accept(
+    plugin: str, operator_class: Any, description: Optional[Any] = None
+) -> tuple[str, tuple[type[Operator], str]]:
     name = getattr(operator_class, "__name__", None)
     if not isinstance(operator_class, type) or not name or not name.isidentifier():
-        raise PluginError(f"plugin {plugin} registered an operator that is not a class ({operator_class!r})",
-                          "pass the operator class itself to register()")
-    if not callable(getattr(operator_class, "__call__", None)):
-        raise PluginError(f"plugin {plugin}: operator {name} has no __call__",
-                          "operators are called as `await op(**kwargs)`")
+        raise PluginError(
+            f"plugin {plugin} registered an operator that is not a class ({operator_class!r})",
+            "pass the operator class itself to register()",
+        )
+    if not any("__call__" in vars(k) for k in operator_class.__mro__):  # getattr would find type.__call__
+        raise PluginError(
+            f"plugin {plugin}: operator {name} has no __call__", "operators are called as `await op(**kwargs)`"
+        )
     return name, (operator_class, _describe(name, description))
 
 
 REGISTRY: Registry[tuple[type[Operator], str]] = Registry(
-    "register_operators", "operator", accept=_accept, error=WorkflowError,
+    "register_operators",
+    "operator",
+    accept=_accept,
+    error=WorkflowError,
     hint="use one of those operators, or register one with a plugin (docs/plugins.md)",
 )
 

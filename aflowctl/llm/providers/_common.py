@@ -102,8 +102,8 @@ def parse_retry_after(value) -> Optional[float]:
     try:
         secs = float(value)
     except (TypeError, ValueError):
-        from email.utils import parsedate_to_datetime
         from datetime import datetime, timezone
+        from email.utils import parsedate_to_datetime
 
         try:
             when = parsedate_to_datetime(str(value))

@@ -44,7 +44,7 @@ class _Pool:
         return await asyncio.open_connection(self.host, self.port, ssl=ctx, limit=2**22)
 
 
-_pools: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict]" = weakref.WeakKeyDictionary()
+_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict] = weakref.WeakKeyDictionary()
 
 
 def _pool(host: str, port: int, use_ssl: bool) -> _Pool:

@@ -154,7 +154,7 @@ class LiteLLMProvider:
     async def complete(self, request: LLMRequest) -> list[Sample]:
         api_base = api_base_for(self.name, request)
         api_key = api_key_for(self.name, request, api_base)
-        if self.use_direct(request, api_base):
+        if api_base and self.use_direct(request, api_base):
             return await openai_http.complete(
                 request, prefix=self.name, model=request.model_name, api_base=api_base, api_key=api_key
             )

@@ -30,7 +30,7 @@ from aflowctl.llm.types import LLMRequest, ProviderCallError, Sample
 DEFAULT_MAX_NEW_TOKENS = 512
 
 # Sizes of the most recent batches run by this process (for tests and benchmarks).
-BATCH_SIZES: "collections.deque[int]" = collections.deque(maxlen=1000)
+BATCH_SIZES: collections.deque[int] = collections.deque(maxlen=1000)
 
 
 class _Engine:
@@ -164,10 +164,10 @@ class LocalProvider:
         self.local_model = local_model
         self.window_s = window_ms / 1000.0
         self.max_batch = max_batch
-        self._batchers: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+        self._batchers: weakref.WeakKeyDictionary[Any, dict] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
-    def bind(self, store, llm_cfg) -> "LocalProvider":
+    def bind(self, store, llm_cfg) -> LocalProvider:
         """The provider as configured by ``llm_cfg`` (shares loaded models process-wide)."""
         if llm_cfg is None:
             return self

@@ -44,7 +44,9 @@ async def complete(
         ) from None
     latency = time.perf_counter() - t0
     if resp.status != 200:
-        raise status_error(request.model, url, resp.status, resp.text, parse_retry_after(resp.headers.get("retry-after")))
+        raise status_error(
+            request.model, url, resp.status, resp.text, parse_retry_after(resp.headers.get("retry-after"))
+        )
     try:
         data = resp.json()
         choices = data["choices"]

@@ -23,7 +23,7 @@ class ReplayProvider:
         self.run_id = run_id
         self.indices: Optional[list] = None  # sample indices asked for (set by the router)
 
-    def bind(self, store, llm_cfg) -> "ReplayProvider":
+    def bind(self, store, llm_cfg) -> ReplayProvider:
         run = getattr(llm_cfg, "replay_from", None)
         return ReplayProvider(store, None if run in (None, "*") else run)
 
