@@ -137,6 +137,19 @@ def test_unprivileged_user_is_confined_too(world):
 
 
 @needs_sandbox
+def test_root_with_a_world_readable_interpreter_keeps_no_capability(world):
+    """The fix doctor suggests: with an interpreter `nobody` can read, root drops to it
+    with no capability left."""
+    if os.geteuid() != 0 or _nobody() is None or SYSTEM_PY is None:
+        pytest.skip("needs root, a `nobody` user and a system python3")
+    if not (confine.reachable_by_others(SYSTEM_PY) and confine.reachable_by_others(REPO / "aflowctl")):
+        pytest.skip("the system python3 or this checkout is not readable by other users")
+    res = _run_probe(world, python=SYSTEM_PY)
+    _assert_contained(res, world)
+    assert res["report"]["dropped_uid"] and res["report"]["kept_caps"] == []
+
+
+@needs_sandbox
 def test_unix_socket_is_reachable_only_when_allowed(world):
     res = _run_probe(world, unix_socket=world["unix_socket"])
     _assert_contained(res, world)
