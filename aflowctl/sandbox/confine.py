@@ -205,10 +205,11 @@ def _interpreter_read_paths() -> list[str]:
         f = os.path.abspath(f)
         roots.append(os.path.dirname(f) if os.path.basename(f) == "__init__.py" else f)
     out: list[str] = []
-    for r in roots:
+    for r in roots:  # one rule per tree: a path inside one already listed adds nothing
         r = os.path.abspath(r)
-        if os.path.exists(r) and r not in out:
-            out.append(r)
+        if r in out or not os.path.exists(r) or any(r.startswith(o + os.sep) for o in out):
+            continue
+        out = [o for o in out if not o.startswith(r + os.sep)] + [r]
     return out
 
 
