@@ -150,6 +150,20 @@ def test_root_with_a_world_readable_interpreter_keeps_no_capability(world):
 
 
 @needs_sandbox
+def test_rollout_read_paths_give_the_data_but_not_the_store(world):
+    """A worker reads benchmark splits from AFLOWCTL_HOME/data; the store next to it stays unreadable."""
+    home = world["base"] / "home"
+    (home / "data").mkdir()
+    (home / "data" / "gsm8k_validate.jsonl").write_text('{"question": "q"}\n')
+    for p in (home / "data", home / "data" / "gsm8k_validate.jsonl"):
+        os.chown(p, *(_nobody() or (os.getuid(), os.getgid())))
+    res = _run_probe(world, rollout_reads=True, data_file=str(home / "data" / "gsm8k_validate.jsonl"),
+                     env_extra={"AFLOWCTL_HOME": str(home)})
+    _assert_contained(res, world)  # the store (home/aflowctl.db) and home/id_rsa included
+    assert res["read_data"] == "ok:'{\"question\": \"q\"}'"
+
+
+@needs_sandbox
 def test_unix_socket_is_reachable_only_when_allowed(world):
     res = _run_probe(world, unix_socket=world["unix_socket"])
     _assert_contained(res, world)

@@ -237,6 +237,15 @@ def prepare() -> None:
     _needs_read_cap(_read_list((), ()))
 
 
+def rollout_read_paths() -> list[str]:
+    """Extra read-only paths a rollout worker needs: the benchmark data folders
+    (:func:`aflowctl.paths.data_dir` and each ``AFLOWCTL_DATA_PATH`` entry) that exist.
+    Never the store: it lives next to ``data/``, not in it, and only the parent writes it."""
+    from aflowctl.benchmarks.data import search_dirs
+
+    return [str(d) for d, _ in search_dirs() if d.is_dir()]
+
+
 def _interpreter_executables() -> list[str]:
     """The interpreter binary and the dynamic loader it needs (execve opens both)."""
     import glob

@@ -26,9 +26,12 @@ def main() -> None:
     from aflowctl.sandbox.confine import confine_current_process
 
     sockets = [cfg["unix_socket"]] if cfg.get("unix_socket") else []
+    from aflowctl.sandbox.confine import rollout_read_paths
+
+    reads = rollout_read_paths() if cfg.get("rollout_reads") else []
     try:
         rep = confine_current_process(scratch_dir=cfg["scratch"], memory_mb=cfg.get("memory_mb", 512), cpu_s=20,
-                                      allow_unix_sockets=sockets, nofile=cfg.get("nofile"),
+                                      allow_unix_sockets=sockets, nofile=cfg.get("nofile"), read_paths=reads,
                                       allow_unsandboxed=cfg.get("allow_unsandboxed", False),
                                       allow_python_children=cfg.get("children", False))
     except SandboxError as exc:
@@ -69,6 +72,8 @@ def main() -> None:
             s.sendall(b"hello")
             return s.recv(16)
         out["unix_socket"] = probe(talk)
+    if cfg.get("data_file"):
+        out["read_data"] = probe(lambda: open(cfg["data_file"]).readline().strip())
     if cfg.get("children"):  # nested sandboxes work, and stay contained
         from aflowctl.sandbox.harness import check_solution
         from aflowctl.sandbox.process import run_python
