@@ -246,6 +246,18 @@ def test_capabilities_report_layers_and_fixes():
         assert caps["can_drop_uid"]
 
 
+def test_a_process_with_threads_is_refused(tmp_path):
+    """Landlock and setresuid hold the calling thread only: confining a threaded process would be a sham."""
+    code = ("import threading, time, json\nfrom aflowctl.errors import SandboxError\n"
+            "from aflowctl.sandbox.confine import confine_current_process\n"
+            "threading.Thread(target=time.sleep, args=(5,), daemon=True).start()\n"
+            f"try:\n    confine_current_process(scratch_dir={str(tmp_path)!r}, memory_mb=512)\n"
+            "    print('confined')\nexcept SandboxError as exc:\n    print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert "already runs 2 threads" in out.stdout and "confine before starting threads" in out.stdout, out
+
+
 def test_scratch_must_exist(tmp_path):
     from aflowctl.errors import SandboxError
 

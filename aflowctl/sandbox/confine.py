@@ -237,6 +237,15 @@ def prepare() -> None:
     _needs_read_cap(_read_list((), ()))
 
 
+def _thread_count() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        import threading
+
+        return threading.active_count()
+
+
 def rollout_read_paths() -> list[str]:
     """Extra read-only paths a rollout worker needs: the benchmark data folders
     (:func:`aflowctl.paths.data_dir` and each ``AFLOWCTL_DATA_PATH`` entry) that exist.
@@ -427,6 +436,13 @@ def confine_current_process(
         p = caps["problems"][0]
         raise SandboxError(f"the sandbox cannot be set up: {p['detail']}",
                            f"{p['fix']}; or set rollout.allow_unsandboxed = true to run without it")
+    threads = _thread_count()
+    if threads > 1:  # Landlock and the uid change apply to the calling thread only
+        if not allow_unsandboxed:
+            raise SandboxError(f"the process already runs {threads} threads: the sandbox would hold only one of them",
+                               "confine before starting threads (e.g. in the worker initializer, before imports "
+                               "that start thread pools)")
+        missing.append("threads")
     abi = caps["landlock_abi"]
     ppid = os.getppid()
     limits = _set_rlimits(memory_mb, cpu_s, fsize_bytes, nofile)
