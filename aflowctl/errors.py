@@ -105,3 +105,18 @@ def stops_run(exc: BaseException) -> bool:
     if isinstance(exc, (BudgetExceeded, ProviderAuthError, ProviderUnreachableError, UnknownModelError, StoreError)):
         return True
     return isinstance(exc, ProviderError) and getattr(exc, "status", None) in (401, 403)
+
+
+class InfrastructureError(AflowctlError):
+    """Something around the workflow failed (the LLM gateway, the sandbox, descriptors,
+    a provider after every retry): never the workflow's fault, never a score. The task
+    that met it is retried; if it keeps failing the evaluation fails (resumable)."""
+
+    retryable = True
+
+
+class ProviderUnavailableError(ProviderError, InfrastructureError):
+    """A provider kept failing (rate limits, 5xx, timeouts) after every retry."""
+
+    retryable = True
+    status = None

@@ -32,10 +32,31 @@ def _secret_env_values() -> list[str]:
     return vals
 
 
+_registered: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Mask ``value`` everywhere from now on, whatever the name of the variable that
+    held it (the LLM layer registers the value of every ``api_key_env`` it reads)."""
+    if value and len(value) >= 4:
+        _registered.add(value)
+
+
+def mask_secrets(text: str) -> str:
+    """Mask only the registered secret values (cheap; used on model outputs, which
+    must not be altered otherwise)."""
+    if text:
+        for value in _registered:
+            if value in text:
+                text = text.replace(value, REDACTED)
+    return text
+
+
 def redact(text: str) -> str:
-    """Mask API keys and the values of secret-looking environment variables."""
+    """Mask API keys, registered secrets and the values of secret-looking environment variables."""
     if not text:
         return text
+    text = mask_secrets(text)
     for value in _secret_env_values():
         text = text.replace(value, REDACTED)
     for pat in _KEY_PATTERNS:

@@ -93,11 +93,14 @@ def test_litellm_mock_response(tmp_path):
 def test_litellm_exceptions_are_converted_retried_and_picklable(tmp_path):
     _register(MockLiteLLM("mock", extra={"mock_response": "litellm.RateLimitError", "api_key": "x"}), "mock-plugin")
     llm = make_llm("mock/gpt-4o-mini", role="executor", store=tmp_path / "a.db", llm_cfg=LLMConfig(max_retries=2, **FAST))
-    with pytest.raises(ProviderCallError) as info:
+    from aflowctl.errors import InfrastructureError, ProviderUnavailableError
+
+    with pytest.raises(ProviderUnavailableError) as info:  # infrastructure: never a score, the task is retried
         asyncio.run(llm.generate("x"))
+    assert isinstance(info.value, InfrastructureError) and info.value.retryable
     assert "RateLimitError" in info.value.message and "gave up after 3 attempts" in info.value.message
     back = pickle.loads(pickle.dumps(info.value))
-    assert type(back) is ProviderCallError and back.message == info.value.message
+    assert type(back) is ProviderUnavailableError and back.message == info.value.message
     errs = rows(tmp_path / "a.db")
     assert len(errs) == 3 and all("RateLimitError" in r["error"] for r in errs)
 

@@ -32,7 +32,16 @@ from typing import Any, Optional
 from loguru import logger
 
 from aflowctl.config import LLMConfig
-from aflowctl.errors import AflowctlError, BudgetExceeded, ProviderError
+from aflowctl.errors import (
+    AflowctlError,
+    BudgetExceeded,
+    MissingKeyError,
+    ProviderAuthError,
+    ProviderError,
+    ProviderUnavailableError,
+    ProviderUnreachableError,
+    UnknownModelError,
+)
 from aflowctl.llm import cache as cache_mod
 from aflowctl.llm import pricing, registry
 from aflowctl.llm.types import LLMRequest, ProviderCallError, Sample
@@ -325,13 +334,21 @@ class Router:
                     f"{request.model}: provider {prefix} raised {type(exc).__name__}: {one_line(str(exc))}",
                     "this is a bug in the provider or its plugin; see AFLOWCTL_DEBUG=1",
                 )
-            except BaseException:
+            except BaseException as exc:
                 self._release(run_id, reserved)
+                if isinstance(exc, asyncio.CancelledError) and self.log is not None:
+                    # sent but never answered (Ctrl-C, the run stopped): it may be billed, so it is logged
+                    self.log.enqueue([self._row(request, run_id, role, rhash, indices[0], messages_json, mode,
+                                                error="interrupted: the call was in flight when the run stopped",
+                                                latency=time.perf_counter() - t0, provider=prefix, model=name)])
                 raise
             else:
+                from aflowctl.logging import mask_secrets
+
                 for idx, s in zip(indices, samples):
                     s.request_hash = rhash
                     s.sample_index = idx
+                    s.text = mask_secrets(s.text)  # a server that echoes the key must not leak it
                 if run_id is None:
                     _spent_no_run[id(self)] += sum(s.cost_usd or 0.0 for s in samples)
                 if self.log is None:
@@ -369,16 +386,36 @@ class Router:
             wait_s = delay
             await asyncio.sleep(wait_s)
         assert last is not None
-        from aflowctl.logging import redact
+        raise classify(last, attempts)
 
-        message = redact(last.message)
-        if getattr(last, "retryable", False) and attempts > 1:
-            raise ProviderCallError(
-                f"{message} (gave up after {attempts} attempts)",
-                last.hint or "try again later",
-                retryable=False,
-                status=getattr(last, "status", None),
-            )
-        if message != last.message:
-            raise ProviderCallError(message, last.hint, status=getattr(last, "status", None)) from None
-        raise last
+
+def classify(last: ProviderError, attempts: int) -> ProviderError:
+    """The error to raise after the last attempt: credentials refused (401/403) ->
+    :class:`ProviderAuthError`, the key variable unset -> :class:`MissingKeyError`,
+    the server unreachable -> :class:`ProviderUnreachableError`, the model unknown
+    (404) -> :class:`UnknownModelError` (all stop the run: ``errors.stops_run``);
+    still failing after every retry (a 429 storm, 5xx) ->
+    :class:`ProviderUnavailableError` (infrastructure: the task is retried, never
+    scored); anything else (a bad request) as it is. Messages are redacted."""
+    from aflowctl.logging import redact
+
+    message = redact(last.message)
+    hint = redact(last.hint) if last.hint else last.hint
+    status = getattr(last, "status", None)
+    if isinstance(last, (ProviderAuthError, ProviderUnreachableError, UnknownModelError)):
+        return last
+    if message.startswith("missing API key"):
+        return MissingKeyError(message, hint)
+    if status in (401, 403):
+        return ProviderAuthError(message, hint or "check the API key variable (api_key_env) and the model's api_base")
+    if status == 404:
+        return UnknownModelError(message, hint or "check the model name and the server (api_base)")
+    if status is None and "cannot reach" in message:
+        return ProviderUnreachableError(message, hint or "check that the server (api_base) is running")
+    if getattr(last, "retryable", False):
+        if attempts > 1:
+            message = f"{message} (gave up after {attempts} attempts)"
+        return ProviderUnavailableError(message, hint or "check the server (api_base) and try again later")
+    if message != last.message or hint != last.hint:
+        return ProviderCallError(message, hint, status=status)
+    return last

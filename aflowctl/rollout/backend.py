@@ -34,7 +34,11 @@ import itertools
 import json
 import multiprocessing as mp
 import os
+import shlex
+import shutil
 import signal
+import sys
+import tempfile
 import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
@@ -142,6 +146,7 @@ class ProcessBackend:
         self._wake = threading.Condition(threading.Lock())
         self._closing = False
         self._pids: set[int] = set()
+        self._launcher: Optional[str] = None
 
     # -- the owner thread: creates (and rebuilds) the pebble pool
 
@@ -181,6 +186,10 @@ class ProcessBackend:
         from aflowctl.rollout.worker import init_worker
 
         options = {**self.options, "parent_pid": os.getpid()}
+        if options.get("gateway") and self._launcher is None:
+            # Workers reach providers only through the gateway: start them from a clean environment.
+            self._launcher = write_launcher(worker_environ(options.get("env") or {}))
+            self.ctx.set_executable(self._launcher)
         queue = self.ctx.SimpleQueue()
         pool = ProcessPool(max_workers=self.cfg.workers, initializer=init_worker, initargs=(options, queue),
                            context=self.ctx)
@@ -323,6 +332,51 @@ class ProcessBackend:
         with self._wake:
             self._closing = True
             self._wake.notify_all()
+        if self._launcher is not None:
+            from multiprocessing import spawn
+
+            if spawn.get_executable() == self._launcher:
+                self.ctx.set_executable(sys.executable)
+            shutil.rmtree(os.path.dirname(self._launcher), ignore_errors=True)
+            self._launcher = None
+
+
+#: variables a worker keeps from the parent's environment (never a key: workers call through the gateway)
+WORKER_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPATH", "PYTHONHASHSEED",
+                   "PYTHONDONTWRITEBYTECODE", "PYTHONUTF8", "VIRTUAL_ENV", "AFLOWCTL_LOAD_PLUGINS", "AFLOWCTL_DEBUG",
+                   "AFLOWCTL_DATA_PATH", "AFLOWCTL_SANDBOX_USER", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+                   "COVERAGE_PROCESS_START")
+
+
+def worker_environ(extra: dict) -> dict:
+    """The whole environment of a rollout worker, built from an allow-list: no
+    provider key, no store path (``AFLOWCTL_HOME`` and ``HOME`` point at an empty
+    private directory; the benchmark data directory is passed in
+    ``AFLOWCTL_DATA_PATH``). ``extra`` (the pool's ``env`` option) is added."""
+    from aflowctl.paths import data_dir
+
+    env = {k: os.environ[k] for k in WORKER_ENV_KEEP if k in os.environ}
+    home = tempfile.mkdtemp(prefix="aflowctl-worker-home-")
+    os.chmod(home, 0o755)
+    env["AFLOWCTL_HOME"] = env["HOME"] = home
+    env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    data = [str(data_dir())] + [p for p in os.environ.get("AFLOWCTL_DATA_PATH", "").split(os.pathsep) if p]
+    env["AFLOWCTL_DATA_PATH"] = os.pathsep.join(dict.fromkeys(data))
+    env.update({str(k): str(v) for k, v in extra.items()})
+    return env
+
+
+def write_launcher(env: dict) -> str:
+    """A tiny executable, in a private directory, that starts this Python with exactly
+    ``env`` (``env -i``): what the ``spawn`` start method runs instead of the
+    interpreter (``multiprocessing`` passes the worker's descriptors through exec)."""
+    folder = tempfile.mkdtemp(prefix="aflowctl-launch-")
+    path = os.path.join(folder, "python")
+    assigns = " ".join(shlex.quote(f"{k}={v}") for k, v in sorted(env.items()))
+    with open(path, "w") as fh:
+        fh.write(f"#!/bin/sh\nexec /usr/bin/env -i {assigns} {shlex.quote(sys.executable)} \"$@\"\n")
+    os.chmod(path, 0o700)
+    return path
 
 
 def _noop() -> None:

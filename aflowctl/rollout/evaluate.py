@@ -201,10 +201,23 @@ def evaluate_workflow(
         "executor": exec_dump, "seed": int(seed),
         "code_timeout_s": rollout_cfg.code_timeout_s, "code_memory_mb": rollout_cfg.code_memory_mb,
     }
-    context = {
-        "run_id": run_id, "db_path": str(store.path), "concurrency": rollout_cfg.concurrency,
-        "llm": _dump(llm_cfg), "executor": _dump(executor),
-    }
+    own = pool is None
+    if own:
+        pool = RolloutPool(store, rollout_cfg)
+    try:
+        pool.start()
+    except BaseException:
+        if own:
+            pool.close(kill=True)
+        raise
+    if pool.gateway is not None:  # workers call through the parent's gateway: no key, no store path
+        context = {"gateway_client": pool.gateway.register(executor, role="executor", run_id=run_id, llm_cfg=llm_cfg),
+                   "concurrency": rollout_cfg.concurrency, "problem_timeout_s": rollout_cfg.problem_timeout_s}
+    else:
+        context = {
+            "run_id": run_id, "db_path": str(store.path), "concurrency": rollout_cfg.concurrency,
+            "llm": _dump(llm_cfg), "executor": _dump(executor), "problem_timeout_s": rollout_cfg.problem_timeout_s,
+        }
     # executor in the context carries timeout_s/api_key_env to the worker (context wins).
     specs = [TaskSpec({**base, "items": [list(it) for it in chunk]}, context=context, worker=WORKER,
                       label=f"{dataset}/{split} items {k}") for k, chunk in enumerate(chunks)]
@@ -234,9 +247,6 @@ def evaluate_workflow(
 
     if scope == "run":
         scope = f"run:{run_id}" if run_id is not None else None
-    own = pool is None
-    if own:
-        pool = RolloutPool(store, rollout_cfg)
     try:
         outcomes = pool.run(specs, run_id=run_id, scope=scope, progress=adapter)
         startup = pool.startup_s

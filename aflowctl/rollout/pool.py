@@ -110,6 +110,10 @@ class RolloutPool:
 
     ``options`` go to every worker's initializer (``log_level``, ``hf_offline``,
     ``env``). Use as a context manager, or call :meth:`close`.
+
+    With the process backend the pool also runs the run's LLM gateway
+    (:mod:`aflowctl.llm.gateway`, ``options["use_gateway"]``, default true): workers
+    start without provider keys and make every LLM call and code run through it.
     """
 
     def __init__(self, store: Any, rollout_cfg: Optional[RolloutConfig] = None, *, options: Optional[dict] = None):
@@ -125,6 +129,7 @@ class RolloutPool:
             elif getattr(sys, "_called_from_test", False):
                 self.options["load_plugins"] = ""
         self._backend: Any = None
+        self.gateway: Any = None  # the LLM gateway the workers call through (process backend)
         self.startup_s: Optional[float] = None
         self._lock = threading.Lock()
         self._start_lock = threading.Lock()
@@ -148,6 +153,11 @@ class RolloutPool:
         with self._start_lock:
             if self.startup_s is None:
                 t0 = time.perf_counter()
+                if self.cfg.executor != "ray" and self.options.get("use_gateway", True) and self.gateway is None:
+                    from aflowctl.llm.gateway import Gateway
+
+                    self.gateway = Gateway(self.store).start()
+                    self.options["gateway"] = self.gateway.address
                 self.backend.start()
                 self.startup_s = time.perf_counter() - t0
             return self.startup_s
@@ -157,8 +167,14 @@ class RolloutPool:
         Ctrl-C) does not wait for running tasks: they stay unfinished in the store."""
         with self._lock:
             backend, self._backend = self._backend, None
-        if backend is not None:
-            backend.close(kill=kill)
+            gw, self.gateway = self.gateway, None
+        try:
+            if backend is not None:
+                backend.close(kill=kill)
+        finally:
+            if gw is not None:  # after the workers: calls still in flight are cancelled and logged
+                gw.close()
+                self.options.pop("gateway", None)
         self.startup_s = None
 
     def __enter__(self) -> "RolloutPool":

@@ -89,6 +89,11 @@ def _init(options: dict) -> None:
     except ValueError:  # not the main thread (some Ray setups)
         pass
 
+    if options.get("gateway"):  # before confinement: the connection stays open afterwards
+        from aflowctl.llm import gateway
+
+        gateway.connect(options["gateway"])
+
     from aflowctl.plugins import get_plugin_manager
 
     get_plugin_manager()  # providers, benchmarks and operators registered in this process
@@ -176,7 +181,7 @@ def error_envelope(exc: BaseException, duration_s: float = 0.0) -> dict:
         "error_class": f"{type(exc).__module__}:{type(exc).__qualname__}",
         "message": _redacted(getattr(exc, "message", None)) if isinstance(exc, AflowctlError) else None,
         "hint": _redacted(getattr(exc, "hint", None)) if isinstance(exc, AflowctlError) else None,
-        "retryable": not isinstance(exc, AflowctlError),
+        "retryable": bool(getattr(exc, "retryable", False)) if isinstance(exc, AflowctlError) else True,
         "duration_s": duration_s,
         "pid": os.getpid(),
     }
@@ -317,6 +322,9 @@ async def _evaluate_async(payload: dict) -> dict:
     # done only after they are committed (flush below), so a kill loses only calls of
     # tasks that are not done, which a resume runs again. Cached answers committed
     # before this task started (other processes, earlier tasks) are all seen.
+    from aflowctl.llm import gateway
+
+    flush = gateway.flush if gateway.connected() else flush_logs  # the parent logs the calls made through it
     llm_cache.invalidate_indexes()
     with deferred_logging():
         tasks = [asyncio.ensure_future(one(r, i)) for r, i in items]
@@ -328,11 +336,11 @@ async def _evaluate_async(payload: dict) -> dict:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         try:  # the calls made so far are logged (and count against the budget)
-            await asyncio.shield(flush_logs())
+            await asyncio.shield(flush())
         except Exception:  # noqa: BLE001 - the task's own error is the one to report
             pass
         raise
-    await flush_logs()
+    await flush()
     return {"items": list(results)}
 
 
@@ -365,6 +373,7 @@ class _WorkflowFactory:
                 p["executor"], llm_cfg=p.get("llm") or {}, run_id=p.get("run_id"), db_path=p.get("db_path"),
                 seed=_repeat_seed(p.get("seed", 0), repeat), dataset=p["dataset"],
                 code_timeout_s=float(p.get("code_timeout_s", 10.0)), code_memory_mb=int(p.get("code_memory_mb", 1024)),
+                gateway=p.get("gateway_client"),
             )
         return self._configs[repeat]
 

@@ -24,7 +24,10 @@ dataset)``; build it with :func:`executor_config`. It is a plain JSON-able dict:
     {"kind": "aflowctl.executor", "model": {ModelConfig fields}, "role": "executor",
      "run_id": str | None, "db_path": str | None, "llm": {LLMConfig fields},
      "seed": int | None, "dataset": str | None,
-     "sandbox": {"timeout_s": float, "memory_mb": int}}
+     "sandbox": {"timeout_s": float, "memory_mb": int}, "gateway": str | None}
+
+``gateway`` is the client id a rollout worker's calls go through (the parent's LLM
+gateway, :mod:`aflowctl.llm.gateway`); then ``db_path`` and ``llm`` are unused.
 
 ``create_llm_instance`` also accepts a ModelConfig, a model string, or any object
 with ``async generate(prompt_or_messages, **overrides) -> Sample`` (tests use a
@@ -159,6 +162,7 @@ def executor_config(
     role: str = "executor",
     code_timeout_s: float = 10.0,
     code_memory_mb: int = 1024,
+    gateway: Optional[str] = None,
 ) -> dict:
     """The ``llm_config`` dict a worker passes to ``Workflow(name, llm_config, dataset)``.
 
@@ -188,6 +192,7 @@ def executor_config(
         "seed": seed,
         "dataset": dataset,
         "sandbox": {"timeout_s": float(code_timeout_s), "memory_mb": int(code_memory_mb)},
+        "gateway": gateway,
     }
 
 
@@ -211,6 +216,10 @@ def _client_for(cfg: dict) -> Any:
         model = {"model": model}
     if not isinstance(model, dict) or not model.get("model"):
         raise WorkflowError("llm_config has no executor model", "pass executor_config(ModelConfig(model=...))")
+    if cfg.get("gateway"):  # a rollout worker: the parent's gateway makes the calls
+        from aflowctl.llm.gateway import GatewayClient
+
+        return GatewayClient(str(cfg["gateway"]), str(model["model"]))
     key = json.dumps([model, cfg.get("role"), cfg.get("run_id"), cfg.get("db_path"), cfg.get("llm")], sort_keys=True)
 
     def build() -> Any:

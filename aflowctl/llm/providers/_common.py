@@ -73,6 +73,9 @@ def api_key_for(prefix: str, request: LLMRequest, api_base: Optional[str]) -> Op
                 f"missing API key for {request.model}: environment variable {request.api_key_env} is not set",
                 f"export {request.api_key_env}=... (the config's api_key_env names it)",
             )
+        from aflowctl.logging import register_secret
+
+        register_secret(val)  # masked in logs, errors and stored rows whatever the variable's name
         return val
     names = KEY_ENV.get(prefix, ())
     for var in names:

@@ -1,0 +1,161 @@
+"""The LLM gateway: rollout workers hold no secret and call through the parent.
+
+Real spawn workers, the real store, a loopback OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from helpers.openai_server import OpenAIServer
+
+from aflowctl.config import LLMConfig, ModelConfig, RolloutConfig
+from aflowctl.rollout.pool import RolloutPool, TaskSpec
+from aflowctl.store import open_store
+
+SECRET = "zq-not-a-pattern-" + "7f3a9c21e5b84d06"  # no known key prefix: only its variable's name says it is one
+KEY_VAR = "MY_EXECUTOR_CRED"  # no KEY/TOKEN/SECRET in the name either
+
+
+def _rows(db: Path, sql: str) -> list:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def secret_env(monkeypatch):
+    monkeypatch.setenv(KEY_VAR, SECRET)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-parent-" + "a" * 24)
+    yield
+
+
+def test_workers_start_without_keys_or_store_path(tmp_path, secret_env):
+    store = open_store(tmp_path / "s.db", cached=False)
+    with RolloutPool(store, RolloutConfig(workers=2), options={"load_plugins": ""}) as pool:
+        out = pool.run([TaskSpec({"n": i}, worker="helpers.gateway_worker:environ") for i in range(2)])
+    store.dispose()
+    assert [o.status for o in out] == ["done", "done"]
+    for o in out:
+        env, proc = o.result["environ"], o.result["proc"]
+        blob = json.dumps(env) + proc
+        assert SECRET not in blob and "sk-parent-" not in blob
+        assert KEY_VAR not in env and "OPENAI_API_KEY" not in env
+        assert str(tmp_path) not in blob  # no store path, no parent home
+        assert env["AFLOWCTL_HOME"] != os.environ.get("AFLOWCTL_HOME")
+
+
+def test_workers_share_one_limit_and_the_parent_logs_every_call(tmp_path, secret_env):
+    """W workers, one per-model concurrency limit; the key reaches the server through
+    the gateway only; a server that echoes the key leaks it nowhere."""
+    calls_per_task, tasks = 12, 4
+
+    def responder(messages, body):
+        return f"reply to {messages[-1]['content']} with {SECRET}"
+
+    with OpenAIServer(responder, latency_s=0.05, api_key=SECRET) as srv:
+        store = open_store(tmp_path / "s.db", cached=False)
+        model = ModelConfig(model="openai/test-model", api_base=srv.url, api_key_env=KEY_VAR)
+        with RolloutPool(store, RolloutConfig(workers=2), options={"load_plugins": ""}) as pool:
+            cid = pool.gateway.register(model, run_id=None, llm_cfg=LLMConfig(concurrency_per_model=3))
+            out = pool.run([TaskSpec({"tag": f"t{k}", "calls": calls_per_task}, context={"gateway_client": cid},
+                                     worker="helpers.gateway_worker:generate") for k in range(tasks)])
+        store.dispose()
+        assert [o.status for o in out] == ["done"] * tasks, [o.error for o in out]
+        assert len({o.result["pid"] for o in out}) == 2  # both workers made calls
+        assert srv.count == calls_per_task * tasks
+        assert srv.max_in_flight <= 3  # one limit for all workers, not 3 per worker
+        assert all(h == f"Bearer {SECRET}" for h in srv.auth_headers)
+    texts = [t for o in out for t in o.result["texts"]]
+    assert texts and all(SECRET not in t and "[REDACTED]" in t for t in texts)
+    rows = _rows(tmp_path / "s.db", "SELECT response, error, messages_json, params_json FROM llm_calls")
+    assert len(rows) == calls_per_task * tasks  # logged by the parent
+    assert SECRET not in json.dumps(rows)
+    assert SECRET not in json.dumps(_rows(tmp_path / "s.db", "SELECT payload_json, result_json FROM rollout_tasks"))
+
+
+def test_a_429_storm_is_retried_by_the_gateway(tmp_path):
+    with OpenAIServer(lambda m, b: "ok", latency_s=0.01) as srv:
+        srv.fail_next([429] * 6)
+        store = open_store(tmp_path / "s.db", cached=False)
+        model = ModelConfig(model="openai/test-model", api_base=srv.url)
+        with RolloutPool(store, RolloutConfig(workers=1), options={"load_plugins": ""}) as pool:
+            cid = pool.gateway.register(model, llm_cfg=LLMConfig(max_retries=8, backoff_base_s=0.01, backoff_max_s=0.05))
+            out = pool.run([TaskSpec({"tag": "s", "calls": 6}, context={"gateway_client": cid},
+                                     worker="helpers.gateway_worker:generate")])
+        store.dispose()
+    assert out[0].status == "done" and out[0].result["texts"] == ["ok"] * 6
+    errors = _rows(tmp_path / "s.db", "SELECT COUNT(*) FROM llm_calls WHERE error IS NOT NULL")[0][0]
+    assert errors == 6  # every failed attempt is logged, none became an answer
+
+
+def test_an_unknown_key_stops_with_a_provider_auth_error(tmp_path, monkeypatch):
+    from aflowctl.errors import ProviderAuthError
+
+    monkeypatch.setenv(KEY_VAR, "wrong-key-123456")
+    with OpenAIServer(lambda m, b: "ok", api_key=SECRET) as srv:
+        store = open_store(tmp_path / "s.db", cached=False)
+        model = ModelConfig(model="openai/test-model", api_base=srv.url, api_key_env=KEY_VAR)
+        with RolloutPool(store, RolloutConfig(workers=1, max_attempts=3), options={"load_plugins": ""}) as pool:
+            cid = pool.gateway.register(model, llm_cfg=LLMConfig(max_retries=0))
+            out = pool.run([TaskSpec({"tag": "a", "calls": 1}, context={"gateway_client": cid},
+                                     worker="helpers.gateway_worker:generate")])
+        store.dispose()
+    assert out[0].status == "failed" and out[0].attempts == 1  # not retried: credentials do not fix themselves
+    exc = out[0].exception()
+    assert isinstance(exc, ProviderAuthError) and "401" in str(exc)
+
+
+DRIVER = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, sys.argv[3])
+    from aflowctl.config import LLMConfig, ModelConfig, RolloutConfig
+    from aflowctl.rollout.pool import RolloutPool, TaskSpec
+    from aflowctl.store import open_store
+
+    if __name__ == "__main__":
+        store = open_store(sys.argv[1])
+        with RolloutPool(store, RolloutConfig(workers=2), options={"load_plugins": ""}) as pool:
+            cid = pool.gateway.register(ModelConfig(model="openai/test-model", api_base=sys.argv[2]),
+                                        llm_cfg=LLMConfig(concurrency_per_model=4))
+            print("pids", *pool.backend.worker_pids(), flush=True)
+            pool.run([TaskSpec({"tag": f"t{k}", "calls": 50}, context={"gateway_client": cid},
+                               worker="helpers.gateway_worker:generate") for k in range(4)])
+    """
+)
+
+
+def test_kill_9_of_the_parent_leaves_no_worker_sending_calls(tmp_path):
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    tests_dir = str(Path(__file__).parent)
+    with OpenAIServer(lambda m, b: "ok", latency_s=0.2) as srv:
+        proc = subprocess.Popen([sys.executable, str(driver), str(tmp_path / "k.db"), srv.url, tests_dir],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        line = proc.stdout.readline()
+        assert line.startswith("pids"), proc.stderr.read()
+        pids = [int(p) for p in line.split()[1:]]
+        deadline = time.monotonic() + 60
+        while srv.count < 8 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert srv.count >= 8
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        time.sleep(0.5)  # requests already on the wire arrive
+        settled = srv.count
+        time.sleep(1.5)
+        assert srv.count == settled  # nobody sends anything after the kill
+        for pid in pids:  # the workers died with their parent
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
