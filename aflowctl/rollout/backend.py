@@ -147,6 +147,7 @@ class ProcessBackend:
         self._closing = False
         self._pids: set[int] = set()
         self._launcher: Optional[str] = None
+        self._home: Optional[str] = None
 
     # -- the owner thread: creates (and rebuilds) the pebble pool
 
@@ -188,8 +189,10 @@ class ProcessBackend:
         options = {**self.options, "parent_pid": os.getpid()}
         if options.get("gateway") and self._launcher is None:
             # Workers reach providers only through the gateway: start them from a clean environment.
-            self._launcher = write_launcher(worker_environ(options.get("env") or {}))
-            self.ctx.set_executable(self._launcher)
+            env = worker_environ(options.get("env") or {})
+            self._home = env["HOME"]
+            self._launcher = write_launcher(env)
+            _use_launcher(self.ctx, self._launcher)
         queue = self.ctx.SimpleQueue()
         pool = ProcessPool(max_workers=self.cfg.workers, initializer=init_worker, initargs=(options, queue),
                            context=self.ctx)
@@ -333,12 +336,9 @@ class ProcessBackend:
             self._closing = True
             self._wake.notify_all()
         if self._launcher is not None:
-            from multiprocessing import spawn
-
-            if spawn.get_executable() == self._launcher:
-                self.ctx.set_executable(sys.executable)
-            shutil.rmtree(os.path.dirname(self._launcher), ignore_errors=True)
-            self._launcher = None
+            _drop_launcher(self.ctx, self._launcher)
+            shutil.rmtree(self._home or "", ignore_errors=True)
+            self._launcher = self._home = None
 
 
 #: variables a worker keeps from the parent's environment (never a key: workers call through the gateway)
@@ -377,6 +377,26 @@ def write_launcher(env: dict) -> str:
         fh.write(f"#!/bin/sh\nexec /usr/bin/env -i {assigns} {shlex.quote(sys.executable)} \"$@\"\n")
     os.chmod(path, 0o700)
     return path
+
+
+# The spawn start method runs one executable per process (multiprocessing.spawn's
+# setting): the newest live backend's launcher; the interpreter again when none is left.
+_launchers: list[str] = []
+_launchers_lock = threading.Lock()
+
+
+def _use_launcher(ctx: Any, path: str) -> None:
+    with _launchers_lock:
+        _launchers.append(path)
+        ctx.set_executable(path)
+
+
+def _drop_launcher(ctx: Any, path: str) -> None:
+    with _launchers_lock:
+        if path in _launchers:
+            _launchers.remove(path)
+        ctx.set_executable(_launchers[-1] if _launchers else sys.executable)
+        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
 def _noop() -> None:
