@@ -1,6 +1,8 @@
 """Environment checks behind ``aflowctl doctor``.
 
-Each check returns ``{"name", "status": ok|warn|fail, "detail", "hint"}``. Checks
+Each check returns ``{"name", "status": ok|info|warn|fail, "detail", "hint"}``:
+``info`` is something optional (an extra, a GPU) or something only a config you did
+not name would need; ``warn`` is something that limits what you asked for. Checks
 never raise: a check that breaks reports ``fail`` with what broke. Credential checks
 say whether a variable is set, never its value.
 """
@@ -34,13 +36,15 @@ CORE_DEPS = [
     "pebble",
     "sympy",
 ]
+# optional dependency -> (what needs it, the extra that installs it)
 OPTIONAL_DEPS = {
-    "transformers": "local models (pip install 'aflowctl[local]')",
-    "accelerate": "loading GGUF models (pip install 'aflowctl[local]')",
-    "gguf": "loading GGUF models (pip install 'aflowctl[local]')",
-    "peft": "LoRA training (pip install 'aflowctl[lora]')",
-    "ray": "the Ray backend (pip install 'aflowctl[ray]')",
-    "tensorboard": "TensorBoard logs (pip install 'aflowctl[tensorboard]')",
+    "transformers": ("local models", "local"),
+    "accelerate": ("loading GGUF models", "local"),
+    "gguf": ("loading GGUF models", "local"),
+    "peft": ("LoRA training", "lora"),
+    "ray": ("the Ray backend", "ray"),
+    "tensorboard": ("TensorBoard logs", "tensorboard"),
+    "datasette": ("aflowctl browse", "ui"),
 }
 # Key variables per provider prefix (first set wins) come from the providers' own table
 # (KEY_ENV), so doctor checks exactly what a call will read.
@@ -69,11 +73,13 @@ def check_dependencies() -> list[dict]:
             out.append(
                 _check(f"dependency {dep}", "fail", "not installed", f"pip install {dep} (or reinstall aflowctl)")
             )
-    for dep, why in OPTIONAL_DEPS.items():
+    for dep, (why, extra) in OPTIONAL_DEPS.items():
         try:
             out.append(_check(f"optional {dep}", "ok", version(dep)))
         except PackageNotFoundError:
-            out.append(_check(f"optional {dep}", "warn", f"not installed: needed for {why}", f"install it for {why}"))
+            out.append(
+                _check(f"optional {dep}", "info", f"not installed (only needed for {why})", f"pip install 'aflowctl[{extra}]'")
+            )
     return out
 
 
@@ -133,7 +139,7 @@ def check_torch() -> list[dict]:
         out.append(
             _check(
                 "cuda",
-                "warn",
+                "info",
                 "no CUDA GPU: training runs on the CPU (slow; fine for tests and the 135M model)",
                 "use a machine with an NVIDIA GPU and a CUDA build of torch for real training",
             )
@@ -162,7 +168,7 @@ def check_sqlite() -> list[dict]:
             conn.execute("CREATE VIRTUAL TABLE t USING fts5(x)")
             out.append(_check("sqlite fts5", "ok", "available"))
         except sqlite3.OperationalError:
-            out.append(_check("sqlite fts5", "warn", "missing: full-text search falls back to LIKE", None))
+            out.append(_check("sqlite fts5", "info", "missing: 'aflowctl logs -q' falls back to substring search", None))
     finally:
         conn.close()
     return out
@@ -293,13 +299,22 @@ def check_models(cfg: Config, explicit: bool) -> list[dict]:
                     f"export {names[0]}=... if the server needs a key",
                 )
             )
-        else:
+        elif explicit:
             out.append(
                 _check(
                     name,
-                    "fail" if explicit else "warn",
+                    "fail",
                     f"credential {wanted} is not set",
                     f"export {names[0]}=<your key> (or name another variable with api_key_env in the config)",
+                )
+            )
+        else:  # only the default config needs it: a note, not a warning
+            out.append(
+                _check(
+                    name,
+                    "info",
+                    f"{wanted} is not set (needed by the default config; the quickstart needs no key)",
+                    f"export {names[0]}=<your key> before using {mc.model}; pass --config F to check a config",
                 )
             )
     return out
@@ -348,9 +363,11 @@ def check_datasets(cfg: Config, explicit: bool = True) -> list[dict]:
             out.append(_check(f"dataset {name}", "ok", f"validate split: {n} problems"))
         except Exception as exc:  # noqa: BLE001
             hint = getattr(exc, "hint", None) or f"aflowctl data fetch {name}"
-            out.append(
-                _check(f"dataset {name}", "fail" if explicit else "warn", getattr(exc, "message", str(exc)), hint)
-            )
+            message = getattr(exc, "message", str(exc))
+            if explicit:
+                out.append(_check(f"dataset {name}", "fail", message, hint))
+            else:
+                out.append(_check(f"dataset {name}", "info", f"{message} (only the default config needs it)", hint))
     return out
 
 

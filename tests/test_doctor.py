@@ -19,7 +19,7 @@ def test_schema_and_statuses():
     assert isinstance(checks, list) and checks
     for c in checks:
         assert set(c) == {"name", "status", "detail", "hint"}
-        assert c["status"] in {"ok", "warn", "fail"}
+        assert c["status"] in {"ok", "info", "warn", "fail"}
         if c["status"] == "fail":
             assert c["hint"], c
     names = {c["name"] for c in checks}
@@ -29,12 +29,12 @@ def test_schema_and_statuses():
     assert r.exit_code == (1 if any(c["status"] == "fail" for c in checks) else 0)
 
 
-def test_cpu_only_is_a_warning_not_a_failure():
+def test_cpu_only_is_a_note_not_a_failure():
     import torch
 
     _, checks = _doctor()
     cuda = next(c for c in checks if c["name"] == "cuda")
-    assert cuda["status"] == ("ok" if torch.cuda.is_available() else "warn")
+    assert cuda["status"] == ("ok" if torch.cuda.is_available() else "info")
 
 
 def test_missing_credential_fails_with_hint(tmp_path, monkeypatch):

@@ -200,6 +200,9 @@ def test_malformed_optimizer_output_is_retried_then_recorded(tmp_path, env_keys)
         assert r.exit_code == 0, r.output
         ex = _store_rows(db)["experiences"]
         assert len(ex) == 1 and ex[0]["valid"] == 0 and ex[0]["reward"] == 0
+        # "completed", but not silently: the summary says the proposals were invalid
+        out = json.loads(r.stdout)
+        assert out["status"] == "completed" and "1 of 1 proposals were invalid" in out["warnings"][0]
     finally:
         server.stop()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from pathlib import Path
 
@@ -108,26 +107,3 @@ def _other_base(tmp_path: Path) -> Path:
     from aflowctl.trainer.policy import make_tiny_policy
 
     return make_tiny_policy(tmp_path / "other-base", seed=1, hidden=32, layers=1)
-
-
-@pytest.mark.slow
-def test_readme_train_then_optimize_loop(tmp_path):
-    """The README's loop, offline on the embedded model: train test.toml, then optimize --policy."""
-    import subprocess
-    import sys
-
-    env = {**os.environ, "AFLOWCTL_HOME": str(tmp_path / "home")}
-    db = tmp_path / "loop.db"
-    cli = [sys.executable, "-m", "aflowctl.cli"]
-    r = subprocess.run(cli + ["train", "--config", str(REPO / "configs/train/test.toml"), "--db", str(db), "--run-id", "t1"],
-                       env=env, capture_output=True, text=True, timeout=1500)
-    assert r.returncode == 0, r.stderr[-2000:]
-    qs = REPO / "configs/quickstart.toml"
-    r = subprocess.run(cli + ["optimize", "--config", str(qs), "--db", str(db), "--policy", "t1", "--candidates", "2",
-                              "--max-rounds", "2", "--validation-limit", "4", "--json"],
-                       env=env, capture_output=True, text=True, timeout=1500)
-    assert r.returncode == 0, r.stderr[-2000:]
-    out = json.loads(r.stdout)
-    assert out["rounds"] == 2
-    conn = sqlite3.connect(db)
-    assert conn.execute("SELECT COUNT(*) FROM experiences WHERE run_id = ?", (out["run_id"],)).fetchone()[0] == 2

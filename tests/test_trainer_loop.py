@@ -190,11 +190,15 @@ def test_a_few_updates_of_the_embedded_model():
 
 
 @pytest.mark.slow
-def test_configs_train_test_toml_runs_one_epoch(shared_data):
+def test_configs_train_test_toml_runs_one_epoch(monkeypatch):
     """configs/train/test.toml end to end: embedded SmolLM2 policy, loopback server as executor."""
     from pathlib import Path
 
+    from aflowctl import plugins
     from aflowctl.config import apply_overrides
+
+    monkeypatch.setenv("AFLOWCTL_LOAD_PLUGINS", "arith")  # test.toml trains on the shipped arith benchmark
+    plugins.reset()
     from aflowctl.store import queries
     from helpers.openai_server import OpenAIServer
 

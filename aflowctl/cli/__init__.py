@@ -28,6 +28,8 @@ COMMAND_MODULES = [
     "aflowctl.cli.report",
     "aflowctl.cli.train",
     "aflowctl.cli.compare",
+    "aflowctl.cli.logs",
+    "aflowctl.cli.browse",
 ]
 
 
@@ -56,6 +58,29 @@ def _reraise() -> bool:
     return os.environ.get("AFLOWCTL_RAISE_ERRORS", "") not in ("", "0")
 
 
+def _hide_flag_types() -> None:
+    """Flags take no value: show no ``<bool>`` next to them in ``--help``.
+
+    Typer prints every option's type; for an on/off flag that reads as if it wanted an
+    argument. Its help renderer asks ``display_type_rich``; flags answer ``None``.
+    """
+    from typer.core import TyperOption
+
+    show = getattr(TyperOption, "display_type_rich", None)
+    if show is None or getattr(show, "_aflowctl", False):
+        return
+
+    def display_type_rich(self, ctx):
+        if getattr(self, "is_flag", False) and not getattr(self, "count", False):
+            return None
+        return show(self, ctx)
+
+    display_type_rich._aflowctl = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_hide_flag_types()
+
 app = typer.Typer(
     name="aflowctl",
     cls=_ErrorHandlingGroup,
@@ -75,13 +100,17 @@ def _version_callback(value: bool) -> None:
 @app.callback()
 def _main(
     version: Annotated[
-        Optional[bool], typer.Option("--version", callback=_version_callback, is_eager=True, help="show the version and exit")
+        Optional[bool],
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="show the version and exit"),
     ] = None,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="more log output (-vv for debug)")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="only errors on stderr")] = False,
 ) -> None:
+    from aflowctl.cli import _progress
     from aflowctl.logging import setup_logging
 
+    _progress.QUIET = quiet
+    _progress.install_conversion_notice()
     setup_logging(-1 if quiet else verbose)
 
 
@@ -97,6 +126,9 @@ for _modname in COMMAND_MODULES:
 
 def main() -> None:
     """Console-script entry point."""
+    from aflowctl.cli._progress import install_interrupt_notice
+
+    install_interrupt_notice()
     try:
         app()
     except KeyboardInterrupt as exc:  # pragma: no cover - outside click's handling

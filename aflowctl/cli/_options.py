@@ -18,3 +18,4 @@ RunOpt = Annotated[Optional[str], typer.Option("--run", help="only this run id")
 NoPreflightOpt = Annotated[
     bool, typer.Option("--no-preflight", help="skip checking keys and reachability of the configured models before the run")
 ]
+CsvOpt = Annotated[bool, typer.Option("--csv", help="print CSV instead of a table")]

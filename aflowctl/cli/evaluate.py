@@ -2,40 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from typing import Annotated, Any, List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
 from aflowctl.cli._options import ConfigOpt, DbOpt, JsonOpt, NoPreflightOpt, SeedOpt
+from aflowctl.cli import _progress
 from aflowctl.cli._output import console, err_console, print_json
-
-
-class _Bar:
-    """A rich progress bar on stderr, fed by evaluate_workflow's progress callback."""
-
-    def __init__(self, description: str):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=False,
-        )
-        self.task = self.progress.add_task(description, total=None, info="starting workers")
-
-    def __enter__(self) -> "_Bar":
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.progress.stop()
-
-    def __call__(self, p: Any) -> None:
-        mean = p.mean_so_far
-        info = f"tasks {p.tasks_done}/{p.tasks_total} ({p.tasks_running} running)"
-        if mean is not None:
-            info += f"  mean {100 * mean:.1f}%"
-        self.progress.update(self.task, total=p.total, completed=p.done, info=info)
 
 
 def evaluate(
@@ -77,15 +50,20 @@ def evaluate(
         "rollout.executor": executor,
         "rollout.ray_address": ray_address,
     }
-    show_bar = not json_out and sys.stderr.isatty()
-    notify = (lambda line: None) if json_out else (lambda line: err_console.print(line, markup=False))
-    kwargs = dict(db=db, config=config, overrides=overrides, workflow=workflow, split=split, repeats=repeats,
-                  limit=limit, index=index, check_providers=not no_preflight, notify=notify)
-    if show_bar:
-        with _Bar(f"{dataset or 'evaluation'}/{split}") as bar:
-            ev = run_evaluation(progress=bar, **kwargs)
-    else:
-        ev = run_evaluation(**kwargs)
+    # run_evaluation notifies once the inputs are checked and the run exists: then convert a local model
+    prepare = _progress.once(lambda: _progress.prepare_local_models([_executor_model(config, overrides)], json_out=json_out))
+
+    def notify(line: str) -> None:
+        if not json_out:
+            err_console.print(line, markup=False)
+        prepare()
+
+    label = f"{dataset or 'evaluation'}/{split}"
+    with _progress.Display(db=db, active=_progress.enabled(json_out)) as display:
+        ev = run_evaluation(db=db, config=config, overrides=overrides, workflow=workflow, split=split, repeats=repeats,
+                            limit=limit, index=index, check_providers=not no_preflight, notify=notify,
+                            progress=lambda p: display.evaluation("eval", label, p.done, p.total, _progress.eval_info_of(
+                                {"mean": p.mean_so_far, "failed": p.failed})))
     res, rid, wid, what, ds, exec_model = ev.result, ev.run_id, ev.workflow_id, ev.workflow, ev.dataset, ev.executor_model
     out = {
         "run_id": rid, "workflow_id": wid, "workflow": what, "dataset": ds, "split": split, "executor_model": exec_model,
@@ -109,6 +87,17 @@ def evaluate(
         console.print(f"{res.errors} problem(s) raised an error (scored 0); first, problem {first['index']}: {first['error'][:200]}",
                       markup=False)
     console.print(f"stored as run {rid}; see 'aflowctl inspect runs'", markup=False)
+
+
+def _executor_model(config, overrides: dict) -> Optional[str]:
+    """The executor model the evaluation will use (None when the config does not load:
+    the evaluation itself then reports why)."""
+    from aflowctl.config import load_config
+
+    try:
+        return load_config(config, overrides).optimize.executor.model
+    except Exception:  # noqa: BLE001 - reported by run_evaluation with its own message
+        return None
 
 
 def register(app: typer.Typer) -> None:

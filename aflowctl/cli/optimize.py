@@ -9,25 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from aflowctl.cli._options import ConfigOpt, DbOpt, JsonOpt, NoPreflightOpt
-from aflowctl.cli._output import console, err_console, print_json
-
-
-def _progress_printer(quiet: bool):
-    def progress(event: str, **data):
-        if quiet:
-            return
-        if event == "round_start":
-            parent = f" from workflow {data['parent']} ({100 * data['parent_score']:.1f}%)" if data.get("parent") else ""
-            err_console.print(f"[bold]round {data['round']}[/bold]{parent}")
-        elif event == "round_done":
-            kids = ", ".join(
-                f"workflow {wid}: {'invalid' if sc is None else f'{100 * sc:.1f}%'}" for wid, sc in data.get("children", [])
-            )
-            err_console.print(f"  round {data['round']} done: {kids or 'no valid child'}")
-        elif event == "proposal_failed":
-            err_console.print(f"  candidate {data['k']} attempt {data['attempt']} rejected: {data['error'][:160]}", markup=False)
-
-    return progress
+from aflowctl.cli import _progress
+from aflowctl.cli._output import console, err_console, fmt_cost, print_json
 
 
 def optimize(
@@ -81,14 +64,24 @@ def optimize(
         "rollout.executor": executor,
         "rollout.ray_address": ray_address,
     }
-    outcome = run_optimize(db=db, config=config, overrides=overrides, run_id=run_id, resume=resume, force=force,
-                           test=test, test_round=round_, serve_policy=serve_policy, check_providers=not no_preflight,
-                           progress=_progress_printer(json_out), notify=lambda line: err_console.print(line, markup=False))
+    def prepare() -> None:
+        _progress.prepare_local_models(_local_models(db, config, overrides, resume), json_out=json_out)
+
+    with _progress.Display(db=db, active=_progress.enabled(json_out), quiet_lines=json_out) as display:
+        outcome = run_optimize(db=db, config=config, overrides=overrides, run_id=run_id, resume=resume, force=force,
+                               test=test, test_round=round_, serve_policy=serve_policy,
+                               check_providers=not no_preflight,
+                               progress=_progress.optimize_callback(display, prepare),
+                               notify=lambda line: _progress.notice(line))
+    warning, spend = _summary_extras(db, outcome)
     if json_out:
-        print_json(dataclasses.asdict(outcome))
+        print_json({**dataclasses.asdict(outcome), "warnings": [warning] if warning else []})
     else:
         best = "none" if outcome.best_score is None else f"{100 * outcome.best_score:.1f}% (workflow {outcome.best_workflow_id}, round {outcome.best_round})"
-        console.print(f"run {outcome.run_id}: {outcome.status} after {outcome.rounds} rounds; best {best}; spent ${outcome.cost_usd:.4f}")
+        console.print(f"run {outcome.run_id}: {outcome.status} after {outcome.rounds} rounds; best {best}; spent {spend}",
+                      markup=False)
+        if warning:
+            err_console.print(warning, markup=False)
         if outcome.message:
             console.print(outcome.message, markup=False)
         if outcome.test:
@@ -96,6 +89,41 @@ def optimize(
         console.print(f"inspect: aflowctl inspect workflows --run {outcome.run_id}; report: aflowctl report {outcome.run_id}")
     if outcome.status == "budget_exceeded":
         raise typer.Exit(3)
+
+
+def _local_models(db, config, overrides: dict, resume: Optional[str]) -> list[Optional[str]]:
+    """The models of the run (to prepare a local one before the work starts); none when
+    the config does not load (run_optimize then says why)."""
+    from aflowctl.optimizer.run import optimize_config
+    from aflowctl.store import open_store
+
+    try:
+        cfg = optimize_config(open_store(db), config=config, overrides=overrides, resume=resume)
+    except Exception:  # noqa: BLE001 - reported by run_optimize with its own message
+        return []
+    return [cfg.optimize.executor.model, cfg.optimize.optimizer.model]
+
+
+def _summary_extras(db, outcome) -> tuple[Optional[str], str]:
+    """The end-of-run warning (also written to the run's log) and the spend as text."""
+    from aflowctl import paths
+    from aflowctl.cli._warnings import search_warning
+    from aflowctl.logging import add_run_log
+    from aflowctl.store import open_store, queries
+
+    store = open_store(db)
+    warning = search_warning(store, outcome.run_id)
+    if warning:
+        from loguru import logger
+
+        sink = add_run_log(paths.run_dir(outcome.run_id) / "log.jsonl")
+        try:
+            _progress.log_event("warning", warning, {})
+        finally:
+            logger.remove(sink)
+    row = next((r for r in queries.list_runs(store, kind="optimize") if r["id"] == outcome.run_id), None)
+    spend = fmt_cost(row["cost_usd"], row["unpriced_calls"], row["priced_calls"]) if row else f"${outcome.cost_usd:.4f}"
+    return warning, spend
 
 
 def register(app: typer.Typer) -> None:

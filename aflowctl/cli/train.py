@@ -1,19 +1,15 @@
-"""``aflowctl train``, ``aflowctl export-policy`` and ``aflowctl inspect training``."""
+"""``aflowctl train`` and ``aflowctl export-policy`` (``inspect training`` is in inspect.py)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from aflowctl.cli._options import ConfigOpt, DbOpt, JsonOpt, NoPreflightOpt, SeedOpt
-from aflowctl.cli._output import console, err_console, print_json, print_table
-
-METRIC_COLUMNS = ["update", "reward_mean", "valid_rate", "loss", "kl", "entropy", "clip_frac", "grad_norm",
-                  "singleton_step_group_frac", "tokens_per_s", "samples_per_s"]
-
+from aflowctl.cli import _progress
+from aflowctl.cli._output import console, err_console, print_json
 
 def train_cmd(
     config: ConfigOpt = None,
@@ -58,66 +54,39 @@ def train_cmd(
     else:
         cfg = load_config(config, overrides)
 
-    progress = None if json_out else _Progress()
-    trainer = Trainer(cfg, store=store, run_id=resume or run_id, resume=bool(resume), force=force, fallback=fallback,
-                      from_experiences=from_experiences or (), sft_only=sft_only, max_updates=max_updates,
-                      callback=progress.event if progress else None, check_providers=not no_preflight)
-    try:
-        result = trainer.run()
-    except KeyboardInterrupt:
-        from aflowctl.errors import RunInterrupted
+    with _progress.Display(active=_progress.enabled(json_out), quiet_lines=json_out) as display:
+        shown = _progress.TrainDisplay(display)
+        display.step("phase", "loading the policy and starting the environment")
+        trainer = Trainer(cfg, store=store, run_id=resume or run_id, resume=bool(resume), force=force, fallback=fallback,
+                          from_experiences=from_experiences or (), sft_only=sft_only, max_updates=max_updates,
+                          callback=shown.event, check_providers=not no_preflight)
+        try:
+            result = trainer.run()
+        except KeyboardInterrupt:
+            from aflowctl.errors import RunInterrupted
 
-        raise RunInterrupted(f"training run {trainer.run_id} was interrupted; its checkpoints are kept",
-                             f"resume it with 'aflowctl train --resume {trainer.run_id}'") from None
-    finally:
-        if progress:
-            progress.close()
+            raise RunInterrupted(f"training run {trainer.run_id} was interrupted; its checkpoints are kept",
+                                 f"resume it with 'aflowctl train --resume {trainer.run_id}'") from None
+        finally:
+            shown.close()
+    from aflowctl.cli._warnings import training_warning
+
+    warning = training_warning(result.metrics)
     last = result.metrics[-1] if result.metrics else {}
     summary = {"run_id": result.run_id, "status": result.status, "updates": result.updates,
                "checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
-               "run_dir": str(result.run_dir), "last_metrics": last}
+               "run_dir": str(result.run_dir), "last_metrics": last, "warnings": [warning] if warning else []}
     if json_out:
         print_json(summary)
         return
+    if warning:
+        err_console.print(warning, markup=False)
     first = next((m for m in result.metrics if "reward_mean" in m), None)
-    console.print(f"run [bold]{result.run_id}[/bold]: {result.updates} updates, status {result.status}")
+    console.print(f"run {result.run_id}: {result.updates} updates, status {result.status}", markup=False)
     if first is not None and "reward_mean" in last:
         console.print(f"reward mean {first['reward_mean']:.3f} (first update) -> {last['reward_mean']:.3f} (last)")
     console.print(f"checkpoint: {summary['checkpoint']}")
     console.print(f"inspect: aflowctl inspect training {result.run_id}; export: aflowctl export-policy {result.run_id} OUT_DIR")
-
-
-class _Progress:
-    """A rich progress bar fed by the trainer's callback events."""
-
-    def __init__(self):
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.p = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                          TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                          console=err_console, transient=False)
-        self.task = None
-        self.started = False
-
-    def event(self, kind: str, data: dict) -> None:
-        if kind == "start":
-            self.p.start()
-            self.started = True
-            self.task = self.p.add_task(f"training {data['run_id']}", total=data["total_updates"],
-                                        completed=data.get("done", 0), info=f"device {data['device']}")
-        elif kind == "update" and self.task is not None:
-            self.p.update(self.task, advance=1,
-                          info=f"reward {data['reward_mean']:.3f} valid {data['valid_rate']:.2f} loss {data['loss']:.4f}")
-        elif kind == "notice":
-            err_console.print(data["message"], markup=False)
-        elif kind == "resumed":
-            err_console.print(f"resumed from {data['checkpoint']} (update {data['update']})")
-        elif kind == "sft" and data["step"] % 10 == 1:
-            err_console.print(f"warm start (SFT) step {data['step']}: loss {data['loss']:.4f}")
-
-    def close(self) -> None:
-        if self.started:
-            self.p.stop()
 
 
 def export_policy_cmd(
@@ -137,38 +106,6 @@ def export_policy_cmd(
         console.print(f"exported the policy to {path}")
 
 
-def training_cmd(
-    run_id: Annotated[str, typer.Argument(help="training run id")],
-    db: DbOpt = None,
-    json_out: JsonOpt = False,
-    last: Annotated[Optional[int], typer.Option("-n", "--last", help="only the last N updates")] = None,
-) -> None:
-    """Per-update training metrics and checkpoints of a training run."""
-    from aflowctl.errors import NotFoundError
-    from aflowctl.store import open_store, queries
-
-    store = open_store(db)
-    run = queries.get_run(store, run_id)
-    if run is None or run.get("kind") != "train":
-        raise NotFoundError(f"training run '{run_id}' does not exist", "see 'aflowctl inspect runs --kind train'")
-    metrics = queries.train_metrics(store, run_id)
-    if last:
-        metrics = metrics[-last:]
-    ckpts = [{k: c[k] for k in ("step", "path", "sha256", "created_at")} for c in queries.list_checkpoints(store, run_id)]
-    if json_out:
-        print_json({"run": {k: run[k] for k in ("id", "status", "dataset", "seed", "created_at", "updated_at", "message")},
-                    "state": json.loads(run.get("state_json") or "{}"), "metrics": metrics, "checkpoints": ckpts})
-        return
-    console.print(f"run {run_id}: status {run['status']}" + (f" ({run['message']})" if run.get("message") else ""))
-    print_table(metrics, METRIC_COLUMNS, title="training metrics")
-    print_table(ckpts, ["step", "path", "created_at"], title="checkpoints")
-
-
 def register(app: typer.Typer) -> None:
     app.command("train")(train_cmd)
     app.command("export-policy")(export_policy_cmd)
-    try:
-        from aflowctl.cli.inspect import inspect_app
-    except ImportError:  # inspect not built yet
-        return
-    inspect_app.command("training")(training_cmd)

@@ -105,6 +105,16 @@ def _file_lock(path: Path):
                 pass
 
 
+_conversion_listeners: list = []
+
+
+def on_conversion(listener) -> None:
+    """Call ``listener(gguf_path)`` in this process just before a one-time conversion
+    starts (the CLI says what the pause is; library code never prints)."""
+    if listener not in _conversion_listeners:
+        _conversion_listeners.append(listener)
+
+
 def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     """Dequantize a GGUF into an HF safetensors folder (once; atomic; safe across processes)."""
     from aflowctl.paths import models_dir
@@ -114,6 +124,8 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     with _file_lock(models_dir() / f".{out_dir.name}.lock"):
         if (out_dir / "config.json").is_file():
             return out_dir
+        for listener in list(_conversion_listeners):
+            listener(gguf)
         if importlib.util.find_spec("accelerate") is None:
             raise ProviderError("loading a GGUF file needs the accelerate package", "pip install 'aflowctl[local]'")
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -158,8 +170,7 @@ def resolve(spec: Optional[str] = None) -> Path:
     if p.suffix == ".gguf":
         if not p.is_file():
             raise ProviderError(f"GGUF file {p} does not exist", "pass an existing .gguf file")
-        digest = hashlib.sha256(str(p.resolve()).encode()).hexdigest()[:10]
-        return convert_gguf(p, models_dir() / f"{p.stem}-{digest}")
+        return convert_gguf(p, _converted_dir(p))
     if spec.startswith((".", "/", "~")) or os.sep in spec.strip("/") and spec.count("/") > 1:
         raise ProviderError(
             f"local model {spec!r} does not exist", "pass an existing folder or .gguf file, or local/smollm2"
@@ -188,6 +199,28 @@ def resolve(spec: Optional[str] = None) -> Path:
         f"unknown local model {spec!r}" + (" (the hub is offline: HF_HUB_OFFLINE is set)" if offline else ""),
         "use local/smollm2 (embedded), local/<path to an HF folder or .gguf>, or a hub id when online",
     )
+
+
+def pending_conversion(spec: Optional[str] = None) -> Optional[Path]:
+    """The GGUF file that :func:`resolve` would convert first (a one-time step of ~20 s),
+    or ``None`` when ``spec`` needs no conversion (already done, a folder, a hub id)."""
+    from aflowctl.paths import models_dir
+
+    if spec is None or spec.lower() in DEFAULT_ALIASES:
+        gguf, out = embedded_gguf(), models_dir() / EMBEDDED_NAME
+    else:
+        p = Path(spec).expanduser()
+        if p.suffix != ".gguf" or not p.is_file():
+            return None
+        gguf, out = p, _converted_dir(p)
+    return None if (out / "config.json").is_file() else gguf
+
+
+def _converted_dir(gguf: Path) -> Path:
+    """Where a user's GGUF file is converted to (one folder per file path)."""
+    from aflowctl.paths import models_dir
+
+    return models_dir() / f"{gguf.stem}-{hashlib.sha256(str(gguf.resolve()).encode()).hexdigest()[:10]}"
 
 
 _threads_set = False

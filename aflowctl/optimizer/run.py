@@ -79,6 +79,8 @@ def run_optimize(
     sink = add_run_log(paths.run_dir(rid) / "log.jsonl")
     notify(f"run {rid}: {cfg.optimize.dataset}, optimizer {cfg.optimize.policy or cfg.optimize.optimizer.model}, "
            f"executor {cfg.optimize.executor.model}")
+    if progress is not None:
+        progress("run_start", run_id=rid)
     try:
         with RolloutPool(store, cfg.rollout) as pool:
             opt = Optimizer(store, cfg, rid, pool=pool, progress=progress, policy_model=policy_model)

@@ -162,6 +162,8 @@ class Optimizer:
                 executor=self.oc.executor, llm_cfg=self._llm_cfg(), rollout_cfg=self.cfg.rollout, repeats=repeats,
                 limit=limit, indices=indices, run_id=self.run_id, workflow_id=workflow_id if store_rows else None,
                 seed=self.oc.seed if seed is None else seed, pool=self.pool, store_rows=store_rows,
+                progress=lambda p: self.progress("evaluation", workflow_id=workflow_id, split=split, done=p.done,
+                                                 total=p.total, failed=p.failed, mean=p.mean_so_far),
             )
         finally:
             self._wait_s += time.perf_counter() - t0

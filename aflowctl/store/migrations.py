@@ -201,4 +201,51 @@ def m005_run_leases(conn: sqlite3.Connection) -> None:
     )
 
 
+
+# The text of a call for full-text search: the messages' contents (not their JSON)
+# and the response. Invalid JSON is indexed as it is rather than failing the insert.
+_CALL_PROMPT_TEXT = (
+    "CASE WHEN json_valid({m}) THEN (SELECT group_concat(json_extract(j.value, '$.content'), char(10)) "
+    "FROM json_each({m}) AS j) ELSE {m} END"
+)
+
+
+@migration
+def m006_llm_calls_fts(conn: sqlite3.Connection) -> None:
+    """Full-text search over LLM calls (``aflowctl logs -q``), kept in sync by triggers.
+
+    An external-content FTS5 index over the view ``llm_calls_text`` (id, prompt,
+    response): the text is not stored twice. Existing rows are indexed here. Where
+    SQLite lacks FTS5 the migration creates nothing and search falls back to LIKE.
+    """
+    try:
+        conn.execute("CREATE VIRTUAL TABLE temp._fts5_probe USING fts5(x)")
+        conn.execute("DROP TABLE temp._fts5_probe")
+    except sqlite3.OperationalError:
+        return
+    new_text = _CALL_PROMPT_TEXT.format(m="new.messages_json")
+    old_text = _CALL_PROMPT_TEXT.format(m="old.messages_json")
+    conn.executescript(
+        f"""
+        CREATE VIEW llm_calls_text AS
+            SELECT id, {_CALL_PROMPT_TEXT.format(m="messages_json")} AS prompt, response FROM llm_calls;
+        CREATE VIRTUAL TABLE llm_calls_fts USING fts5(prompt, response, content='llm_calls_text', content_rowid='id');
+        CREATE TRIGGER llm_calls_fts_ai AFTER INSERT ON llm_calls BEGIN
+            INSERT INTO llm_calls_fts(rowid, prompt, response) VALUES (new.id, {new_text}, new.response);
+        END;
+        CREATE TRIGGER llm_calls_fts_ad AFTER DELETE ON llm_calls BEGIN
+            INSERT INTO llm_calls_fts(llm_calls_fts, rowid, prompt, response)
+                VALUES ('delete', old.id, {old_text}, old.response);
+        END;
+        CREATE TRIGGER llm_calls_fts_au AFTER UPDATE OF messages_json, response ON llm_calls BEGIN
+            INSERT INTO llm_calls_fts(llm_calls_fts, rowid, prompt, response)
+                VALUES ('delete', old.id, {old_text}, old.response);
+            INSERT INTO llm_calls_fts(rowid, prompt, response) VALUES (new.id, {new_text}, new.response);
+        END;
+        INSERT INTO llm_calls_fts(rowid, prompt, response) SELECT id, prompt, response FROM llm_calls_text;
+        CREATE INDEX ix_llm_calls_created_at ON llm_calls(created_at);
+        """
+    )
+
+
 SCHEMA_VERSION = MIGRATIONS[-1][0]

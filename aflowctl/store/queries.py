@@ -29,18 +29,29 @@ def run_costs(store: Store, run_id: str | None = None) -> dict[str, float]:
 
 
 def list_runs(store: Store, kind: str | None = None) -> list[dict[str, Any]]:
-    """Runs with their status, rounds, best validation score and spend."""
+    """Runs with their status, rounds, best validation score and spend.
+
+    ``rounds`` counts as the run does (its last completed round); ``updates`` is the
+    number of training updates; ``unpriced_calls`` the calls whose price is unknown
+    (``cost_usd`` sums only the known prices).
+    """
     rows = _rows(
         store,
         """
         SELECT r.id, r.kind, r.status, r.dataset, r.seed, r.created_at, r.updated_at,
                r.budget_usd, r.message,
-               (SELECT MAX(w.round) FROM workflows w WHERE w.run_id = r.id) AS rounds,
+               COALESCE(CASE WHEN json_valid(r.state_json) THEN json_extract(r.state_json, '$.completed_round') END,
+                        (SELECT MAX(w.round) FROM workflows w WHERE w.run_id = r.id)) AS rounds,
+               (SELECT COUNT(*) FROM train_metrics t WHERE t.run_id = r.id) AS updates,
                (SELECT MAX(m) FROM (SELECT AVG(e.score) AS m FROM evaluations e
                     JOIN workflows w ON w.id = e.workflow_id
                     WHERE w.run_id = r.id AND e.split = 'validate' GROUP BY e.workflow_id)) AS best_score,
                (SELECT COALESCE(SUM(CASE WHEN c.cached = 0 THEN c.cost_usd END), 0)
-                    FROM llm_calls c WHERE c.run_id = r.id) AS cost_usd
+                    FROM llm_calls c WHERE c.run_id = r.id) AS cost_usd,
+               (SELECT COUNT(*) FROM llm_calls c WHERE c.run_id = r.id AND c.cached = 0 AND c.error IS NULL
+                    AND c.cost_usd IS NULL) AS unpriced_calls,
+               (SELECT COUNT(*) FROM llm_calls c WHERE c.run_id = r.id AND c.cached = 0 AND c.error IS NULL
+                    AND c.cost_usd IS NOT NULL) AS priced_calls
         FROM runs r
         WHERE (:kind IS NULL OR r.kind = :kind)
         ORDER BY r.created_at
@@ -49,7 +60,10 @@ def list_runs(store: Store, kind: str | None = None) -> list[dict[str, Any]]:
     )
     for r in rows:
         r["rounds"] = int(r["rounds"] or 0)
+        r["updates"] = int(r["updates"] or 0)
         r["cost_usd"] = float(r["cost_usd"] or 0.0)
+        r["unpriced_calls"] = int(r["unpriced_calls"] or 0)
+        r["priced_calls"] = int(r["priced_calls"] or 0)
     return rows
 
 
@@ -142,6 +156,7 @@ def call_totals(store: Store, run_id: str | None = None) -> list[dict[str, Any]]
                COALESCE(SUM(completion_tokens), 0) AS completion_tokens,
                COALESCE(SUM(CASE WHEN cached = 0 THEN cost_usd END), 0) AS cost_usd,
                SUM(CASE WHEN cost_usd IS NULL AND error IS NULL AND cached = 0 THEN 1 ELSE 0 END) AS unpriced_calls,
+               SUM(CASE WHEN cost_usd IS NOT NULL AND error IS NULL AND cached = 0 THEN 1 ELSE 0 END) AS priced_calls,
                AVG(latency_s) AS mean_latency_s
         FROM llm_calls
         WHERE (:run_id IS NULL OR run_id = :run_id)
@@ -250,3 +265,134 @@ def first_workflow_id(store: Store, run_id: str) -> Optional[int]:
 def get_workflow(store: Store, workflow_id: int) -> Optional[dict[str, Any]]:
     rows = _rows(store, "SELECT * FROM workflows WHERE id = :id", id=workflow_id)
     return rows[0] if rows else None
+
+
+# --------------------------------------------------------------------------
+# individual LLM calls (aflowctl logs) and live activity (progress displays)
+
+
+def _fts_available(store: Store) -> bool:
+    rows = _rows(store, "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'llm_calls_fts'")
+    return bool(rows)
+
+
+def fts_query(text_: str) -> str:
+    """A user's search words as an FTS5 query: every word must occur (as a prefix-free
+    token), FTS5 operators and quotes in the text are taken literally."""
+    words = [w for w in text_.split() if w]
+    return " ".join('"' + w.replace('"', '""') + '"' for w in words)
+
+
+def call_roles(store: Store) -> list[str]:
+    return [r["role"] for r in _rows(store, "SELECT DISTINCT role FROM llm_calls WHERE role IS NOT NULL ORDER BY role")]
+
+
+def list_calls(
+    store: Store,
+    *,
+    run_id: str | None = None,
+    role: str | None = None,
+    model: str | None = None,
+    query: str | None = None,
+    limit: int | None = None,
+    full: bool = False,
+) -> list[dict[str, Any]]:
+    """LLM calls, newest first, with tokens, cost and (``full``) the messages.
+
+    ``model`` matches ``provider/model`` or the bare model name. ``query`` is a
+    full-text search over the prompts' text and the responses (FTS5 where SQLite has
+    it, every word must occur; a substring match otherwise). ``cost_usd`` is None
+    when the price is unknown; a cached call cost nothing.
+    """
+    clauses, params = [], {}
+    if run_id:
+        clauses.append("c.run_id = :run_id")
+        params["run_id"] = run_id
+    if role:
+        clauses.append("c.role = :role")
+        params["role"] = role
+    if model:
+        clauses.append("(c.provider || '/' || c.model = :model OR c.model = :model)")
+        params["model"] = model
+    join = ""
+    if query and query.strip():
+        if _fts_available(store):
+            join = "JOIN llm_calls_fts f ON f.rowid = c.id"
+            clauses.append("llm_calls_fts MATCH :q")
+            params["q"] = fts_query(query)
+        else:
+            esc = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            clauses.append("(c.messages_json LIKE :q ESCAPE '\\' OR c.response LIKE :q ESCAPE '\\')")
+            params["q"] = f"%{esc}%"
+    where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+    lim = f"LIMIT {int(limit)}" if limit else ""
+    rows = _rows(
+        store,
+        f"""SELECT c.id, c.created_at, c.run_id, c.role, c.provider, c.model, c.prompt_tokens, c.completion_tokens,
+                   c.cost_usd, c.latency_s, c.cached, c.error, c.finish_reason, c.sample_index, c.request_hash,
+                   c.messages_json, c.params_json, c.response
+            FROM llm_calls c {join} {where} ORDER BY c.id DESC {lim}""",
+        **params,
+    )
+    for r in rows:
+        r["cached"] = bool(r["cached"])
+        provider = r.pop("provider")
+        if not r["model"].startswith(provider + "/"):
+            r["model"] = f"{provider}/{r['model']}"
+        try:
+            messages = json.loads(r.pop("messages_json") or "[]")
+        except ValueError:
+            messages = []
+        params_ = r.pop("params_json")
+        r["prompt"] = _prompt_text(messages)
+        if full:
+            r["messages"] = messages
+            try:
+                r["params"] = json.loads(params_ or "{}")
+            except ValueError:
+                r["params"] = {}
+    return rows
+
+
+def _prompt_text(messages: Any) -> str:
+    """The last user message of a chat (the prompt as a person reads it)."""
+    if not isinstance(messages, list):
+        return str(messages)
+    for m in reversed(messages):
+        if isinstance(m, dict) and m.get("role") == "user":
+            c = m.get("content")
+            return c if isinstance(c, str) else json.dumps(c)
+    return "\n".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
+
+
+def call_activity(store: Store, run_id: Optional[str], since_id: int = 0) -> dict[str, Any]:
+    """Calls of a run (of any run when ``run_id`` is None) after row ``since_id``: count,
+    tokens, known spend, unpriced calls, and the highest id. For live progress displays."""
+    row = _rows(
+        store,
+        """SELECT COUNT(*) AS calls, COALESCE(SUM(prompt_tokens), 0) + COALESCE(SUM(completion_tokens), 0) AS tokens,
+                  SUM(CASE WHEN cached = 0 THEN cost_usd END) AS cost_usd,
+                  SUM(CASE WHEN cost_usd IS NULL AND error IS NULL AND cached = 0 THEN 1 ELSE 0 END) AS unpriced,
+                  MAX(id) AS last_id
+           FROM llm_calls WHERE (:r IS NULL OR run_id = :r) AND id > :since""",
+        r=run_id,
+        since=since_id,
+    )[0]
+    return {"calls": int(row["calls"] or 0), "tokens": int(row["tokens"] or 0), "cost_usd": row["cost_usd"],
+            "unpriced": int(row["unpriced"] or 0), "last_id": int(row["last_id"] or since_id)}
+
+
+def last_call_id(store: Store) -> int:
+    return int(_rows(store, "SELECT COALESCE(MAX(id), 0) AS m FROM llm_calls")[0]["m"])
+
+
+def proposal_counts(store: Store, run_id: str) -> dict[str, int]:
+    """Proposals (experiences) of a run: how many, how many invalid, how many improved."""
+    row = _rows(
+        store,
+        """SELECT COUNT(*) AS proposals, COALESCE(SUM(CASE WHEN valid = 0 THEN 1 ELSE 0 END), 0) AS invalid,
+                  COALESCE(SUM(CASE WHEN valid = 1 AND reward > 0 THEN 1 ELSE 0 END), 0) AS improved
+           FROM experiences WHERE run_id = :r""",
+        r=run_id,
+    )[0]
+    return {k: int(v or 0) for k, v in row.items()}

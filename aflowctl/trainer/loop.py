@@ -387,6 +387,7 @@ class Trainer:
         timing["env_s"] += time.perf_counter() - t_env
         for step in range(t.steps_per_episode):
             t_env = time.perf_counter()
+            self.callback("phase", {"update": update, "phase": "sampling edits", "step": step, "steps": t.steps_per_episode})
             messages = [self.env.observe(s) for s in states]
             t_gen = time.perf_counter()
             timing["env_s"] += t_gen - t_env
@@ -395,6 +396,7 @@ class Trainer:
                                   batch_size=t.generation_batch_size, device=self.device)
             t_env = time.perf_counter()
             timing["generation_s"] += t_env - t_gen
+            self.callback("phase", {"update": update, "phase": "evaluating edits", "step": step, "steps": t.steps_per_episode})
             trans = self.env.step_batch(states, [r.text for r in rollouts], rng=rng)
             timing["env_s"] += time.perf_counter() - t_env
             for s, m, r, tr, gid, eid in zip(states, messages, rollouts, trans, gids, eids):
@@ -437,6 +439,7 @@ class Trainer:
         n_resp_tokens = sum(len(x.response_ids) for x in rolls)
 
         # behaviour (and reference) log-probs, same micro-batches as the first PPO epoch
+        self.callback("phase", {"update": u, "phase": "policy update"})
         t1 = time.perf_counter()
         old: dict[int, torch.Tensor] = {}
         ref: dict[int, torch.Tensor] = {}
