@@ -78,7 +78,12 @@ def check_dependencies() -> list[dict]:
             out.append(_check(f"optional {dep}", "ok", version(dep)))
         except PackageNotFoundError:
             out.append(
-                _check(f"optional {dep}", "info", f"not installed (only needed for {why})", f"pip install 'aflowctl[{extra}]'")
+                _check(
+                    f"optional {dep}",
+                    "info",
+                    f"not installed (only needed for {why})",
+                    f"pip install 'aflowctl[{extra}]'",
+                )
             )
     return out
 
@@ -168,7 +173,9 @@ def check_sqlite() -> list[dict]:
             conn.execute("CREATE VIRTUAL TABLE t USING fts5(x)")
             out.append(_check("sqlite fts5", "ok", "available"))
         except sqlite3.OperationalError:
-            out.append(_check("sqlite fts5", "info", "missing: 'aflowctl logs -q' falls back to substring search", None))
+            out.append(
+                _check("sqlite fts5", "info", "missing: 'aflowctl logs -q' falls back to substring search", None)
+            )
     finally:
         conn.close()
     return out
