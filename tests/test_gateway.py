@@ -18,9 +18,12 @@ import pytest
 from helpers.openai_server import OpenAIServer
 
 from aflowctl.config import LLMConfig, ModelConfig, RolloutConfig
-from aflowctl.rollout.pool import RolloutPool, TaskSpec
+from aflowctl.rollout.pool import PRELOAD, RolloutPool, TaskSpec
 from aflowctl.store import open_store
 
+# the worker functions are imported before the workers confine themselves (then only
+# what is already imported, the interpreter and the benchmark data can be read)
+OPTIONS = {"load_plugins": "", "preload": [*PRELOAD, "helpers.gateway_worker"]}
 SECRET = "zq-not-a-pattern-" + "7f3a9c21e5b84d06"  # no known key prefix: only its variable's name says it is one
 KEY_VAR = "MY_EXECUTOR_CRED"  # no KEY/TOKEN/SECRET in the name either
 
@@ -42,10 +45,10 @@ def secret_env(monkeypatch):
 
 def test_workers_start_without_keys_or_store_path(tmp_path, secret_env):
     store = open_store(tmp_path / "s.db", cached=False)
-    with RolloutPool(store, RolloutConfig(workers=2), options={"load_plugins": ""}) as pool:
+    with RolloutPool(store, RolloutConfig(workers=2), options=OPTIONS) as pool:
         out = pool.run([TaskSpec({"n": i}, worker="helpers.gateway_worker:environ") for i in range(2)])
     store.dispose()
-    assert [o.status for o in out] == ["done", "done"]
+    assert [o.status for o in out] == ["done", "done"], [o.error for o in out]
     for o in out:
         env, proc = o.result["environ"], o.result["proc"]
         blob = json.dumps(env) + proc
@@ -66,7 +69,7 @@ def test_workers_share_one_limit_and_the_parent_logs_every_call(tmp_path, secret
     with OpenAIServer(responder, latency_s=0.05, api_key=SECRET) as srv:
         store = open_store(tmp_path / "s.db", cached=False)
         model = ModelConfig(model="openai/test-model", api_base=srv.url, api_key_env=KEY_VAR)
-        with RolloutPool(store, RolloutConfig(workers=2), options={"load_plugins": ""}) as pool:
+        with RolloutPool(store, RolloutConfig(workers=2), options=OPTIONS) as pool:
             cid = pool.gateway.register(model, run_id=None, llm_cfg=LLMConfig(concurrency_per_model=3))
             out = pool.run([TaskSpec({"tag": f"t{k}", "calls": calls_per_task}, context={"gateway_client": cid},
                                      worker="helpers.gateway_worker:generate") for k in range(tasks)])
@@ -89,7 +92,7 @@ def test_a_429_storm_is_retried_by_the_gateway(tmp_path):
         srv.fail_next([429] * 6)
         store = open_store(tmp_path / "s.db", cached=False)
         model = ModelConfig(model="openai/test-model", api_base=srv.url)
-        with RolloutPool(store, RolloutConfig(workers=1), options={"load_plugins": ""}) as pool:
+        with RolloutPool(store, RolloutConfig(workers=1), options=OPTIONS) as pool:
             cid = pool.gateway.register(model, llm_cfg=LLMConfig(max_retries=8, backoff_base_s=0.01, backoff_max_s=0.05))
             out = pool.run([TaskSpec({"tag": "s", "calls": 6}, context={"gateway_client": cid},
                                      worker="helpers.gateway_worker:generate")])
@@ -106,7 +109,7 @@ def test_an_unknown_key_stops_with_a_provider_auth_error(tmp_path, monkeypatch):
     with OpenAIServer(lambda m, b: "ok", api_key=SECRET) as srv:
         store = open_store(tmp_path / "s.db", cached=False)
         model = ModelConfig(model="openai/test-model", api_base=srv.url, api_key_env=KEY_VAR)
-        with RolloutPool(store, RolloutConfig(workers=1, max_attempts=3), options={"load_plugins": ""}) as pool:
+        with RolloutPool(store, RolloutConfig(workers=1, max_attempts=3), options=OPTIONS) as pool:
             cid = pool.gateway.register(model, llm_cfg=LLMConfig(max_retries=0))
             out = pool.run([TaskSpec({"tag": "a", "calls": 1}, context={"gateway_client": cid},
                                      worker="helpers.gateway_worker:generate")])
@@ -121,12 +124,13 @@ DRIVER = textwrap.dedent(
     import sys
     sys.path.insert(0, sys.argv[3])
     from aflowctl.config import LLMConfig, ModelConfig, RolloutConfig
-    from aflowctl.rollout.pool import RolloutPool, TaskSpec
+    from aflowctl.rollout.pool import PRELOAD, RolloutPool, TaskSpec
     from aflowctl.store import open_store
 
     if __name__ == "__main__":
         store = open_store(sys.argv[1])
-        with RolloutPool(store, RolloutConfig(workers=2), options={"load_plugins": ""}) as pool:
+        opts = {"load_plugins": "", "preload": ["aflowctl.rollout.evaluate", "helpers.gateway_worker"]}
+        with RolloutPool(store, RolloutConfig(workers=2), options=opts) as pool:
             cid = pool.gateway.register(ModelConfig(model="openai/test-model", api_base=sys.argv[2]),
                                         llm_cfg=LLMConfig(concurrency_per_model=4))
             print("pids", *pool.backend.worker_pids(), flush=True)
@@ -159,3 +163,78 @@ def test_kill_9_of_the_parent_leaves_no_worker_sending_calls(tmp_path):
         for pid in pids:  # the workers died with their parent
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
+
+
+def test_hostile_code_in_a_confined_worker_touches_nothing(tmp_path, secret_env):
+    """What graph.py code could try, run in a real confined worker: it reads no key,
+    cannot read or write the store, delete a home file, allocate 10 GiB, start sh,
+    reach the network or write outside its scratch directory."""
+    import socket
+
+    from aflowctl.sandbox.confine import capabilities
+
+    if capabilities()["problems"]:
+        pytest.skip(f"the sandbox cannot be set up here: {capabilities()['problems'][0]['detail']}")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    home_file = tmp_path / "home" / "precious.txt"
+    home_file.parent.mkdir()
+    home_file.write_text("keep me")
+    outside = tmp_path / "outside.txt"
+    db = tmp_path / "s.db"
+    store = open_store(db, cached=False)
+    before = db.read_bytes()
+    with RolloutPool(store, RolloutConfig(workers=1), options=OPTIONS) as pool:
+        out = pool.run([TaskSpec({"db": str(db), "home_file": str(home_file), "port": listener.getsockname()[1],
+                                  "outside": str(outside), "secret": SECRET}, worker="helpers.gateway_worker:hostile")])
+    listener.close()
+    assert out[0].status == "done", out[0].error
+    res = out[0].result
+    for name, outcome in res.items():
+        if name == "write_scratch":
+            assert outcome.startswith("ok"), outcome
+        else:
+            assert not outcome.startswith("ok"), (name, outcome)
+    assert home_file.read_text() == "keep me" and not outside.exists()
+    assert db.read_bytes()[:100] == before[:100]
+    assert SECRET not in json.dumps(res)
+    store.dispose()
+
+
+LOOPING_GRAPH = """
+class Workflow:
+    def __init__(self, name, llm_config, dataset):
+        self.name = name
+
+    async def __call__(self, problem):
+        if len(problem) % 2:
+            while True:  # a busy loop in synchronous code: no await for asyncio to interrupt
+                pass
+        return "no idea"
+"""
+
+
+def test_a_busy_loop_ends_that_problem_only_at_problem_timeout_s(tmp_path):
+    from aflowctl import benchmarks
+    from aflowctl.rollout.evaluate import evaluate_workflow
+    from aflowctl.workflow.loader import WorkflowSource
+
+    questions = [p["question"] for p in benchmarks.get("gsm8k").load("validate")[:6]]
+    looping = {i for i, q in enumerate(questions) if len(q) % 2}
+    assert looping and len(looping) < 6
+    store = open_store(tmp_path / "s.db", cached=False)
+    t0 = time.monotonic()
+    res = evaluate_workflow(store, WorkflowSource(graph=LOOPING_GRAPH, prompt=""), dataset="gsm8k", split="validate",
+                            executor="openai/unused", rollout_cfg=RolloutConfig(workers=1, concurrency=6,
+                                                                                problem_timeout_s=1.0),
+                            limit=6, scope=None)
+    assert time.monotonic() - t0 < 60
+    store.dispose()
+    by_index = {d["index"]: d for d in res.details}
+    for i, d in by_index.items():
+        assert d["score"] == 0.0
+        if i in looping:
+            assert d["error"] == "problem timed out after 1 s"  # the workflow's fault: a wrong answer
+        else:
+            assert d["error"] is None and d["prediction"] == "no idea"  # the others were not disturbed

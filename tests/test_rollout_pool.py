@@ -113,7 +113,7 @@ def pool_env(tmp_path_factory):
     """One pool for the module's tests (spawning workers costs ~1 s)."""
     home = tmp_path_factory.mktemp("pool_home")
     store = open_store(home / "pool.db", cached=False)
-    pool = RolloutPool(store, RolloutConfig(workers=2, max_attempts=3, task_timeout_s=20), options={"load_plugins": ""})
+    pool = RolloutPool(store, RolloutConfig(workers=2, max_attempts=3, task_timeout_s=20), options={"load_plugins": "", "confine": False})
     pool.start()
     yield pool
     pool.close()
@@ -195,7 +195,7 @@ def test_a_killed_worker_is_replaced_and_its_task_retried_without_restarting_the
     import threading
 
     store = open_store(tmp_path / "k.db", cached=False)
-    pool = RolloutPool(store, RolloutConfig(workers=2, max_attempts=3), options={"load_plugins": ""})
+    pool = RolloutPool(store, RolloutConfig(workers=2, max_attempts=3), options={"load_plugins": "", "confine": False})
     pool.start()  # both workers initialised
     backend = pool.backend
     before = backend.worker_pids()
@@ -228,7 +228,7 @@ def test_a_killed_worker_is_replaced_and_its_task_retried_without_restarting_the
 
 def test_task_timeout_kills_the_worker(tmp_path):
     store = open_store(tmp_path / "t.db", cached=False)
-    with RolloutPool(store, RolloutConfig(workers=1, task_timeout_s=1.0), options={"load_plugins": ""}) as pool:
+    with RolloutPool(store, RolloutConfig(workers=1, task_timeout_s=1.0), options={"load_plugins": "", "confine": False}) as pool:
         t0 = time.monotonic()
         out = pool.run([TaskSpec({"sleep": 60}, worker=SELFTEST), TaskSpec({"echo": 2}, worker=SELFTEST)])
         assert time.monotonic() - t0 < 15
@@ -271,7 +271,7 @@ DRIVER = textwrap.dedent(
         store = open_store(db)
         specs = [TaskSpec({"echo": i, "sleep": 0.4, "log": log, "tag": f"t{i}"},
                           worker="aflowctl.rollout.worker:selftest") for i in range(12)]
-        with RolloutPool(store, RolloutConfig(workers=2), options={"load_plugins": ""}) as pool:
+        with RolloutPool(store, RolloutConfig(workers=2), options={"load_plugins": "", "confine": False}) as pool:
             out = pool.run(specs)
         print(sum(o.status == "done" for o in out), sum(o.reused for o in out))
     """

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 from aflowctl.config import LLMConfig, ModelConfig, RolloutConfig
-from aflowctl.errors import AflowctlError, BenchmarkError
+from aflowctl.errors import AflowctlError, BenchmarkError, InfrastructureError, SandboxError
 from aflowctl.rollout.pool import PoolProgress, RolloutError, RolloutPool, TaskSpec
 
 MAX_WAVES = 8
@@ -227,22 +227,22 @@ def evaluate_workflow(
     sizes = {task_label: len(c) for task_label, c in zip((s.label for s in specs), chunks)}
     total_items = sum(sizes.values())
 
-    adapter = None
-    if progress is not None:
-        done_items: dict[str, tuple[int, float]] = {}
+    problem_by_index = {i: problems[i] for i in idx}
+    scorer = _Scorer(bench, problem_by_index, threads=max(1, min(8, rollout_cfg.concurrency)))
 
-        def adapter(p: PoolProgress) -> None:
-            last = p.last
-            if last is not None and last.status == "done" and last.result:
-                its = last.result.get("items", [])
-                done_items[last.key] = (len(its), sum(float(i.get("score") or 0) for i in its))
-            failed_items = 0
-            if last is not None and last.status == "failed":
-                failed_items = sizes.get(last.label, 0)
+    last_report: list = []
+
+    def adapter(p: PoolProgress) -> None:
+        last_report[:] = [p]
+        last = p.last
+        if last is not None and last.status == "done" and last.result:
+            scorer.add(last.key, last.result.get("items", []))  # scored here, in the parent, as tasks finish
+        if progress is not None:
+            failed_items = sizes.get(last.label, 0) if last is not None and last.status == "failed" else 0
+            done, score_sum = scorer.progress()
             progress(EvalProgress(
-                total=total_items, done=sum(v[0] for v in done_items.values()), failed=failed_items,
-                tasks_total=p.total, tasks_done=p.done, tasks_running=p.running, tasks_reused=p.reused,
-                score_sum=sum(v[1] for v in done_items.values()),
+                total=total_items, done=done, failed=failed_items, tasks_total=p.total, tasks_done=p.done,
+                tasks_running=p.running, tasks_reused=p.reused, score_sum=score_sum,
             ))
 
     if scope == "run":
@@ -250,10 +250,18 @@ def evaluate_workflow(
     try:
         outcomes = pool.run(specs, run_id=run_id, scope=scope, progress=adapter)
         startup = pool.startup_s
+        for o in outcomes:  # reused tasks (done by an earlier, interrupted process) are scored too
+            if o.status == "done" and o.result:
+                scorer.add(o.key, o.result.get("items", []))
+        scorer.wait()
+        if progress is not None and last_report:  # every answer scored now
+            adapter(PoolProgress(**{**vars(last_report[0]), "last": None}))
     except BaseException:
+        scorer.close()
         if own:
             pool.close(kill=True)
         raise
+    scorer.close()
     if own:
         pool.close()
 
@@ -264,6 +272,8 @@ def evaluate_workflow(
     items: list[dict] = []
     for o in outcomes:
         items.extend(o.result.get("items", []))
+    for d in items:  # the full answer was only needed for scoring
+        d.pop("answer", None)
     pos = {i: k for k, i in enumerate(idx)}
     items.sort(key=lambda d: (d["repeat"], pos.get(d["index"], d["index"])))
     per_repeat: dict[int, list[dict]] = {r: [] for r in range(repeats)}
@@ -287,6 +297,70 @@ def evaluate_workflow(
         tasks_reused=sum(1 for o in outcomes if o.reused), wall_s=time.perf_counter() - t0,
         pool_startup_s=startup, run_id=run_id, workflow_id=workflow_id,
     )
+
+
+class _Scorer:
+    """Scores the workers' plain-text answers in this (trusted) process, on a few
+    threads, as tasks finish. A code benchmark's check runs in the sandbox's judge
+    (:mod:`aflowctl.sandbox.harness`); a harness failure (``SandboxError``) is
+    infrastructure: the evaluation fails (resumable), no item is scored 0 for it."""
+
+    def __init__(self, bench: Any, problems: dict, threads: int):
+        import concurrent.futures as cf
+        import threading
+
+        self.bench, self.problems = bench, problems
+        self.pool = cf.ThreadPoolExecutor(threads, thread_name_prefix="aflowctl-score")
+        self.lock = threading.Lock()
+        self.seen: set[str] = set()
+        self.futures: list = []
+        self.done_items, self.score_sum = 0, 0.0
+
+    def add(self, key: str, items: list[dict]) -> None:
+        with self.lock:
+            if key in self.seen:
+                return
+            self.seen.add(key)
+        for item in items:
+            self.futures.append(self.pool.submit(self._score, item))
+
+    def _score(self, item: dict) -> None:
+        answer = item.get("answer")
+        score = 0.0
+        if not item.get("error") and answer is not None:
+            problem = self.problems.get(item["index"])
+            if problem is not None:
+                try:
+                    score = float(self.bench.score(answer, problem))
+                except SandboxError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - an answer the scorer cannot read is wrong
+                    item["error"] = f"could not score the answer: {type(exc).__name__}: {exc}"[:1000]
+                if not 0.0 <= score <= 1.0 or score != score:
+                    score = 0.0
+        item["score"] = score
+        with self.lock:
+            self.done_items += 1
+            self.score_sum += score
+
+    def progress(self) -> tuple[int, float]:
+        with self.lock:
+            return self.done_items, self.score_sum
+
+    def wait(self) -> None:
+        import concurrent.futures as cf
+
+        cf.wait(self.futures)
+        for f in self.futures:
+            exc = f.exception()
+            if isinstance(exc, SandboxError):
+                raise InfrastructureError(f"a solution could not be checked: {exc.message}",
+                                          "nothing was scored 0 for it; run the same evaluation again") from None
+            if exc is not None:
+                raise exc
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _mean(xs: Sequence[float]) -> float:

@@ -113,7 +113,10 @@ class RolloutPool:
 
     With the process backend the pool also runs the run's LLM gateway
     (:mod:`aflowctl.llm.gateway`, ``options["use_gateway"]``, default true): workers
-    start without provider keys and make every LLM call and code run through it.
+    start without provider keys and make every LLM call and code run through it,
+    and confine themselves after initialising (``options["confine"]``, default
+    true: :func:`aflowctl.rollout.worker.confine`; the pool refuses to start where the
+    sandbox cannot be set up unless ``rollout.allow_unsandboxed``).
     """
 
     def __init__(self, store: Any, rollout_cfg: Optional[RolloutConfig] = None, *, options: Optional[dict] = None):
@@ -158,6 +161,8 @@ class RolloutPool:
 
                     self.gateway = Gateway(self.store).start()
                     self.options["gateway"] = self.gateway.address
+                    if self.options.get("confine", True) is True:  # workflow code runs confined
+                        self.options["confine"] = {"allow_unsandboxed": self.cfg.allow_unsandboxed}
                 self.backend.start()
                 self.startup_s = time.perf_counter() - t0
             return self.startup_s

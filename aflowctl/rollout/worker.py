@@ -102,6 +102,34 @@ def _init(options: dict) -> None:
             importlib.import_module(modname)
         except Exception as exc:  # noqa: BLE001 - the task that needs it will report it
             logger.warning("worker could not preload {}: {}", modname, exc)
+    if options.get("confine"):
+        confine(options["confine"], (options.get("gateway") or {}).get("socket"))
+
+
+#: address-space limit of a confined rollout worker (MB) unless the pool's options say otherwise
+WORKER_MEMORY_MB = 4096
+confinement: Any = None  # the ConfineReport of this worker, once confined
+
+
+def confine(conf: dict, gateway_socket: Optional[str]) -> Any:
+    """Confine this worker for good, after its imports and before any workflow code
+    (:func:`aflowctl.sandbox.confine.confine_current_process`): writes only in a
+    fresh scratch directory, reads only the interpreter, the imported packages and the
+    benchmark data, no network but the gateway's socket, no processes, a memory
+    limit. Raises SandboxError when a layer is missing unless ``allow_unsandboxed``."""
+    import tempfile
+
+    from aflowctl.sandbox.confine import confine_current_process, rollout_read_paths
+
+    global confinement
+    scratch = tempfile.mkdtemp(prefix="aflowctl-scratch-")
+    confinement = confine_current_process(
+        scratch_dir=scratch, memory_mb=int(conf.get("memory_mb") or WORKER_MEMORY_MB),
+        allow_unix_sockets=(gateway_socket,) if gateway_socket else (), read_paths=rollout_read_paths(),
+        allow_unsandboxed=bool(conf.get("allow_unsandboxed")),
+    )
+    os.chdir(scratch)
+    return confinement
 
 
 PR_SET_PDEATHSIG = 1
@@ -256,11 +284,15 @@ def evaluate(payload: dict) -> dict:
     ``llm`` (an LLMConfig dict), ``run_id``, ``db_path`` (where the executor's calls
     are logged), ``concurrency`` (problems at once), ``problem_timeout_s``.
 
-    Returns ``{"items": [{repeat, index, id, score, prediction, cost_usd, tokens,
-    error, duration_s}, ...]}``. A workflow exception on one problem gives that
-    problem score 0 and its error; it does not fail the task. A workflow that cannot
-    be compiled at all raises a WorkflowError, and a budget stop a BudgetExceeded:
-    the task fails, not retried.
+    Returns ``{"items": [{repeat, index, id, answer, prediction, cost_usd, tokens,
+    error, error_type, duration_s}, ...]}``: ``answer`` is the workflow's answer as
+    plain text, scored by the parent (:mod:`aflowctl.rollout.evaluate`), never here.
+    A workflow exception, or its wall-clock limit ``problem_timeout_s`` (awaiting
+    code by ``asyncio.wait_for``; a busy loop of synchronous code by a SIGALRM
+    watchdog that raises into it), gives that problem an error (score 0); it does
+    not fail the task. A workflow that cannot be compiled at all raises a
+    WorkflowError, a budget stop a BudgetExceeded, an infrastructure failure
+    (gateway, provider after every retry, credentials) its own error: the task fails.
     """
     return run_async(_evaluate_async(payload))
 
@@ -329,7 +361,8 @@ async def _evaluate_async(payload: dict) -> dict:
     with deferred_logging():
         tasks = [asyncio.ensure_future(one(r, i)) for r, i in items]
     try:
-        results = await asyncio.gather(*tasks)
+        with _Watchdog():
+            results = await asyncio.gather(*tasks)
     except BaseException:
         # The loop outlives this task: leave nothing of it running (budget stop, cancel).
         for t in tasks:
@@ -383,10 +416,72 @@ class _WorkflowFactory:
 
 
 def _fatal(exc: BaseException) -> bool:
-    """Errors that must stop the evaluation rather than score one problem 0."""
-    from aflowctl.errors import BudgetExceeded
+    """Errors that must not score the problem 0: the budget, and infrastructure (the
+    gateway, a provider after every retry, credentials): the task fails instead
+    (retried when retrying can help; else the run stops)."""
+    from aflowctl.errors import BudgetExceeded, InfrastructureError, stops_run
 
-    return isinstance(exc, BudgetExceeded)
+    return isinstance(exc, (BudgetExceeded, InfrastructureError)) or stops_run(exc)
+
+
+class ProblemTimeout(Exception):
+    """Raised into a problem's own code when its wall-clock limit has passed (even
+    inside a busy loop of synchronous code, by the SIGALRM watchdog)."""
+
+
+_deadlines: dict[Any, float] = {}  # asyncio task -> monotonic deadline of the problem it runs
+WATCHDOG_INTERVAL_S = 0.5
+
+
+def _watchdog(signum: int, frame: Any) -> None:
+    """SIGALRM handler: runs in the main thread between two bytecodes of whatever runs
+    there; if that is a problem whose deadline passed, its code gets ProblemTimeout."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        return
+    deadline = _deadlines.get(task)
+    if deadline is not None and time.monotonic() > deadline:
+        _deadlines.pop(task, None)
+        raise ProblemTimeout()
+
+
+def _expire(task: Any, expired: list) -> None:
+    expired.append(True)
+    task.cancel()
+
+
+class _Watchdog:
+    """Arms the interval timer while a task's problems run (main thread only)."""
+
+    def __enter__(self) -> "_Watchdog":
+        import threading
+
+        self.armed = threading.current_thread() is threading.main_thread()
+        if self.armed:
+            self.previous = signal.signal(signal.SIGALRM, _watchdog)
+            signal.setitimer(signal.ITIMER_REAL, WATCHDOG_INTERVAL_S, WATCHDOG_INTERVAL_S)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.armed:
+            signal.setitimer(signal.ITIMER_REAL, 0, 0)
+            signal.signal(signal.SIGALRM, self.previous)
+
+
+#: the longest answer sent back to the parent for scoring (the stored prediction is shorter)
+ANSWER_MAX_CHARS = 200_000
+
+
+def answer_text(prediction: Any) -> Optional[str]:
+    """A workflow's answer as plain text: the parent scores text, never an object the
+    workflow made (one whose ``__eq__`` is always true would otherwise pass)."""
+    if prediction is None:
+        return None
+    if isinstance(prediction, (int, float, bool)):
+        return str(prediction)
+    text = str.__str__(prediction) if isinstance(prediction, str) else repr(prediction)
+    return text[:ANSWER_MAX_CHARS]
 
 
 async def _run_problem(bench: Any, factory: _WorkflowFactory, problem: dict, repeat: int, idx: int, timeout: Optional[float]) -> dict:
@@ -394,25 +489,45 @@ async def _run_problem(bench: Any, factory: _WorkflowFactory, problem: dict, rep
 
     t0 = time.perf_counter()
     out: dict = {"repeat": repeat, "index": idx, "id": _problem_id(bench, problem, idx), "score": 0.0,
-                 "prediction": None, "cost_usd": None, "tokens": 0, "error": None}
+                 "prediction": None, "answer": None, "cost_usd": None, "tokens": 0, "error": None}
+    task = asyncio.current_task()
+    expired: list = []
+    timer = None
+    if timeout:  # awaiting code: the task is cancelled at the deadline; busy code: the SIGALRM watchdog
+        _deadlines[task] = time.monotonic() + float(timeout)
+        timer = asyncio.get_running_loop().call_later(float(timeout), _expire, task, expired)
     with problem_context(problem, benchmark=bench, dataset=factory.payload["dataset"]) as scope:
         try:
             wf = factory.build(repeat)
-            call = wf(*tuple(bench.inputs(problem)))
-            answer = await (asyncio.wait_for(call, timeout) if timeout else call)
+            try:  # the workflow runs in this very task, so both mechanisms can find it
+                answer = await wf(*tuple(bench.inputs(problem)))
+            except asyncio.CancelledError:
+                if not expired:
+                    raise
+                if hasattr(task, "uncancel"):
+                    task.uncancel()
+                raise ProblemTimeout() from None
             prediction = answer[0] if isinstance(answer, tuple) and len(answer) >= 1 else answer
-            out["prediction"] = _truncate(prediction)
-            if getattr(bench, "kind", None) in ("code", "math"):  # runs code / sympy: keep the loop free
-                out["score"] = float(await asyncio.to_thread(bench.score, prediction, problem))
-            else:
-                out["score"] = float(bench.score(prediction, problem))
-        except asyncio.TimeoutError:
+            text = answer_text(prediction)
+            out["answer"] = text  # scored by the parent
+            out["prediction"] = _truncate(text)
+        except (asyncio.TimeoutError, ProblemTimeout):
             out["error"] = f"problem timed out after {timeout:g} s"
+            out["error_type"] = "ProblemTimeout"
         except Exception as exc:  # noqa: BLE001 - one problem's failure is that problem's score 0
             if _fatal(exc):
                 raise
             out["error"] = error_text(exc)
             out["error_type"] = type(exc).__name__  # the caller tells the workflow's faults from infrastructure
+        except BaseException as exc:  # e.g. SystemExit from workflow code: still only this problem's failure
+            if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
+                raise
+            out["error"] = error_text(exc)
+            out["error_type"] = type(exc).__name__
+        finally:
+            _deadlines.pop(task, None)
+            if timer is not None:
+                timer.cancel()
     # Cost is unknown (None) only when calls were made and none had a known price.
     out["cost_usd"] = None if scope.calls and scope.unknown_cost_calls == scope.calls else round(scope.cost_usd, 10)
     out["tokens"] = scope.tokens

@@ -31,3 +31,57 @@ def generate(payload: dict) -> dict:
         return [s.text for s in out]
 
     return {"texts": run_async(go()), "pid": os.getpid()}
+
+
+def hostile(payload: dict) -> dict:
+    """Everything workflow code should not be able to do, tried from a confined worker;
+    returns what each attempt gave (``"ok"`` means it worked: a sandbox failure)."""
+    import socket
+    import subprocess
+
+    out: dict = {}
+
+    def attempt(name: str, fn) -> None:
+        try:
+            res = fn()
+            out[name] = "ok" if res is None else f"ok: {str(res)[:200]}"
+        except BaseException as exc:  # noqa: BLE001 - every failure is the expected outcome
+            out[name] = f"{type(exc).__name__}: {exc}"[:200]
+
+    def read_store():
+        with open(payload["db"], "rb") as fh:
+            return len(fh.read(100))
+
+    def write_store():
+        with open(payload["db"], "ab") as fh:
+            fh.write(b"x")
+
+    def alloc():
+        block = bytearray(10 * 1024**3)
+        return len(block)
+
+    def connect():
+        s = socket.create_connection(("127.0.0.1", payload["port"]), timeout=2)
+        s.close()
+
+    def write_outside():
+        with open(payload["outside"], "w") as fh:
+            fh.write("pwned")
+
+    def find_secret():
+        found = [k for k, v in os.environ.items() if payload["secret"] in v]
+        if not found:
+            raise LookupError("no key in the environment")
+        return found
+
+    attempt("environ", find_secret)
+    attempt("read_parent_environ", lambda: open(f"/proc/{os.getppid()}/environ", "rb").read(64))
+    attempt("read_store", read_store)
+    attempt("write_store", write_store)
+    attempt("delete_home_file", lambda: os.remove(payload["home_file"]))
+    attempt("alloc_10g", alloc)
+    attempt("spawn_sh", lambda: subprocess.run(["sh", "-c", "echo hi"], capture_output=True, timeout=5).stdout)
+    attempt("connect_loopback", connect)
+    attempt("write_outside_scratch", write_outside)
+    attempt("write_scratch", lambda: open("inside.txt", "w").write("fine"))
+    return out
