@@ -126,6 +126,43 @@ def run_one(*, problems: int, concurrency: int, workers: int, latency: float, ca
     }
 
 
+def worker_overhead(*, problems: int, latency: float) -> dict:
+    """CPU time of the workers per problem, confined vs not, for the 3-call workflow
+    (calls through the gateway) on one worker: the sandbox's per-problem cost is the
+    difference (confinement itself is paid once per worker and included)."""
+    import resource
+
+    from helpers.openai_server import OpenAIServer
+
+    from aflowctl.config import LLMConfig, ModelConfig, RolloutConfig
+    from aflowctl.rollout.evaluate import evaluate_workflow
+    from aflowctl.rollout.pool import RolloutPool
+    from aflowctl.store import open_store
+    from aflowctl.workflow.loader import WorkflowSource
+
+    out = {}
+    with OpenAIServer(lambda m, b: "42", latency_s=latency) as srv:
+        for confine in (False, True):
+            home = tempfile.mkdtemp(prefix="bench_overhead_")
+            os.environ["AFLOWCTL_HOME"] = home
+            store = open_store(Path(home) / "o.db", cached=False)
+            rcfg = RolloutConfig(workers=1, concurrency=16)
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            pool = RolloutPool(store, rcfg, options={"confine": confine})
+            pool.start()
+            evaluate_workflow(store, WorkflowSource(graph=GRAPH, prompt=PROMPT), dataset="gsm8k", split="validate",
+                              executor=ModelConfig(model="openai/bench-model", api_base=srv.url),
+                              llm_cfg=LLMConfig(concurrency_per_model=32), rollout_cfg=rcfg, limit=problems, pool=pool,
+                              seed=int(time.time()))
+            pool.close()
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            out["confined" if confine else "unconfined"] = round(1000 * cpu / problems, 3)
+            store.dispose()
+    out["overhead_ms_per_problem"] = round(out["confined"] - out["unconfined"], 3)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--problems", type=int, default=200)
@@ -135,10 +172,18 @@ def main() -> None:
     ap.add_argument("--limit-calls", action="store_true",
                     help="C limits LLM calls in flight (router concurrency) instead of problems in flight")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--overhead", action="store_true",
+                    help="instead: worker CPU ms per problem, confined vs unconfined (the sandbox's cost)")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO / "tests"))
     os.environ.setdefault("AFLOWCTL_DATA_PATH", str(REPO.parent / "shared" / "data" / "aflow"))
     os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    if args.overhead:
+        r = worker_overhead(problems=args.problems, latency=args.latency)
+        print(json.dumps(r) if args.json else
+              f"worker CPU per problem: unconfined {r['unconfined']:.2f} ms, confined {r['confined']:.2f} ms, "
+              f"sandbox overhead {r['overhead_ms_per_problem']:.2f} ms")
+        return
     rows = []
     for c in args.concurrency or [8, 32]:
         for w in args.workers or [1, 2]:
