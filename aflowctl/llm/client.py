@@ -20,7 +20,7 @@ from typing import Any, Optional, Union
 from aflowctl.config import LLMConfig, ModelConfig
 from aflowctl.errors import ProviderError
 from aflowctl.llm.router import Router
-from aflowctl.llm.types import LLMRequest, PromptOrMessages, Sample, split_model, to_messages
+from aflowctl.llm.types import LLMRequest, PromptOrMessages, Sample, Usage, split_model, to_messages
 
 ROLES = ("optimizer", "executor", "policy", "cli")
 # Keyword overrides accepted by generate()/generate_n().
@@ -47,10 +47,24 @@ class LLM:
         self.store = store
         self.router = Router(self.llm_cfg, store)
         self._lock = threading.Lock()
-        self.total_cost = 0.0  # USD of calls with a known cost (cache hits are free)
-        self.unknown_cost_calls = 0  # samples whose cost the provider could not tell
-        self.total_tokens = 0
-        self.calls = 0
+        self.totals = Usage()  # every sample of this facade (cache hits are free)
+
+    @property
+    def total_cost(self) -> float:
+        """USD of the calls with a known cost."""
+        return self.totals.cost_usd
+
+    @property
+    def total_tokens(self) -> int:
+        return self.totals.tokens
+
+    @property
+    def calls(self) -> int:
+        return self.totals.calls
+
+    @property
+    def unknown_cost_calls(self) -> int:
+        return self.totals.unknown_cost_calls
 
     @property
     def model(self) -> str:
@@ -94,12 +108,7 @@ class LLM:
         samples = await self.router.complete(req, role=self.role, run_id=self.run_id)
         with self._lock:
             for s in samples:
-                self.calls += 1
-                self.total_tokens += s.total_tokens
-                if s.cost_usd is None:
-                    self.unknown_cost_calls += 1
-                else:
-                    self.total_cost += s.cost_usd
+                self.totals.add(s)
         return samples
 
     async def flush(self) -> None:

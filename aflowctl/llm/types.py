@@ -99,6 +99,40 @@ class Sample:
         return asdict(self)
 
 
+@dataclass
+class Usage:
+    """What a set of LLM calls used: the one counter of calls, tokens and cost (the
+    facade :class:`~aflowctl.llm.client.LLM`, a workflow's ``WorkflowLLM`` and a
+    problem's scope each keep one). ``cost_usd`` sums the known costs;
+    ``unknown_cost_calls`` counts the samples whose cost nobody could tell."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    unknown_cost_calls: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def known_cost(self) -> Optional[float]:
+        """``None`` when calls were made and none had a known cost (never a silent 0)."""
+        return None if self.calls and self.unknown_cost_calls == self.calls else self.cost_usd
+
+    def add(self, sample: Any) -> None:
+        """Count one sample (anything with ``prompt_tokens``, ``completion_tokens``, ``cost_usd``)."""
+        self.calls += 1
+        self.prompt_tokens += int(getattr(sample, "prompt_tokens", 0) or 0)
+        self.completion_tokens += int(getattr(sample, "completion_tokens", 0) or 0)
+        cost = getattr(sample, "cost_usd", None)
+        if cost is None:
+            self.unknown_cost_calls += 1
+        else:
+            self.cost_usd += float(cost)
+
+
 @runtime_checkable
 class Provider(Protocol):
     """What a provider plugin registers."""

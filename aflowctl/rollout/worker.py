@@ -529,7 +529,8 @@ async def _run_problem(bench: Any, factory: _WorkflowFactory, problem: dict, rep
             if timer is not None:
                 timer.cancel()
     # Cost is unknown (None) only when calls were made and none had a known price.
-    out["cost_usd"] = None if scope.calls and scope.unknown_cost_calls == scope.calls else round(scope.cost_usd, 10)
+    known = scope.usage.known_cost
+    out["cost_usd"] = None if known is None else round(known, 10)
     out["tokens"] = scope.tokens
     out["calls"] = scope.calls
     out["duration_s"] = round(time.perf_counter() - t0, 4)

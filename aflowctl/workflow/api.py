@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal, Optional
 
 from aflowctl.errors import WorkflowError
+from aflowctl.llm.types import Usage
 
 DatasetType = Literal[
     "HumanEval", "MBPP", "GSM8K", "MATH", "HotpotQA", "DROP",
@@ -97,16 +98,16 @@ class ProblemScope:
     problem: dict | None = None
     public_tests: Optional[list[str]] = None
     dataset: Optional[str] = None
-    calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    unknown_cost_calls: int = 0
+    usage: Usage = field(default_factory=Usage)  # the calls made while solving this problem
     occurrences: dict = field(default_factory=dict)  # request key -> times asked (see WorkflowLLM)
 
-    @property
-    def tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
+    # the counters, read through ``usage``
+    calls = property(lambda self: self.usage.calls)
+    prompt_tokens = property(lambda self: self.usage.prompt_tokens)
+    completion_tokens = property(lambda self: self.usage.completion_tokens)
+    cost_usd = property(lambda self: self.usage.cost_usd)
+    unknown_cost_calls = property(lambda self: self.usage.unknown_cost_calls)
+    tokens = property(lambda self: self.usage.tokens)
 
 
 # Seed step between repeated identical requests within one problem (see WorkflowLLM._overrides).
@@ -255,11 +256,7 @@ class WorkflowLLM:
         self._client = client
         self.context: dict = dict(context or {})
         self.cost_manager: Any = CostManager()
-        self.calls = 0
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self.total_cost = 0.0
-        self.unknown_cost_calls = 0
+        self.totals = Usage()  # this workflow instance's calls
         self._lock = threading.Lock()
         self._occurrences: dict = {}
 
@@ -274,9 +271,13 @@ class WorkflowLLM:
     def client(self) -> Any:
         return self._client
 
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
+    # the counters, read through ``totals``
+    calls = property(lambda self: self.totals.calls)
+    prompt_tokens = property(lambda self: self.totals.prompt_tokens)
+    completion_tokens = property(lambda self: self.totals.completion_tokens)
+    total_cost = property(lambda self: self.totals.cost_usd)
+    unknown_cost_calls = property(lambda self: self.totals.unknown_cost_calls)
+    total_tokens = property(lambda self: self.totals.tokens)
 
     @property
     def sandbox_limits(self) -> dict:
@@ -307,30 +308,16 @@ class WorkflowLLM:
         scope = _scope.get()
         with self._lock:
             for s in samples:
-                pt = int(getattr(s, "prompt_tokens", 0) or 0)
-                ct = int(getattr(s, "completion_tokens", 0) or 0)
-                cost = getattr(s, "cost_usd", None)
-                self.calls += 1
-                self.prompt_tokens += pt
-                self.completion_tokens += ct
-                if cost is None:
-                    self.unknown_cost_calls += 1
-                else:
-                    self.total_cost += float(cost)
+                self.totals.add(s)
+                if scope is not None:
+                    scope.usage.add(s)
                 update = getattr(self.cost_manager, "update_cost", None)
                 if callable(update):
                     try:
-                        update(pt, ct, cost or 0.0)
+                        update(int(getattr(s, "prompt_tokens", 0) or 0), int(getattr(s, "completion_tokens", 0) or 0),
+                               getattr(s, "cost_usd", None) or 0.0)
                     except TypeError:
                         pass
-                if scope is not None:
-                    scope.calls += 1
-                    scope.prompt_tokens += pt
-                    scope.completion_tokens += ct
-                    if cost is None:
-                        scope.unknown_cost_calls += 1
-                    else:
-                        scope.cost_usd += float(cost)
 
     async def generate(self, prompt_or_messages: Any, **overrides: Any) -> Any:
         gen = getattr(self._client, "generate", None)
