@@ -238,3 +238,49 @@ def test_a_busy_loop_ends_that_problem_only_at_problem_timeout_s(tmp_path):
             assert d["error"] == "problem timed out after 1 s"  # the workflow's fault: a wrong answer
         else:
             assert d["error"] is None and d["prediction"] == "no idea"  # the others were not disturbed
+
+
+def test_calls_in_flight_when_the_run_stops_are_logged(tmp_path):
+    """Ctrl-C / an error: the pool closes with kill=True while calls are in flight;
+    every call the server received has a row (answered, or failed as interrupted)."""
+    import threading
+
+    with OpenAIServer(lambda m, b: "ok", latency_s=2.0) as srv:
+        store = open_store(tmp_path / "s.db", cached=False)
+        pool = RolloutPool(store, RolloutConfig(workers=1), options=OPTIONS)
+        pool.start()
+        cid = pool.gateway.register(ModelConfig(model="openai/test-model", api_base=srv.url))
+        runner = threading.Thread(target=lambda: pool.run([TaskSpec({"tag": "i", "calls": 5}, context={"gateway_client": cid},
+                                                                    worker="helpers.gateway_worker:generate")]),
+                                  daemon=True)
+        runner.start()
+        deadline = time.monotonic() + 30
+        while srv.count < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert srv.count == 5
+        pool.close(kill=True)
+        store.dispose()
+        rows = _rows(tmp_path / "s.db", "SELECT error FROM llm_calls")
+    assert len(rows) == 5
+    assert all(r[0] and r[0].startswith("interrupted") for r in rows)
+
+
+def test_the_budget_is_not_overshot_by_calls_in_flight_in_several_workers(tmp_path):
+    """Each call costs exactly its worst case ($0.01); with a $0.05 cap, two workers
+    asking for 10 calls each at once get 5 answers in all, not 5 each."""
+    from aflowctl.errors import BudgetExceeded
+
+    with OpenAIServer(lambda m, b: {"content": "ok", "completion_tokens": 10, "prompt_tokens": 0}, latency_s=0.3) as srv:
+        store = open_store(tmp_path / "s.db", cached=False)
+        prices = {"openai/priced-model": {"input_cost_per_token": 0.0, "output_cost_per_token": 0.001}}
+        with RolloutPool(store, RolloutConfig(workers=2, max_attempts=1), options=OPTIONS) as pool:
+            cid = pool.gateway.register(ModelConfig(model="openai/priced-model", api_base=srv.url, max_tokens=10),
+                                        llm_cfg=LLMConfig(budget_usd=0.05, prices=prices, concurrency_per_model=32))
+            out = pool.run([TaskSpec({"tag": f"b{k}", "calls": 10}, context={"gateway_client": cid},
+                                     worker="helpers.gateway_worker:generate") for k in range(2)])
+        store.dispose()
+    assert all(o.status == "failed" for o in out)
+    assert all(isinstance(o.exception(), BudgetExceeded) for o in out)
+    assert 1 <= srv.count <= 5
+    spent = _rows(tmp_path / "s.db", "SELECT COALESCE(SUM(cost_usd), 0) FROM llm_calls")[0][0]
+    assert spent <= 0.05 + 1e-9
