@@ -358,7 +358,7 @@ def worker_environ(extra: dict) -> dict:
     env = {k: os.environ[k] for k in WORKER_ENV_KEEP if k in os.environ}
     home = tempfile.mkdtemp(prefix="aflowctl-worker-home-")
     os.chmod(home, 0o755)
-    env["AFLOWCTL_HOME"] = env["HOME"] = home
+    env["AFLOWCTL_HOME"] = env["HOME"] = env["TMPDIR"] = home  # scratch dirs too: removed with the pool
     env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
     data = [str(data_dir())] + [p for p in os.environ.get("AFLOWCTL_DATA_PATH", "").split(os.pathsep) if p]
     env["AFLOWCTL_DATA_PATH"] = os.pathsep.join(dict.fromkeys(data))
