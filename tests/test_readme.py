@@ -7,7 +7,7 @@
   store, offline (slow: they search, train and compare with the embedded model). Two
   placeholders are filled as a reader would: ``RUN_ID`` is the newest run, and
   ``OPT_RUN_BASELINE``/``OPT_RUN_POLICY`` the two optimize runs. To keep the suite
-  short, ``optimize`` lines get ``--max-rounds 2 --validation-limit 6`` appended
+  short, ``optimize`` lines get ``--max-rounds 2 --validation-limit 4`` appended
   (the same commands and options, fewer rounds and problems).
 """
 
@@ -27,7 +27,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 FENCE = re.compile(r"(?P<mark><!--[^\n]*-->\n)?```(?P<lang>\w*)\n(?P<body>.*?)```", re.S)
-SHRINK = {"optimize": ["--max-rounds", "2", "--validation-limit", "6"]}
+SHRINK = {"optimize": ["--max-rounds", "2", "--validation-limit", "4"]}
 
 
 def _blocks() -> list[tuple[str, str, str]]:
@@ -136,3 +136,14 @@ def test_offline_blocks_run_in_order(tmp_path):
     assert conn.execute("SELECT status FROM runs WHERE id = 't1'").fetchone() == ("completed",)
     logs = next(r for w, r in ran if w[1] == "logs")
     assert logs.stdout.count("## call ") == 2
+    # configs/train/test.toml ran one epoch for real: one update of two steps, its metrics, its
+    # experiences (prompt and action), a checkpoint with the weights
+    r = subprocess.run([sys.executable, "-m", "aflowctl.cli", "inspect", "training", "t1", "--json"], env=env,
+                       capture_output=True, text=True, timeout=300, cwd=REPO)
+    training = json.loads(r.stdout)
+    assert len(training["metrics"]) == 1 and training["metrics"][0]["steps"] == 2
+    assert "reward_mean" in training["metrics"][0] and training["metrics"][0]["tokens_per_s"] > 0
+    assert (home / "runs" / "t1" / "metrics.jsonl").is_file()
+    assert (Path(training["checkpoints"][-1]["path"]) / "model" / "model.safetensors").is_file()
+    rows = conn.execute("SELECT prompt, action_text FROM experiences WHERE run_id = 't1'").fetchall()
+    assert len(rows) == 2 and all(p and a for p, a in rows)

@@ -189,38 +189,6 @@ def test_a_few_updates_of_the_embedded_model():
     assert len(changed) >= len(shared) // 2, f"only {len(changed)} of {len(shared)} tensors changed"
 
 
-@pytest.mark.slow
-def test_configs_train_test_toml_runs_one_epoch(monkeypatch):
-    """configs/train/test.toml end to end: embedded SmolLM2 policy, loopback server as executor."""
-    from pathlib import Path
-
-    from aflowctl import plugins
-    from aflowctl.config import apply_overrides
-
-    monkeypatch.setenv("AFLOWCTL_LOAD_PLUGINS", "arith")  # test.toml trains on the shipped arith benchmark
-    plugins.reset()
-    from aflowctl.store import queries
-    from helpers.openai_server import OpenAIServer
-
-    repo = Path(__file__).resolve().parents[1]
-    cfg = load_config(repo / "configs" / "train" / "test.toml")
-    assert cfg.train.epochs == 1
-    with OpenAIServer(responder=lambda messages, body: "The answer is 42").start() as server:
-        cfg = apply_overrides(cfg, {"train.executor.model": "openai/test-exec", "train.executor.api_base": server.url})
-        import os
-
-        os.environ.setdefault("OPENAI_API_KEY", "sk-test-not-a-real-key-123456")
-        res = Trainer(cfg, store=open_store()).run()
-        assert server.count >= 2  # the start workflow was evaluated on the validation sample
-    assert res.updates == 1 and res.status == "completed"
-    m = res.metrics[-1]
-    assert m["steps"] == 2 and "reward_mean" in m and m["tokens_per_s"] > 0
-    assert (res.run_dir / "metrics.jsonl").is_file()
-    assert (res.last_checkpoint / "model" / "model.safetensors").is_file()
-    rows = queries.list_experiences(open_store(), run_id=res.run_id)
-    assert len(rows) == 2 and all(r["prompt"] and r["action_text"] for r in rows)
-
-
 def test_trainer_logprobs_match_the_sampler():
     """The trainer's own forward pass gives the behaviour log-probs the sampler reported."""
     import torch
