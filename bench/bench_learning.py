@@ -3,6 +3,7 @@
     python bench/bench_learning.py --quick --json        # a short training run (<= 10 min on 2 cores)
     python bench/bench_learning.py --updates 12 --json   # the training of configs/train/arith-edit.toml
     python bench/bench_learning.py --experiment DIR      # train, 3 arms x 5 seeds, compare (docs/experiments.md)
+    python bench/bench_learning.py --experiment DIR --arms mutate,base   # a second stream, in parallel
 
 Quick / training mode runs ``aflowctl.trainer`` in this process on
 ``configs/train/arith-edit.toml`` (SmolLM2-135M as policy, edit format, and as
@@ -110,7 +111,9 @@ def _status(db: Path, run_id: str) -> str | None:
     return row[0] if row else None
 
 
-def experiment(out: Path, config: Path, seeds: list[int]) -> dict:
+def experiment(
+    out: Path, config: Path, seeds: list[int], arms_wanted: tuple[str, ...] = ("mutate", "base", "trained")
+) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     db, log = out / "exp.db", out / "log.txt"
     env = dict(os.environ)
@@ -118,7 +121,7 @@ def experiment(out: Path, config: Path, seeds: list[int]) -> dict:
     common = ["--config", str(config), "--db", str(db)]
     train_id = "arith-edit-train"
     st = _status(db, train_id)
-    if st != "completed":
+    if "trained" in arms_wanted and st != "completed":
         args = ["train", *common, "--json"] + (["--resume", train_id] if st else ["--run-id", train_id])
         p = _cli(args, log, env)
         (out / "train.json").write_text(p.stdout)
@@ -129,7 +132,8 @@ def experiment(out: Path, config: Path, seeds: list[int]) -> dict:
 
     base = str(resolve_policy_path(None))
     arms = {"mutate": [], "base": ["--policy", base], "trained": ["--policy", train_id]}
-    runs: dict[str, list[str]] = {a: [] for a in arms}
+    arms = {a: v for a, v in arms.items() if a in arms_wanted}
+    runs: dict[str, list[str]] = {a: [] for a in ("mutate", "base", "trained")}
     for seed in seeds:
         for arm, extra in arms.items():
             rid = f"arith-{arm}-s{seed}"
@@ -143,6 +147,11 @@ def experiment(out: Path, config: Path, seeds: list[int]) -> dict:
                     continue
             runs[arm].append(rid)
     result: dict = {"runs": runs}
+    for arm in ("mutate", "base", "trained"):  # runs another invocation finished (--arms in parallel streams)
+        for seed in seeds:
+            rid = f"arith-{arm}-s{seed}"
+            if rid not in runs[arm] and _status(db, rid) in ("completed", "converged"):
+                runs[arm].append(rid)
     for other in ("base", "mutate"):
         if runs["trained"] and runs[other]:
             p = _cli(["compare", *runs["trained"], *runs[other], "--db", str(db), "--json", "--no-plot"], log, env)
@@ -161,6 +170,7 @@ def main() -> None:
     )
     ap.add_argument("--experiment", type=Path, default=None, help="run the full experiment into this folder")
     ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument("--arms", default="mutate,base,trained", help="arms to run (the trained arm trains first)")
     ap.add_argument("--json", action="store_true", help="print only the JSON summary")
     a = ap.parse_args()
     os.environ.setdefault("AFLOWCTL_LOAD_PLUGINS", "aflowctl-arith")
@@ -168,7 +178,7 @@ def main() -> None:
 
     os.environ.setdefault("AFLOWCTL_MODELS_DIR", str(paths.models_dir()))  # converted models are reused, not redone
     if a.experiment is not None:
-        out = experiment(a.experiment, a.config, [int(s) for s in a.seeds.split(",")])
+        out = experiment(a.experiment, a.config, [int(s) for s in a.seeds.split(",")], tuple(a.arms.split(",")))
     else:
         import tempfile
 

@@ -141,9 +141,10 @@ class WorkflowEnv:
         from aflowctl.mdp.core import SearchMDP
 
         if ds not in self._mdps:
-            self._mdps[ds] = SearchMDP(dataset=ds, operators=self.cfg.optimize.operators,
-                                       action_format=self.train.action_format, failed_cases=self.cfg.optimize.failed_cases,
-                                       evaluate=self._evaluator(ds), where="train")
+            self._mdps[ds] = SearchMDP(
+                dataset=ds, operators=self.cfg.optimize.operators, action_format=self.train.action_format,
+                failed_cases=self.cfg.optimize.failed_cases, evaluate=self._evaluator(ds), where="train",
+            )
         return self._mdps[ds]
 
     def _evaluator(self, ds: str):
@@ -156,8 +157,10 @@ class WorkflowEnv:
             if self._pool is None:
                 self._pool = RolloutPool(self.store, self.cfg.rollout)
                 self._pool.start()
-            self._evaluators[ds] = PoolEvaluator(self.store, dataset=ds, executor=self.train.executor, llm_cfg=self.cfg.llm,
-                                                 rollout_cfg=self.cfg.rollout, run_id=self.run_id, pool=self._pool)
+            self._evaluators[ds] = PoolEvaluator(
+                self.store, dataset=ds, executor=self.train.executor, llm_cfg=self.cfg.llm,
+                rollout_cfg=self.cfg.rollout, run_id=self.run_id, pool=self._pool,
+            )
         return self._evaluators[ds]
 
     # -- states
@@ -170,7 +173,8 @@ class WorkflowEnv:
         for ds in self.train.datasets:
             self.mdp(ds)  # refuses an action format the benchmark cannot take, before any episode
             src = seed_workflow(ds)
-            out.append(State(anchor=loader.canonical_hash(src), start=ds, data={"dataset": ds, "search": SearchState(src)}))
+            data = {"dataset": ds, "search": SearchState(src)}
+            out.append(State(anchor=loader.canonical_hash(src), start=ds, data=data))
         return out
 
     def plan_for(self, ds: str, group_key: str):
@@ -256,7 +260,8 @@ class WorkflowEnv:
 
         self.prepare(states, rng)
         acts = [self.mdp(s.data["dataset"]).parse(s.data["search"], text) for s, text in zip(states, actions)]
-        results = self._score_all([(s.data["dataset"], a.source, s.data["plan"]) for s, a in zip(states, acts) if a.valid])
+        todo = [(s.data["dataset"], a.source, s.data["plan"]) for s, a in zip(states, acts) if a.valid]
+        results = self._score_all(todo)
         out: list[Transition] = []
         for s, a in zip(states, acts):
             ds, search, plan = s.data["dataset"], s.data["search"], s.data["plan"]
