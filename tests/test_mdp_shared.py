@@ -204,6 +204,12 @@ def test_executor_failures_in_the_smoke_run_are_raised_not_invalid(shared_data):
         mdp.check(state, '{"edit": "ensemble", "k": 3}', EvalPlan(indices=(0, 1), seed=1))
     with pytest.raises(ProviderError, match="not the workflow's fault"):
         mdp.evaluate(state.source, EvalPlan(indices=(0, 1), seed=1))
+    from aflowctl.mdp.core import infrastructure_class
+
+    assert infrastructure_class("ProviderError") is ProviderError
+    assert infrastructure_class("BudgetExceeded") is not None and infrastructure_class("RolloutError") is not None
+    for own in ("KeyError", "ValueError", "WorkflowError", None, "NoSuchError"):
+        assert infrastructure_class(own) is None  # the workflow's own failure: an invalid action or a wrong answer
 
 
 def test_common_random_numbers_within_a_group(tmp_path, monkeypatch):

@@ -44,18 +44,10 @@ from aflowctl.mdp.parse import (
 )
 
 FORMATS = ("code", "edit", "auto")
-# Errors of a workflow's own problem runs that are not the workflow's fault: they stop the run.
-INFRASTRUCTURE = (
-    "ProviderError",
-    "BudgetExceeded",
-    "StoreError",
-    "ConfigError",
-    "PluginError",
-    "SandboxError",
-    "RolloutError",
-    "NotFoundError",
-    "BenchmarkError",
-)
+# Errors of a workflow's own problem runs that are not the workflow's fault (these classes of
+# aflowctl.errors and their subclasses): they stop the run.
+INFRASTRUCTURE = ("ProviderError", "BudgetExceeded", "StoreError", "ConfigError", "PluginError", "SandboxError",
+                  "NotFoundError", "BenchmarkError", "InfrastructureError")
 
 
 def check_action_format(action_format: str, *, dataset: str, kind: str, where: str = "optimize") -> None:
@@ -182,12 +174,22 @@ class PoolEvaluator:
         self.pool, self._own = None, False
 
 
+def infrastructure_class(error_type: str | None) -> type[AflowctlError] | None:
+    """The error class to re-raise for a problem error of this type, or None when it is the workflow's own."""
+    if error_type == "RolloutError":
+        return AflowctlError
+    cls = getattr(_errors, error_type or "", None)
+    bases = tuple(getattr(_errors, name) for name in INFRASTRUCTURE if hasattr(_errors, name))
+    if isinstance(cls, type) and issubclass(cls, AflowctlError) and issubclass(cls, bases):
+        return cls
+    return None
+
+
 def raise_infrastructure(details: Sequence[dict], what: str) -> None:
     """Re-raise, as its own class, the first problem error that is not the workflow's fault."""
     for d in details:
-        name = d.get("error_type")
-        if d.get("error") and name in INFRASTRUCTURE:
-            cls = getattr(_errors, name, AflowctlError)
+        cls = infrastructure_class(d.get("error_type")) if d.get("error") else None
+        if cls is not None:
             raise cls(
                 f"{what}: {one_line(d['error'])}",
                 "fix the executor (model, key, server) and resume the run; this was not the workflow's fault",
