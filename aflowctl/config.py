@@ -12,9 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -97,7 +98,9 @@ class LLMConfig(_Strict):
     backoff_base_s: float = _f(0.5, role=X, description="first wait between retries; doubles each time", gt=0)
     backoff_max_s: float = _f(30.0, role=X, description="longest wait between retries", gt=0)
     concurrency_per_model: int = _f(32, role=X, description="most calls in flight to one model", ge=1)
-    requests_per_minute: Optional[int] = _f(None, role=X, description="most calls started per minute to one model", ge=1)
+    requests_per_minute: Optional[int] = _f(
+        None, role=X, description="most calls started per minute to one model", ge=1
+    )
     timeout_s: float = _f(120.0, role=X, description="seconds to wait for one answer", gt=0)
     cache: Literal["readwrite", "read", "write", "off"] = _f(
         "readwrite", role=X, description="response cache: read and write, read only, write only, or off"
@@ -113,7 +116,8 @@ class LLMConfig(_Strict):
         "run", role=X, description="serve cached answers from the same run only, or from any run"
     )
     http_client: Literal["auto", "litellm", "direct"] = _f(
-        "auto", role=X,
+        "auto",
+        role=X,
         description="OpenAI-compatible servers: auto = direct HTTP for loopback servers, litellm otherwise",
     )
     replay_from: Optional[str] = _f(
@@ -129,20 +133,29 @@ class RolloutConfig(_Strict):
     """The rollout pool and the sandbox."""
 
     executor: Literal["process", "ray"] = _f("process", role=X, description="rollout backend: local processes or Ray")
-    ray_address: Optional[str] = _f(None, role=X, description="Ray cluster address (executor = ray; default: local Ray)")
+    ray_address: Optional[str] = _f(
+        None, role=X, description="Ray cluster address (executor = ray; default: local Ray)"
+    )
     workers: int = _f(2, role=X, description="rollout worker processes", ge=1)
     concurrency: int = _f(16, role=X, description="problems evaluated at once inside one worker", ge=1)
     max_attempts: int = _f(3, role=X, description="attempts of a rollout task whose worker died", ge=1)
     task_timeout_s: float = _f(1800.0, role=X, description="seconds one rollout task may take", gt=0)
     code_timeout_s: float = _f(10.0, role=E, description="seconds generated code may run in the sandbox", gt=0)
     code_memory_mb: int = _f(1024, role=E, description="memory limit of generated code in the sandbox (MiB)", ge=64)
-    problem_timeout_s: float = _f(300.0, role=E, gt=0,
-                                  description="wall-clock limit of one problem's attempt in the sandboxed worker; "
-                                              "on expiry that attempt ends with an error, not the whole task")
-    allow_unsandboxed: bool = _f(False, role=X,
-                                 description="run workflow code even where the sandbox (seccomp, Landlock, an "
-                                             "unprivileged uid when root) cannot be set up; `aflowctl doctor` names "
-                                             "what is missing. Unsafe: keep false")
+    problem_timeout_s: float = _f(
+        300.0,
+        role=E,
+        gt=0,
+        description="wall-clock limit of one problem's attempt in the sandboxed worker; "
+        "on expiry that attempt ends with an error, not the whole task",
+    )
+    allow_unsandboxed: bool = _f(
+        False,
+        role=X,
+        description="run workflow code even where the sandbox (seccomp, Landlock, an "
+        "unprivileged uid when root) cannot be set up; `aflowctl doctor` names "
+        "what is missing. Unsafe: keep false",
+    )
 
 
 class OptimizeConfig(_Strict):
@@ -161,20 +174,32 @@ class OptimizeConfig(_Strict):
         description="the model the workflows call",
     )
     operators: list[str] = _f(
-        role=E, description="operators the optimizer may use", default_factory=lambda: ["Custom", "ScEnsemble", "Programmer"]
+        role=E,
+        description="operators the optimizer may use",
+        default_factory=lambda: ["Custom", "ScEnsemble", "Programmer"],
     )
     max_rounds: int = _f(20, role=R, description="highest round number (round 1 evaluates the initial workflow)", ge=1)
-    sample: int = _f(4, role=E, description="parents considered: the initial workflow plus the top sample-1 others", ge=1)
+    sample: int = _f(
+        4, role=E, description="parents considered: the initial workflow plus the top sample-1 others", ge=1
+    )
     validation_rounds: int = _f(5, role=E, description="validation repeats per workflow", ge=1)
     validation_limit: Optional[int] = _f(None, role=E, description="use only the first N validation problems", ge=1)
     test_limit: Optional[int] = _f(None, role=R, description="use only the first N test problems (--test)", ge=1)
     alpha: float = _f(0.2, role=E, description="parent selection: sharpness of the softmax over scores (AFlow's alpha)")
     lambda_: float = _f(
-        0.3, role=E, description="parent selection: weight of the uniform choice mixed into the softmax (AFlow's lambda)",
-        alias="lambda", ge=0, le=1,
+        0.3,
+        role=E,
+        description="parent selection: weight of the uniform choice mixed into the softmax (AFlow's lambda)",
+        alias="lambda",
+        ge=0,
+        le=1,
     )
-    convergence_z: float = _f(0.0, role=E, description="convergence: a top-3 mean change within z standard errors counts as no change")
-    consecutive_rounds: int = _f(5, role=E, description="convergence: workflows in a row without a significant change before stopping", ge=1)
+    convergence_z: float = _f(
+        0.0, role=E, description="convergence: a top-3 mean change within z standard errors counts as no change"
+    )
+    consecutive_rounds: int = _f(
+        5, role=E, description="convergence: workflows in a row without a significant change before stopping", ge=1
+    )
     check_convergence: bool = _f(True, role=E, description="stop early when the search has converged")
     max_retries: int = _f(3, role=E, description="proposal retries with the error fed back", ge=0)
     failed_cases: int = _f(3, role=E, description="failed validation cases shown to the optimizer", ge=0)
@@ -183,7 +208,8 @@ class OptimizeConfig(_Strict):
         None, role=E, description="a trained policy (training run id, checkpoint or exported folder) as optimizer"
     )
     action_format: Literal["code", "edit", "auto"] = _f(
-        "code", role=E,
+        "code",
+        role=E,
         description="what the optimizer answers: code (graph.py/prompt.py), edit (one JSON edit, docs/edits.md), auto",
     )
     policy_guidance_weight: float = _f(
@@ -205,14 +231,17 @@ class TrainConfig(_Strict):
     lora_alpha: int = _f(16, role=E, description="LoRA scaling alpha", ge=1)
     # environment
     env: Literal["workflow", "keyword"] = _f(
-        "workflow", role=E,
+        "workflow",
+        role=E,
         description="workflow: the AFlow MDP; keyword: reward 1 when the response contains `keyword`",
     )
     keyword: str = _f("workflow", role=E, description="the rewarded word of env = keyword", min_length=1)
     prompts: list[str] = _f(
         role=E, description="prompts of env = keyword (default: two built-in ones)", default_factory=list
     )
-    datasets: list[str] = _f(role=E, description="benchmarks whose seed workflows are start states", default_factory=lambda: ["arith"])
+    datasets: list[str] = _f(
+        role=E, description="benchmarks whose seed workflows are start states", default_factory=lambda: ["arith"]
+    )
     executor: ModelConfig = Field(
         default_factory=lambda: ModelConfig(model="local/smollm2"), description="the model the workflows call"
     )
@@ -220,7 +249,8 @@ class TrainConfig(_Strict):
         8, role=E, description="validation problems drawn per GiGPO group and shared by its episodes", ge=1
     )
     action_format: Literal["code", "edit", "auto"] = _f(
-        "code", role=E,
+        "code",
+        role=E,
         description="what the policy answers: code (graph.py/prompt.py), edit (one JSON edit, docs/edits.md), auto",
     )
     # episodes and batches
@@ -244,7 +274,9 @@ class TrainConfig(_Strict):
     lr: float = _f(1e-6, role=E, description="learning rate", gt=0)
     weight_decay: float = _f(0.01, role=E, description="AdamW weight decay", ge=0)
     warmup_steps: int = _f(0, role=E, description="linear warm-up updates", ge=0)
-    lr_schedule: Literal["constant", "cosine"] = _f("constant", role=E, description="learning-rate schedule after warm-up")
+    lr_schedule: Literal["constant", "cosine"] = _f(
+        "constant", role=E, description="learning-rate schedule after warm-up"
+    )
     min_lr_ratio: float = _f(0.1, role=E, description="cosine: final learning rate as a fraction of lr", ge=0, le=1)
     clip_ratio_low: float = _f(0.2, role=E, description="PPO clip below 1", ge=0, lt=1)
     clip_ratio_high: float = _f(0.2, role=E, description="PPO clip above 1", ge=0)
@@ -368,8 +400,9 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 def defining_values(cfg_json: dict, prefixes: tuple[str, ...]) -> dict[str, Any]:
     """The flattened values under ``prefixes`` that define a result (roles experiment and seed)."""
     flat = flatten(cfg_json)
-    return {k: v for k, v in sorted(flat.items())
-            if k.startswith(prefixes) and role_of(k) in (Role.EXPERIMENT, Role.SEED)}
+    return {
+        k: v for k, v in sorted(flat.items()) if k.startswith(prefixes) and role_of(k) in (Role.EXPERIMENT, Role.SEED)
+    }
 
 
 def _loc(err: dict) -> str:
@@ -380,7 +413,9 @@ def _validation_message(exc: ValidationError, source: str) -> ConfigError:
     err = exc.errors()[0]
     key = _loc(err)
     if err["type"] == "extra_forbidden":
-        return ConfigError(f"unknown config key '{key}' in {source}", "remove it or check its spelling (see configs/ for examples)")
+        return ConfigError(
+            f"unknown config key '{key}' in {source}", "remove it or check its spelling (see configs/ for examples)"
+        )
     if err["type"] == "missing":
         return ConfigError(f"missing config key '{key}' in {source}", "add it")
     got = err.get("input")
@@ -400,7 +435,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         p = Path(path)
         source = str(p)
         if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist", "pass an existing file to --config (presets live in configs/)")
+            raise ConfigError(
+                f"config file {p} does not exist", "pass an existing file to --config (presets live in configs/)"
+            )
         try:
             data = tomllib.loads(p.read_text())
         except tomllib.TOMLDecodeError as exc:

@@ -64,8 +64,10 @@ def _table(model: type, prefix: str, out: list[str], description: str = "") -> N
             subs.append((prefix + key, sub, info))
             continue
         role = field_role(info)
-        rows.append(f"| `{key}` | {_type_name(info.annotation)} | {_default(info)} | {role.value if role else '?'} | "
-                    f"{(info.description or '').replace('|', '/')} |")
+        rows.append(
+            f"| `{key}` | {_type_name(info.annotation)} | {_default(info)} | {role.value if role else '?'} | "
+            f"{(info.description or '').replace('|', '/')} |"
+        )
     if rows:
         out.append(f"## `[{prefix.rstrip('.')}]`\n")
         if description:

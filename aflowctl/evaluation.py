@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from aflowctl.errors import BudgetExceeded, NotFoundError, RunInterrupted, UsageError
 from aflowctl.store import queries, runs
@@ -46,11 +47,19 @@ def resolve_workflow(store: Any, workflow: Optional[str], dataset: str) -> tuple
     if workflow.isdigit():
         row = queries.get_workflow(store, int(workflow))
         if row is None:
-            raise NotFoundError(f"workflow {workflow} does not exist in {store.path}",
-                                "see 'aflowctl inspect workflows --run RUN_ID' for stored workflow ids")
-        return WorkflowSource(graph=row["graph_code"], prompt=row["prompt_code"] or ""), row["id"], f"workflow {row['id']}"
-    raise NotFoundError(f"workflow '{workflow}' is neither a folder nor a workflow id",
-                        "pass a folder holding graph.py and prompt.py, an AFlow round folder, or a number from the store")
+            raise NotFoundError(
+                f"workflow {workflow} does not exist in {store.path}",
+                "see 'aflowctl inspect workflows --run RUN_ID' for stored workflow ids",
+            )
+        return (
+            WorkflowSource(graph=row["graph_code"], prompt=row["prompt_code"] or ""),
+            row["id"],
+            f"workflow {row['id']}",
+        )
+    raise NotFoundError(
+        f"workflow '{workflow}' is neither a folder nor a workflow id",
+        "pass a folder holding graph.py and prompt.py, an AFlow round folder, or a number from the store",
+    )
 
 
 def fingerprint(cfg_json: dict, workflow_hash: str, dataset: str, split: str, repeats: int, indices: list) -> str:
@@ -59,8 +68,17 @@ def fingerprint(cfg_json: dict, workflow_hash: str, dataset: str, split: str, re
     from aflowctl.config import defining_values
 
     config = defining_values(cfg_json, ("llm.", "rollout.", "optimize.executor.", "optimize.seed"))
-    blob = json.dumps({"config": config, "workflow": workflow_hash, "dataset": dataset, "split": split,
-                       "repeats": repeats, "indices": indices}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "config": config,
+            "workflow": workflow_hash,
+            "dataset": dataset,
+            "split": split,
+            "repeats": repeats,
+            "indices": indices,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -109,16 +127,38 @@ def run_evaluation(
         wid = wid if wid is not None else queries.first_workflow_id(store, rid)
         notify(f"resuming the interrupted run {rid} (same workflow, data and options)")
     else:
-        state = {"workflow": what, "split": split, "repeats": repeats, "indices": idx if index else None,
-                 "limit": limit, "fingerprint": fp}
-        opened = runs.create_run(store, kind="evaluate", cfg=cfg, dataset=ds, seed=cfg.optimize.seed,
-                                 budget_usd=cfg.llm.budget_usd, state=state)
+        state = {
+            "workflow": what,
+            "split": split,
+            "repeats": repeats,
+            "indices": idx if index else None,
+            "limit": limit,
+            "fingerprint": fp,
+        }
+        opened = runs.create_run(
+            store,
+            kind="evaluate",
+            cfg=cfg,
+            dataset=ds,
+            seed=cfg.optimize.seed,
+            budget_usd=cfg.llm.budget_usd,
+            state=state,
+        )
         rid = opened.id
     try:
         if wid is None:
+
             def add(s: Any) -> int:
-                row = Workflow(run_id=rid, round=0, dataset=ds, graph_code=src.graph, prompt_code=src.prompt or "",
-                               hash=canonical_hash(src), modification=f"evaluated: {what}", created_at=utcnow())
+                row = Workflow(
+                    run_id=rid,
+                    round=0,
+                    dataset=ds,
+                    graph_code=src.graph,
+                    prompt_code=src.prompt or "",
+                    hash=canonical_hash(src),
+                    modification=f"evaluated: {what}",
+                    created_at=utcnow(),
+                )
                 s.add(row)
                 s.flush()
                 return row.id
@@ -126,22 +166,41 @@ def run_evaluation(
             wid = store.transact(add)
         notify(f"run {rid}: {what} on {ds}/{split} ({len(idx)} problems x {repeats}), executor {exec_cfg.model}")
         try:
-            res = evaluate_workflow(store, src, dataset=ds, split=split, executor=exec_cfg, llm_cfg=cfg.llm,
-                                    rollout_cfg=cfg.rollout, repeats=repeats, indices=idx, run_id=rid, workflow_id=wid,
-                                    seed=cfg.optimize.seed, **({"progress": progress} if progress else {}))
+            res = evaluate_workflow(
+                store,
+                src,
+                dataset=ds,
+                split=split,
+                executor=exec_cfg,
+                llm_cfg=cfg.llm,
+                rollout_cfg=cfg.rollout,
+                repeats=repeats,
+                indices=idx,
+                run_id=rid,
+                workflow_id=wid,
+                seed=cfg.optimize.seed,
+                **({"progress": progress} if progress else {}),
+            )
         except BudgetExceeded as exc:
             runs.set_status(store, rid, RunStatus.BUDGET_EXCEEDED, str(exc))
             raise
         except KeyboardInterrupt:
-            runs.set_status(store, rid, RunStatus.INTERRUPTED,
-                            "interrupted; finished rollout tasks are stored and reused by the same command")
-            raise RunInterrupted(f"run {rid} was interrupted; finished rollout tasks are stored",
-                                 "run the same command again to resume it") from None
+            runs.set_status(
+                store,
+                rid,
+                RunStatus.INTERRUPTED,
+                "interrupted; finished rollout tasks are stored and reused by the same command",
+            )
+            raise RunInterrupted(
+                f"run {rid} was interrupted; finished rollout tasks are stored",
+                "run the same command again to resume it",
+            ) from None
         except Exception as exc:  # noqa: BLE001 - recorded, then reported by the CLI
             runs.set_status(store, rid, RunStatus.FAILED, str(exc)[:500])
             raise
-        summary = (f"mean {100 * res.mean_score:.2f}% over {repeats} repeat(s) of {res.n} problems"
-                   + (f", {res.errors} problem errors" if res.errors else ""))
+        summary = f"mean {100 * res.mean_score:.2f}% over {repeats} repeat(s) of {res.n} problems" + (
+            f", {res.errors} problem errors" if res.errors else ""
+        )
         runs.set_status(store, rid, RunStatus.COMPLETED, summary)
     finally:
         opened.lease.release()

@@ -18,7 +18,9 @@ _KEY_PATTERNS = [
     re.compile(r"sk-[A-Za-z0-9_\-]{8,}"),  # OpenAI, Anthropic (sk-ant-...), many compatible servers
     re.compile(r"AIza[0-9A-Za-z_\-]{20,}"),  # Google
     re.compile(r"hf_[A-Za-z0-9]{20,}"),  # Hugging Face
-    re.compile(r"(?i)(api[_-]?key|authorization|bearer|token|secret)([\"']?\s*[:=]\s*[\"']?|\s+)([A-Za-z0-9_\-\.]{12,})"),
+    re.compile(
+        r"(?i)(api[_-]?key|authorization|bearer|token|secret)([\"']?\s*[:=]\s*[\"']?|\s+)([A-Za-z0-9_\-\.]{12,})"
+    ),
 ]
 _SECRET_ENV_HINTS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
 REDACTED = "[REDACTED]"

@@ -69,8 +69,9 @@ def check_model(mc: Any, *, role: str, local_model: Optional[str] = None) -> Non
     from aflowctl.llm.providers._common import api_base_for, api_key_for
     from aflowctl.llm.types import LLMRequest
 
-    request = LLMRequest(messages=[{"role": "user", "content": ""}], model=mc.model, api_base=mc.api_base,
-                         api_key_env=mc.api_key_env)
+    request = LLMRequest(
+        messages=[{"role": "user", "content": ""}], model=mc.model, api_base=mc.api_base, api_key_env=mc.api_key_env
+    )
     base = api_base_for(prefix, request)
     try:
         key = api_key_for(prefix, request, base)
@@ -117,8 +118,10 @@ def _check_listing(base: str, key: Optional[str], name: str, mc: Any, role: str,
         return
     if ids and name not in ids:
         shown = ", ".join(str(i) for i in ids[:8]) + (" ..." if len(ids) > 8 else "")
-        raise UnknownModelError(f"{role} model {mc.model}: {base} does not serve {name!r} (it serves {shown})",
-                                "fix the model name in the config or on the command line")
+        raise UnknownModelError(
+            f"{role} model {mc.model}: {base} does not serve {name!r} (it serves {shown})",
+            "fix the model name in the config or on the command line",
+        )
 
 
 def _check_local(name: str, local_model: Optional[str], role: str) -> None:
@@ -135,5 +138,7 @@ def _check_local(name: str, local_model: Optional[str], role: str) -> None:
     if p.is_dir() and (p / "config.json").is_file() or p.suffix == ".gguf" and p.is_file():
         return
     if p.suffix == ".gguf" or spec.startswith((".", "/", "~")) or p.is_dir():
-        raise UnknownModelError(f"{role} model local/{name}: {p} is not a model folder or .gguf file",
-                                "pass an existing Hugging Face model folder or .gguf file, or local/smollm2")
+        raise UnknownModelError(
+            f"{role} model local/{name}: {p} is not a model folder or .gguf file",
+            "pass an existing Hugging Face model folder or .gguf file, or local/smollm2",
+        )

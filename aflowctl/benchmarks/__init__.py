@@ -32,13 +32,22 @@ def _unimplemented(benchmark: Any) -> tuple[str, ...]:
 
 
 def _accept(plugin: str, benchmark: Any) -> tuple[str, Any]:
-    name = check_object(plugin, "benchmark", benchmark, Benchmark, unimplemented=_unimplemented(benchmark),
-                        name_hint="give the benchmark a `name` attribute: a short lower-case word")
+    name = check_object(
+        plugin,
+        "benchmark",
+        benchmark,
+        Benchmark,
+        unimplemented=_unimplemented(benchmark),
+        name_hint="give the benchmark a `name` attribute: a short lower-case word",
+    )
     return name, benchmark
 
 
 REGISTRY: Registry[Benchmark] = Registry(
-    "register_benchmarks", "benchmark", accept=_accept, error=BenchmarkError,
+    "register_benchmarks",
+    "benchmark",
+    accept=_accept,
+    error=BenchmarkError,
     hint="use one of those names, or add one with a plugin (see docs/plugins.md and docs/benchmarks.md)",
     key=lambda name: str(name).strip().lower(),
 )

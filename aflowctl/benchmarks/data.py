@@ -155,9 +155,7 @@ def split_info(benchmark, split: str) -> SplitInfo:
         source = read_manifest().get(path.name, {}).get("source")
     elif origin == "shipped with the package":
         source = getattr(benchmark, "data_source", None)
-    return SplitInfo(
-        benchmark.name, split, True, count_lines(path), sha256(path), str(path), origin, source
-    )
+    return SplitInfo(benchmark.name, split, True, count_lines(path), sha256(path), str(path), origin, source)
 
 
 def list_splits(benchmarks: Iterable) -> list[SplitInfo]:

@@ -27,7 +27,9 @@ class HumanEval(CodeBenchmark):
             funcs = top_level_functions(prompt)
             imports = []
             try:
-                imports = [ast.unparse(n) for n in ast.parse(prompt).body if isinstance(n, (ast.Import, ast.ImportFrom))]
+                imports = [
+                    ast.unparse(n) for n in ast.parse(prompt).body if isinstance(n, (ast.Import, ast.ImportFrom))
+                ]
             except SyntaxError:
                 pass
             helpers = "\n".join(imports + [src for name, src in funcs.items() if name != entry]) + "\n"

@@ -260,9 +260,31 @@ _SAFE_EXPR = re.compile(r"^[0-9A-Za-z\s+\-*/^().]*$")
 def _safe_namespace() -> dict:
     import sympy
 
-    names = ["Symbol", "Integer", "Float", "Rational", "sqrt", "pi", "E", "I", "oo", "exp", "log",
-             "sin", "cos", "tan", "asin", "acos", "atan", "Abs", "factorial", "binomial", "Mul",
-             "Add", "Pow"]
+    names = [
+        "Symbol",
+        "Integer",
+        "Float",
+        "Rational",
+        "sqrt",
+        "pi",
+        "E",
+        "I",
+        "oo",
+        "exp",
+        "log",
+        "sin",
+        "cos",
+        "tan",
+        "asin",
+        "acos",
+        "atan",
+        "Abs",
+        "factorial",
+        "binomial",
+        "Mul",
+        "Add",
+        "Pow",
+    ]
     ns = {n: getattr(sympy, n) for n in names}
     ns["__builtins__"] = {}
     return ns
@@ -433,7 +455,4 @@ def sanitize(code: str, entry_point: Optional[str] = None) -> str:
 
 
 # AFlow runs solutions in a namespace that already holds these names.
-CODE_PREAMBLE = (
-    "import math\nimport hashlib\nimport re\n"
-    "from typing import List, Dict, Tuple, Optional, Any\n"
-)
+CODE_PREAMBLE = "import math\nimport hashlib\nimport re\nfrom typing import List, Dict, Tuple, Optional, Any\n"

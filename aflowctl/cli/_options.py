@@ -16,6 +16,7 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML 
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="random seed of the run")]
 RunOpt = Annotated[Optional[str], typer.Option("--run", help="only this run id")]
 NoPreflightOpt = Annotated[
-    bool, typer.Option("--no-preflight", help="skip checking keys and reachability of the configured models before the run")
+    bool,
+    typer.Option("--no-preflight", help="skip checking keys and reachability of the configured models before the run"),
 ]
 CsvOpt = Annotated[bool, typer.Option("--csv", help="print CSV instead of a table")]

@@ -8,33 +8,62 @@ from typing import Annotated, Optional
 
 import typer
 
-from aflowctl.cli._options import ConfigOpt, DbOpt, JsonOpt, NoPreflightOpt
 from aflowctl.cli import _progress
+from aflowctl.cli._options import ConfigOpt, DbOpt, JsonOpt, NoPreflightOpt
 from aflowctl.cli._output import console, err_console, fmt_cost, print_json
 
 
 def optimize(
     config: ConfigOpt = None,
-    dataset: Annotated[Optional[str], typer.Option("--dataset", help="benchmark name (see 'aflowctl data list')")] = None,
-    optimizer_model: Annotated[Optional[str], typer.Option("--optimizer-model", help="provider/model, or 'mutate' (LLM-free)")] = None,
-    executor_model: Annotated[Optional[str], typer.Option("--executor-model", help="provider/model that runs the workflows")] = None,
-    max_rounds: Annotated[Optional[int], typer.Option("--max-rounds", help="highest round number (round 1 = initial workflow)")] = None,
-    sample: Annotated[Optional[int], typer.Option("--sample", help="parents considered: the initial workflow plus the best others")] = None,
-    validation_rounds: Annotated[Optional[int], typer.Option("--validation-rounds", help="validation repeats per workflow")] = None,
-    validation_limit: Annotated[Optional[int], typer.Option("--validation-limit", help="use only the first N validation problems")] = None,
+    dataset: Annotated[
+        Optional[str], typer.Option("--dataset", help="benchmark name (see 'aflowctl data list')")
+    ] = None,
+    optimizer_model: Annotated[
+        Optional[str], typer.Option("--optimizer-model", help="provider/model, or 'mutate' (LLM-free)")
+    ] = None,
+    executor_model: Annotated[
+        Optional[str], typer.Option("--executor-model", help="provider/model that runs the workflows")
+    ] = None,
+    max_rounds: Annotated[
+        Optional[int], typer.Option("--max-rounds", help="highest round number (round 1 = initial workflow)")
+    ] = None,
+    sample: Annotated[
+        Optional[int], typer.Option("--sample", help="parents considered: the initial workflow plus the best others")
+    ] = None,
+    validation_rounds: Annotated[
+        Optional[int], typer.Option("--validation-rounds", help="validation repeats per workflow")
+    ] = None,
+    validation_limit: Annotated[
+        Optional[int], typer.Option("--validation-limit", help="use only the first N validation problems")
+    ] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="rollout worker processes")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="random seed of the run")] = None,
-    budget_usd: Annotated[Optional[float], typer.Option("--budget-usd", help="stop cleanly (resumably) at this spend")] = None,
+    budget_usd: Annotated[
+        Optional[float], typer.Option("--budget-usd", help="stop cleanly (resumably) at this spend")
+    ] = None,
     run_id: Annotated[Optional[str], typer.Option("--run-id", help="name of a new run")] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="continue this run from where it stopped")] = None,
     force: Annotated[bool, typer.Option("--force", help="resume even if the config differs")] = False,
-    candidates: Annotated[Optional[int], typer.Option("--candidates", help="K modifications sampled and evaluated per round")] = None,
-    policy: Annotated[Optional[str], typer.Option("--policy", help="trained policy checkpoint or exported directory as optimizer")] = None,
-    action_format: Annotated[Optional[str], typer.Option("--action-format", help="what the optimizer answers: code, edit (one JSON edit, docs/edits.md) or auto")] = None,
+    candidates: Annotated[
+        Optional[int], typer.Option("--candidates", help="K modifications sampled and evaluated per round")
+    ] = None,
+    policy: Annotated[
+        Optional[str], typer.Option("--policy", help="trained policy checkpoint or exported directory as optimizer")
+    ] = None,
+    action_format: Annotated[
+        Optional[str],
+        typer.Option(
+            "--action-format", help="what the optimizer answers: code, edit (one JSON edit, docs/edits.md) or auto"
+        ),
+    ] = None,
     executor: Annotated[Optional[str], typer.Option("--executor", help="rollout backend: process or ray")] = None,
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address")] = None,
-    test: Annotated[bool, typer.Option("--test", help="after the search, evaluate the best workflow on the test split")] = False,
-    round_: Annotated[Optional[int], typer.Option("--round", help="with --test: evaluate this round's workflow instead")] = None,
+    test: Annotated[
+        bool, typer.Option("--test", help="after the search, evaluate the best workflow on the test split")
+    ] = False,
+    round_: Annotated[
+        Optional[int], typer.Option("--round", help="with --test: evaluate this round's workflow instead")
+    ] = None,
     no_preflight: NoPreflightOpt = False,
     db: DbOpt = None,
     json_out: JsonOpt = False,
@@ -64,29 +93,49 @@ def optimize(
         "rollout.executor": executor,
         "rollout.ray_address": ray_address,
     }
+
     def prepare() -> None:
         _progress.prepare_local_models(_local_models(db, config, overrides, resume), json_out=json_out)
 
     with _progress.Display(db=db, active=_progress.enabled(json_out), quiet_lines=json_out) as display:
-        outcome = run_optimize(db=db, config=config, overrides=overrides, run_id=run_id, resume=resume, force=force,
-                               test=test, test_round=round_, serve_policy=serve_policy,
-                               check_providers=not no_preflight,
-                               progress=_progress.optimize_callback(display, prepare),
-                               notify=lambda line: _progress.notice(line))
+        outcome = run_optimize(
+            db=db,
+            config=config,
+            overrides=overrides,
+            run_id=run_id,
+            resume=resume,
+            force=force,
+            test=test,
+            test_round=round_,
+            serve_policy=serve_policy,
+            check_providers=not no_preflight,
+            progress=_progress.optimize_callback(display, prepare),
+            notify=lambda line: _progress.notice(line),
+        )
     warning, spend = _summary_extras(db, outcome)
     if json_out:
         print_json({**dataclasses.asdict(outcome), "warnings": [warning] if warning else []})
     else:
-        best = "none" if outcome.best_score is None else f"{100 * outcome.best_score:.1f}% (workflow {outcome.best_workflow_id}, round {outcome.best_round})"
-        console.print(f"run {outcome.run_id}: {outcome.status} after {outcome.rounds} rounds; best {best}; spent {spend}",
-                      markup=False)
+        best = (
+            "none"
+            if outcome.best_score is None
+            else f"{100 * outcome.best_score:.1f}% (workflow {outcome.best_workflow_id}, round {outcome.best_round})"
+        )
+        console.print(
+            f"run {outcome.run_id}: {outcome.status} after {outcome.rounds} rounds; best {best}; spent {spend}",
+            markup=False,
+        )
         if warning:
             err_console.print(warning, markup=False)
         if outcome.message:
             console.print(outcome.message, markup=False)
         if outcome.test:
-            console.print(f"test split: {100 * outcome.test['mean_score']:.1f}% on {outcome.test['n']} problems (workflow {outcome.test['workflow_id']})")
-        console.print(f"inspect: aflowctl inspect workflows --run {outcome.run_id}; report: aflowctl report {outcome.run_id}")
+            console.print(
+                f"test split: {100 * outcome.test['mean_score']:.1f}% on {outcome.test['n']} problems (workflow {outcome.test['workflow_id']})"
+            )
+        console.print(
+            f"inspect: aflowctl inspect workflows --run {outcome.run_id}; report: aflowctl report {outcome.run_id}"
+        )
     if outcome.status == "budget_exceeded":
         raise typer.Exit(3)
 

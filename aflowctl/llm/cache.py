@@ -150,10 +150,10 @@ class CallLog:
     def __init__(self, store):
         self.store = store
         self._lock = threading.Lock()
-        self._per_loop: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopQueue]" = weakref.WeakKeyDictionary()
-        self._indexes: "weakref.WeakSet[CacheIndex]" = weakref.WeakSet()
+        self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopQueue] = weakref.WeakKeyDictionary()
+        self._indexes: weakref.WeakSet[CacheIndex] = weakref.WeakSet()
 
-    def _queue(self) -> "_LoopQueue":
+    def _queue(self) -> _LoopQueue:
         loop = asyncio.get_running_loop()
         with self._lock:
             q = self._per_loop.get(loop)
@@ -170,7 +170,7 @@ class CallLog:
         """Queue ``rows`` and return once they are committed."""
         await asyncio.shield(self.submit(rows))
 
-    def submit(self, rows: list[dict]) -> "asyncio.Future":
+    def submit(self, rows: list[dict]) -> asyncio.Future:
         """Queue ``rows`` now; the returned future is done once they are committed."""
         self._note(rows)
         return self._queue().submit(rows)
@@ -190,7 +190,7 @@ class CallLog:
         if q is not None:
             await q.flush()
 
-    def register(self, index: "CacheIndex") -> None:
+    def register(self, index: CacheIndex) -> None:
         self._indexes.add(index)
 
     def write_sync(self, rows: list[dict]) -> None:
@@ -288,15 +288,16 @@ class CacheIndex:
 
     REFRESH_S = 5.0
 
-    def __init__(self, store, *, scope: str, run_id: Optional[str], refresh_s: Optional[float] = None,
-                 recent_max: int = 20000):
+    def __init__(
+        self, store, *, scope: str, run_id: Optional[str], refresh_s: Optional[float] = None, recent_max: int = 20000
+    ):
         self.store = store
         self.scope = scope
         self.run_id = run_id
         self.refresh_s = self.REFRESH_S if refresh_s is None else refresh_s
         self.recent_max = recent_max
         self.keys: set[tuple[str, int]] = set()
-        self.recent: "collections.OrderedDict[tuple[str, int], dict]" = collections.OrderedDict()
+        self.recent: collections.OrderedDict[tuple[str, int], dict] = collections.OrderedDict()
         self.last_id = 0
         self.loaded = False
         self._generation = -1
@@ -304,8 +305,11 @@ class CacheIndex:
         self._lock = threading.Lock()
 
     def stale(self) -> bool:
-        return (not self.loaded or self._generation != _index_generation
-                or time.monotonic() - self._loaded_at > self.refresh_s)
+        return (
+            not self.loaded
+            or self._generation != _index_generation
+            or time.monotonic() - self._loaded_at > self.refresh_s
+        )
 
     def refresh(self) -> None:
         """Read the keys of rows added since the last refresh (blocking: run it in a thread)."""
@@ -313,8 +317,10 @@ class CacheIndex:
             if not self.stale():
                 return
             gen = _index_generation
-            sql = ("SELECT id, request_hash, sample_index FROM llm_calls WHERE id > :last AND error IS NULL "
-                   "AND cached = 0 AND response IS NOT NULL AND json_extract(params_json, '$.cache') IS NOT 0")
+            sql = (
+                "SELECT id, request_hash, sample_index FROM llm_calls WHERE id > :last AND error IS NULL "
+                "AND cached = 0 AND response IS NOT NULL AND json_extract(params_json, '$.cache') IS NOT 0"
+            )
             params: dict[str, Any] = {"last": self.last_id}
             if self.scope == "run":
                 # first load: the run_id index; later: the id range (unary + keeps the planner off run_id)
@@ -345,9 +351,12 @@ class CacheIndex:
                 continue
             with self._lock:
                 self.recent[key] = {
-                    "response": r["response"], "finish_reason": r.get("finish_reason"),
-                    "prompt_tokens": r.get("prompt_tokens"), "completion_tokens": r.get("completion_tokens"),
-                    "provider": r["provider"], "model": r["model"],
+                    "response": r["response"],
+                    "finish_reason": r.get("finish_reason"),
+                    "prompt_tokens": r.get("prompt_tokens"),
+                    "completion_tokens": r.get("completion_tokens"),
+                    "provider": r["provider"],
+                    "model": r["model"],
                 }
                 while len(self.recent) > self.recent_max:
                     self.recent.popitem(last=False)

@@ -75,10 +75,16 @@ def error_payload(exc: BaseException) -> dict:
     from aflowctl.logging import redact
 
     if isinstance(exc, AflowctlError):
-        return {"class": f"{type(exc).__module__}:{type(exc).__qualname__}", "message": redact(exc.message),
-                "hint": redact(exc.hint) if exc.hint else None}
-    return {"class": "aflowctl.errors:InfrastructureError",
-            "message": redact(f"LLM gateway error: {type(exc).__name__}: {exc}"), "hint": None}
+        return {
+            "class": f"{type(exc).__module__}:{type(exc).__qualname__}",
+            "message": redact(exc.message),
+            "hint": redact(exc.hint) if exc.hint else None,
+        }
+    return {
+        "class": "aflowctl.errors:InfrastructureError",
+        "message": redact(f"LLM gateway error: {type(exc).__name__}: {exc}"),
+        "hint": None,
+    }
 
 
 # --------------------------------------------------------------------------- server
@@ -112,7 +118,7 @@ class Gateway:
         """What a worker needs to connect: ``{"socket", "token"}`` (never stored)."""
         return {"socket": self.socket_path, "token": self.token}
 
-    def start(self) -> "Gateway":
+    def start(self) -> Gateway:
         if self._thread is not None:
             return self
         self.dir = Path(tempfile.mkdtemp(prefix="aflowctl-gw-"))  # mode 0700
@@ -141,16 +147,18 @@ class Gateway:
             raise InfrastructureError(f"the LLM gateway could not start: {box[0]}", "check that /tmp is writable")
         return self
 
-    def register(self, model_cfg: Any, *, role: str = "executor", run_id: Optional[str] = None,
-                 llm_cfg: Any = None) -> str:
+    def register(
+        self, model_cfg: Any, *, role: str = "executor", run_id: Optional[str] = None, llm_cfg: Any = None
+    ) -> str:
         """A client id for one model configuration (the same configuration, the same id)."""
         from aflowctl.config import LLMConfig, ModelConfig
         from aflowctl.llm.client import make_llm
 
         mc = model_cfg if isinstance(model_cfg, ModelConfig) else ModelConfig.model_validate(model_cfg)
         lc = llm_cfg if isinstance(llm_cfg, LLMConfig) or llm_cfg is None else LLMConfig.model_validate(llm_cfg)
-        key = json.dumps([mc.model_dump(mode="json"), role, run_id, lc.model_dump(mode="json") if lc else None],
-                         sort_keys=True)
+        key = json.dumps(
+            [mc.model_dump(mode="json"), role, run_id, lc.model_dump(mode="json") if lc else None], sort_keys=True
+        )
         with self._lock:
             cid = self._client_keys.get(key)
             if cid is None:
@@ -166,8 +174,17 @@ class Gateway:
         try:
             hello = await read_frame(reader)
             if not isinstance(hello, dict) or not secrets.compare_digest(str(hello.get("hello", "")), self.token):
-                writer.write(encode({"ok": False, "error": {"class": "aflowctl.errors:InfrastructureError",
-                                                           "message": "bad LLM gateway token"}}))
+                writer.write(
+                    encode(
+                        {
+                            "ok": False,
+                            "error": {
+                                "class": "aflowctl.errors:InfrastructureError",
+                                "message": "bad LLM gateway token",
+                            },
+                        }
+                    )
+                )
                 return
             writer.write(encode({"ok": True}))
             while True:
@@ -186,8 +203,11 @@ class Gateway:
             out = await self._handle(msg)
             reply = {"id": rid, "ok": True, **out}
         except asyncio.CancelledError:
-            reply = {"id": rid, "ok": False, "error": error_payload(InfrastructureError(
-                "the LLM gateway stopped (the run was interrupted)"))}
+            reply = {
+                "id": rid,
+                "ok": False,
+                "error": error_payload(InfrastructureError("the LLM gateway stopped (the run was interrupted)")),
+            }
             _write(writer, reply)
             raise
         except Exception as exc:  # noqa: BLE001 - every error goes back to the worker
@@ -205,8 +225,10 @@ class Gateway:
             overrides = dict(msg.get("overrides") or {})
             bad = sorted(set(overrides) - set(WORKER_OVERRIDES))
             if bad:
-                raise WorkflowError(f"workflow code may not set {', '.join(bad)} of the executor's LLM calls",
-                                    f"only {', '.join(WORKER_OVERRIDES)} can be overridden")
+                raise WorkflowError(
+                    f"workflow code may not set {', '.join(bad)} of the executor's LLM calls",
+                    f"only {', '.join(WORKER_OVERRIDES)} can be overridden",
+                )
             with deferred_logging():
                 samples = await llm.generate_n(msg.get("prompt") or "", max(1, int(msg.get("n") or 1)), **overrides)
             self.calls += 1
@@ -221,10 +243,12 @@ class Gateway:
             if op == "run_python":
                 res = await sandbox.run_python_async(str(msg.get("code") or ""), **limits)
             else:
-                res = await sandbox.check_solution_async(str(msg.get("solution") or ""), msg.get("test") or "",
-                                                         msg.get("entry_point"), **limits)
-            return {"result": {k: getattr(res, k) for k in ("ok", "reason", "returncode", "stdout", "stderr",
-                                                            "duration_s")}}
+                res = await sandbox.check_solution_async(
+                    str(msg.get("solution") or ""), msg.get("test") or "", msg.get("entry_point"), **limits
+                )
+            return {
+                "result": {k: getattr(res, k) for k in ("ok", "reason", "returncode", "stdout", "stderr", "duration_s")}
+            }
         raise WorkflowError(f"unknown LLM gateway operation {op!r}", "this is a bug in aflowctl")
 
     def flush(self, timeout_s: float = 60.0) -> None:
@@ -240,6 +264,7 @@ class Gateway:
         log, stop the server and remove the private directory."""
         loop, thread = self.loop, self._thread
         if loop is not None and thread is not None and loop.is_running():
+
             async def shutdown() -> None:
                 from aflowctl.llm.router import flush_logs
 
@@ -288,8 +313,9 @@ def connect(address: dict) -> socket.socket:
         reply = json.loads(_recv_exact(sock, HEADER.unpack(head)[0]))
     except OSError as exc:
         sock.close()
-        raise InfrastructureError(f"cannot reach the LLM gateway: {exc.strerror or exc}",
-                                  "the run's parent process is gone or overloaded") from None
+        raise InfrastructureError(
+            f"cannot reach the LLM gateway: {exc.strerror or exc}", "the run's parent process is gone or overloaded"
+        ) from None
     if not reply.get("ok"):
         sock.close()
         raise InfrastructureError("the LLM gateway refused this worker", "this is a bug in aflowctl")
@@ -329,8 +355,9 @@ class _Channel:
                 if fut is not None and not fut.done():
                     fut.set_result(msg)
         except BaseException as exc:  # noqa: BLE001 - every waiter learns the connection is gone
-            self.dead = InfrastructureError("the connection to the LLM gateway was lost",
-                                            "the run's parent process stopped")
+            self.dead = InfrastructureError(
+                "the connection to the LLM gateway was lost", "the run's parent process stopped"
+            )
             for fut in self.pending.values():
                 if not fut.done():
                     fut.set_exception(self.dead)
@@ -350,13 +377,15 @@ class _Channel:
             from aflowctl.rollout.backend import rebuild_error
 
             err = reply.get("error") or {}
-            exc = rebuild_error({"error_class": err.get("class"), "message": err.get("message"),
-                                 "hint": err.get("hint")}, err.get("message") or "LLM gateway error")
+            exc = rebuild_error(
+                {"error_class": err.get("class"), "message": err.get("message"), "hint": err.get("hint")},
+                err.get("message") or "LLM gateway error",
+            )
             raise exc
         return reply
 
 
-_channels: dict[int, "asyncio.Future[_Channel]"] = {}
+_channels: dict[int, asyncio.Future[_Channel]] = {}
 
 
 async def channel() -> _Channel:
@@ -394,8 +423,15 @@ class GatewayClient:
         from aflowctl.llm.types import Sample
 
         ch = await channel()
-        reply = await ch.request({"op": "generate", "client": self.client_id, "prompt": prompt_or_messages,
-                                  "n": int(n), "overrides": overrides})
+        reply = await ch.request(
+            {
+                "op": "generate",
+                "client": self.client_id,
+                "prompt": prompt_or_messages,
+                "n": int(n),
+                "overrides": overrides,
+            }
+        )
         return [Sample(**s) for s in reply["samples"]]
 
 

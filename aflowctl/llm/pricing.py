@@ -46,8 +46,10 @@ def register_prices(prices: dict) -> None:
     for key, p in (prices or {}).items():
         d = p.model_dump() if hasattr(p, "model_dump") else dict(p)
         with _lock:
-            _user_prices[key] = {"input_cost_per_token": float(d["input_cost_per_token"]),
-                                 "output_cost_per_token": float(d["output_cost_per_token"])}
+            _user_prices[key] = {
+                "input_cost_per_token": float(d["input_cost_per_token"]),
+                "output_cost_per_token": float(d["output_cost_per_token"]),
+            }
 
 
 def model_info(provider: str, model: str) -> Optional[dict]:
@@ -59,9 +61,14 @@ def model_info(provider: str, model: str) -> Optional[dict]:
     for key in (f"{provider}/{model}", model):
         info = cm.get(key)
         if isinstance(info, dict) and "input_cost_per_token" in info:
-            if key == model and info.get("litellm_provider") not in (None, provider) and provider not in (
-                "litellm",
-                "hosted_vllm",
+            if (
+                key == model
+                and info.get("litellm_provider") not in (None, provider)
+                and provider
+                not in (
+                    "litellm",
+                    "hosted_vllm",
+                )
             ):
                 # e.g. "gpt-4o" priced for openai, asked via openrouter: a different price
                 if not (provider == "openai" and info.get("litellm_provider") == "text-completion-openai"):

@@ -47,8 +47,8 @@ from aflowctl.llm import pricing, registry
 from aflowctl.llm.types import LLMRequest, ProviderCallError, Sample
 
 # Per event loop: model -> semaphore / request timestamps (asyncio objects are per loop).
-_semaphores: "weakref.WeakKeyDictionary[Any, dict[str, asyncio.Semaphore]]" = weakref.WeakKeyDictionary()
-_rpm_windows: "weakref.WeakKeyDictionary[Any, dict[str, collections.deque]]" = weakref.WeakKeyDictionary()
+_semaphores: weakref.WeakKeyDictionary[Any, dict[str, asyncio.Semaphore]] = weakref.WeakKeyDictionary()
+_rpm_windows: weakref.WeakKeyDictionary[Any, dict[str, collections.deque]] = weakref.WeakKeyDictionary()
 _limits_lock = threading.Lock()
 
 # Worst-case cost of calls in flight in this process, per run (run id or None).
@@ -166,7 +166,9 @@ class Router:
             await asyncio.to_thread(index.refresh)
         in_db, found = index.split(rhash, indices)
         if in_db:
-            found.update(await asyncio.to_thread(cache_mod.lookup, self.store, rhash, in_db, run_id=run_id, scope=scope))
+            found.update(
+                await asyncio.to_thread(cache_mod.lookup, self.store, rhash, in_db, run_id=run_id, scope=scope)
+            )
         return found
 
     # ------------------------------------------------------------------ public
@@ -196,9 +198,16 @@ class Router:
                 rows = []
                 for idx, hit in sorted(hits.items()):
                     results[idx] = Sample(
-                        text=hit["response"], finish_reason=hit["finish_reason"], prompt_tokens=hit["prompt_tokens"],
-                        completion_tokens=hit["completion_tokens"], cost_usd=0.0, latency_s=0.0,
-                        provider=hit["provider"], model=hit["model"], cached=True, request_hash=rhash,
+                        text=hit["response"],
+                        finish_reason=hit["finish_reason"],
+                        prompt_tokens=hit["prompt_tokens"],
+                        completion_tokens=hit["completion_tokens"],
+                        cost_usd=0.0,
+                        latency_s=0.0,
+                        provider=hit["provider"],
+                        model=hit["model"],
+                        cached=True,
+                        request_hash=rhash,
                         sample_index=idx,
                     )
                     rows.append(self._row(request, run_id, role, rhash, idx, messages_json, mode, results[idx]))
@@ -223,23 +232,52 @@ class Router:
             p["api_base"] = request.api_base
         return p
 
-    def _row(self, request, run_id, role, rhash, idx, messages_json, mode, sample: Optional[Sample] = None,
-             error: Optional[str] = None, latency: Optional[float] = None, provider: Optional[str] = None,
-             model: Optional[str] = None) -> dict:
+    def _row(
+        self,
+        request,
+        run_id,
+        role,
+        rhash,
+        idx,
+        messages_json,
+        mode,
+        sample: Optional[Sample] = None,
+        error: Optional[str] = None,
+        latency: Optional[float] = None,
+        provider: Optional[str] = None,
+        model: Optional[str] = None,
+    ) -> dict:
         from aflowctl.logging import redact
 
         if sample is not None:
             return cache_mod.make_row(
-                run_id=run_id, role=role, provider=sample.provider, model=sample.model, request_hash=rhash,
-                sample_index=idx, messages_json=messages_json, params=self._params(request, mode),
-                response=sample.text, finish_reason=sample.finish_reason, prompt_tokens=sample.prompt_tokens,
-                completion_tokens=sample.completion_tokens, cost_usd=sample.cost_usd, latency_s=sample.latency_s,
+                run_id=run_id,
+                role=role,
+                provider=sample.provider,
+                model=sample.model,
+                request_hash=rhash,
+                sample_index=idx,
+                messages_json=messages_json,
+                params=self._params(request, mode),
+                response=sample.text,
+                finish_reason=sample.finish_reason,
+                prompt_tokens=sample.prompt_tokens,
+                completion_tokens=sample.completion_tokens,
+                cost_usd=sample.cost_usd,
+                latency_s=sample.latency_s,
                 cached=sample.cached,
             )
         return cache_mod.make_row(
-            run_id=run_id, role=role, provider=provider or request.provider_name, model=model or request.model_name,
-            request_hash=rhash, sample_index=idx, messages_json=messages_json, params=self._params(request, mode),
-            latency_s=latency, error=redact(error or "error"),
+            run_id=run_id,
+            role=role,
+            provider=provider or request.provider_name,
+            model=model or request.model_name,
+            request_hash=rhash,
+            sample_index=idx,
+            messages_json=messages_json,
+            params=self._params(request, mode),
+            latency_s=latency,
+            error=redact(error or "error"),
         )
 
     async def _budget_check(self, request: LLMRequest, prefix: str, name: str, run_id: Optional[str]) -> float:
@@ -289,8 +327,16 @@ class Router:
                 _reserved[run_id] = max(0.0, _reserved[run_id] - amount)
 
     async def _call_provider(
-        self, provider, prefix: str, name: str, request: LLMRequest, role, run_id, rhash: str,
-        messages_json: str, indices: list[int],
+        self,
+        provider,
+        prefix: str,
+        name: str,
+        request: LLMRequest,
+        role,
+        run_id,
+        rhash: str,
+        messages_json: str,
+        indices: list[int],
     ) -> list[Sample]:
         cfg = self.cfg
         mode = cfg.cache
@@ -338,9 +384,23 @@ class Router:
                 self._release(run_id, reserved)
                 if isinstance(exc, asyncio.CancelledError) and self.log is not None:
                     # sent but never answered (Ctrl-C, the run stopped): it may be billed, so it is logged
-                    self.log.enqueue([self._row(request, run_id, role, rhash, indices[0], messages_json, mode,
-                                                error="interrupted: the call was in flight when the run stopped",
-                                                latency=time.perf_counter() - t0, provider=prefix, model=name)])
+                    self.log.enqueue(
+                        [
+                            self._row(
+                                request,
+                                run_id,
+                                role,
+                                rhash,
+                                indices[0],
+                                messages_json,
+                                mode,
+                                error="interrupted: the call was in flight when the run stopped",
+                                latency=time.perf_counter() - t0,
+                                provider=prefix,
+                                model=name,
+                            )
+                        ]
+                    )
                 raise
             else:
                 from aflowctl.logging import mask_secrets
@@ -354,8 +414,10 @@ class Router:
                 if self.log is None:
                     self._release(run_id, reserved)
                     return samples
-                rows = [self._row(request, run_id, role, rhash, idx, messages_json, mode, s)
-                        for idx, s in zip(indices, samples)]
+                rows = [
+                    self._row(request, run_id, role, rhash, idx, messages_json, mode, s)
+                    for idx, s in zip(indices, samples)
+                ]
                 # queue the rows (their cost now counts as unflushed) before the reservation goes
                 if _deferred.get():
                     self.log.enqueue(rows)
@@ -371,8 +433,21 @@ class Router:
             latency = time.perf_counter() - t0
             if self.log is not None:
                 await self._write(
-                    [self._row(request, run_id, role, rhash, indices[0], messages_json, mode, error=str(err),
-                               latency=latency, provider=prefix, model=name)]
+                    [
+                        self._row(
+                            request,
+                            run_id,
+                            role,
+                            rhash,
+                            indices[0],
+                            messages_json,
+                            mode,
+                            error=str(err),
+                            latency=latency,
+                            provider=prefix,
+                            model=name,
+                        )
+                    ]
                 )
             retryable = getattr(err, "retryable", False)
             if not retryable or attempt == attempts - 1:
@@ -381,8 +456,14 @@ class Router:
             retry_after = getattr(err, "retry_after", None)
             if retry_after is not None:
                 delay = max(delay, retry_after)  # the server knows best (parse caps it at 600 s)
-            logger.info("{}: attempt {}/{} failed ({}); retrying in {:.2f} s", request.model, attempt + 1,
-                        attempts, err.message, delay)
+            logger.info(
+                "{}: attempt {}/{} failed ({}); retrying in {:.2f} s",
+                request.model,
+                attempt + 1,
+                attempts,
+                err.message,
+                delay,
+            )
             wait_s = delay
             await asyncio.sleep(wait_s)
         assert last is not None

@@ -46,8 +46,17 @@ from aflowctl.mdp.parse import (
 FORMATS = ("code", "edit", "auto")
 # Errors of a workflow's own problem runs that are not the workflow's fault (these classes of
 # aflowctl.errors and their subclasses): they stop the run.
-INFRASTRUCTURE = ("ProviderError", "BudgetExceeded", "StoreError", "ConfigError", "PluginError", "SandboxError",
-                  "NotFoundError", "BenchmarkError", "InfrastructureError")
+INFRASTRUCTURE = (
+    "ProviderError",
+    "BudgetExceeded",
+    "StoreError",
+    "ConfigError",
+    "PluginError",
+    "SandboxError",
+    "NotFoundError",
+    "BenchmarkError",
+    "InfrastructureError",
+)
 
 
 def check_action_format(action_format: str, *, dataset: str, kind: str, where: str = "optimize") -> None:

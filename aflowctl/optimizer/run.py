@@ -7,8 +7,9 @@ trained policy as optimizer is served by ``serve_policy`` (the CLI passes
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from aflowctl.config import Config, ModelConfig
 from aflowctl.errors import ConfigError
@@ -59,8 +60,10 @@ def run_optimize(
     policy_model = None
     if cfg.optimize.policy:
         if serve_policy is None:
-            raise ConfigError("optimize.policy is set but nothing serves a policy here",
-                              "pass serve_policy=aflowctl.trainer.serve.serve_policy")
+            raise ConfigError(
+                "optimize.policy is set but nothing serves a policy here",
+                "pass serve_policy=aflowctl.trainer.serve.serve_policy",
+            )
         policy_model = serve_policy(cfg)  # refuses a missing policy or another base model
     preflight(cfg)
     if check_providers:
@@ -68,17 +71,28 @@ def run_optimize(
 
         check_models(cfg, "optimize")
     if resume:
-        opened = runs.reopen_run(store, resume, kind="optimize", cfg=cfg, force=force, budget_usd=cfg.optimize.budget_usd)
+        opened = runs.reopen_run(
+            store, resume, kind="optimize", cfg=cfg, force=force, budget_usd=cfg.optimize.budget_usd
+        )
     else:
-        opened = runs.create_run(store, kind="optimize", cfg=cfg, run_id=run_id, dataset=cfg.optimize.dataset,
-                                 seed=cfg.optimize.seed, budget_usd=cfg.optimize.budget_usd,
-                                 state={"completed_round": 0})
+        opened = runs.create_run(
+            store,
+            kind="optimize",
+            cfg=cfg,
+            run_id=run_id,
+            dataset=cfg.optimize.dataset,
+            seed=cfg.optimize.seed,
+            budget_usd=cfg.optimize.budget_usd,
+            state={"completed_round": 0},
+        )
     rid = opened.id
     if opened.notice:
         notify(opened.notice)
     sink = add_run_log(paths.run_dir(rid) / "log.jsonl")
-    notify(f"run {rid}: {cfg.optimize.dataset}, optimizer {cfg.optimize.policy or cfg.optimize.optimizer.model}, "
-           f"executor {cfg.optimize.executor.model}")
+    notify(
+        f"run {rid}: {cfg.optimize.dataset}, optimizer {cfg.optimize.policy or cfg.optimize.optimizer.model}, "
+        f"executor {cfg.optimize.executor.model}"
+    )
     if progress is not None:
         progress("run_start", run_id=rid)
     try:
@@ -88,8 +102,10 @@ def run_optimize(
             if test and outcome.status in ("completed", "converged"):
                 outcome.test = opt.evaluate_test(test_round)
     except KeyboardInterrupt:
-        raise RunInterrupted(f"run {rid} was interrupted; everything finished so far is stored",
-                             f"resume it with 'aflowctl optimize --resume {rid}'") from None
+        raise RunInterrupted(
+            f"run {rid} was interrupted; everything finished so far is stored",
+            f"resume it with 'aflowctl optimize --resume {rid}'",
+        ) from None
     finally:
         logger.remove(sink)
         opened.lease.release()

@@ -18,9 +18,10 @@ table, so nothing is paid twice and the result equals an uninterrupted run.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 from loguru import logger
@@ -34,8 +35,8 @@ from aflowctl.mdp.parse import ProposalError, normalise_modification
 from aflowctl.optimizer.convergence import check_convergence
 from aflowctl.optimizer.selection import Candidate, round_rng, select_parent, top_candidates
 from aflowctl.store import queries, runs
-from aflowctl.store.runs import RunStatus
 from aflowctl.store.db import Store
+from aflowctl.store.runs import RunStatus
 
 Progress = Callable[..., None]
 
@@ -84,7 +85,9 @@ def preflight(cfg: Config) -> None:
     if cfg.optimize.optimizer.model == "mutate" and not cfg.optimize.policy:
         check_action_format("edit", dataset=cfg.optimize.dataset, kind=bench.kind)  # mutate picks edits
     if not bench.load("validate"):
-        raise AflowctlError(f"the validation split of {cfg.optimize.dataset} is empty", f"aflowctl data fetch {cfg.optimize.dataset}")
+        raise AflowctlError(
+            f"the validation split of {cfg.optimize.dataset} is empty", f"aflowctl data fetch {cfg.optimize.dataset}"
+        )
     resolve(cfg.optimize.executor.model)
     if cfg.optimize.optimizer.model != "mutate" and not cfg.optimize.policy:
         resolve(cfg.optimize.optimizer.model)
@@ -97,8 +100,16 @@ class Optimizer:
     """One optimize run. With ``optimize.policy`` set, ``policy_model`` is how the policy is
     served (see :func:`aflowctl.trainer.serve.policy_model_config`)."""
 
-    def __init__(self, store: Store, cfg: Config, run_id: str, *, pool: Any, progress: Optional[Progress] = None,
-                 policy_model: Optional[ModelConfig] = None):
+    def __init__(
+        self,
+        store: Store,
+        cfg: Config,
+        run_id: str,
+        *,
+        pool: Any,
+        progress: Optional[Progress] = None,
+        policy_model: Optional[ModelConfig] = None,
+    ):
         from aflowctl import benchmarks
 
         self.store = store
@@ -115,10 +126,17 @@ class Optimizer:
         self.round_stats: list[dict] = []  # per round: wall_s, wait_s, overhead_s
         self.policy_model = policy_model
         if self.oc.policy and policy_model is None:
-            raise ConfigError("optimize.policy is set but the policy is not served",
-                              "pass policy_model=aflowctl.trainer.serve.policy_model_config(...)")
-        self.mdp = SearchMDP(dataset=self.oc.dataset, operators=self.oc.operators, action_format=self.oc.action_format,
-                             failed_cases=self.oc.failed_cases, evaluate=self._mdp_evaluate)
+            raise ConfigError(
+                "optimize.policy is set but the policy is not served",
+                "pass policy_model=aflowctl.trainer.serve.policy_model_config(...)",
+            )
+        self.mdp = SearchMDP(
+            dataset=self.oc.dataset,
+            operators=self.oc.operators,
+            action_format=self.oc.action_format,
+            failed_cases=self.oc.failed_cases,
+            evaluate=self._mdp_evaluate,
+        )
         self._check_models()
 
     def _check_models(self) -> None:
@@ -138,7 +156,9 @@ class Optimizer:
             if self.oc.validation_limit:
                 probs = probs[: self.oc.validation_limit]
             if not probs:
-                raise AflowctlError(f"the validation split of {self.oc.dataset} is empty", f"aflowctl data fetch {self.oc.dataset}")
+                raise AflowctlError(
+                    f"the validation split of {self.oc.dataset} is empty", f"aflowctl data fetch {self.oc.dataset}"
+                )
             self._val_problems = probs
         return self._val_problems
 
@@ -147,9 +167,19 @@ class Optimizer:
         budget = self.oc.budget_usd if self.oc.budget_usd is not None else llm.budget_usd
         return llm.model_copy(update={"budget_usd": budget})
 
-    def _evaluate(self, graph: str, prompt: str, *, workflow_id: Optional[int], repeats: int, split: str = "validate",
-                  indices: Optional[list[int]] = None, limit: Optional[int] = None, store_rows: bool = True,
-                  seed: Optional[int] = None):
+    def _evaluate(
+        self,
+        graph: str,
+        prompt: str,
+        *,
+        workflow_id: Optional[int],
+        repeats: int,
+        split: str = "validate",
+        indices: Optional[list[int]] = None,
+        limit: Optional[int] = None,
+        store_rows: bool = True,
+        seed: Optional[int] = None,
+    ):
         from aflowctl.rollout.evaluate import evaluate_workflow
         from aflowctl.workflow.loader import WorkflowSource
 
@@ -158,26 +188,60 @@ class Optimizer:
         t0 = time.perf_counter()
         try:
             return evaluate_workflow(
-                self.store, WorkflowSource(graph=graph, prompt=prompt), dataset=self.oc.dataset, split=split,
-                executor=self.oc.executor, llm_cfg=self._llm_cfg(), rollout_cfg=self.cfg.rollout, repeats=repeats,
-                limit=limit, indices=indices, run_id=self.run_id, workflow_id=workflow_id if store_rows else None,
-                seed=self.oc.seed if seed is None else seed, pool=self.pool, store_rows=store_rows,
-                progress=lambda p: self.progress("evaluation", workflow_id=workflow_id, split=split, done=p.done,
-                                                 total=p.total, failed=p.failed, mean=p.mean_so_far),
+                self.store,
+                WorkflowSource(graph=graph, prompt=prompt),
+                dataset=self.oc.dataset,
+                split=split,
+                executor=self.oc.executor,
+                llm_cfg=self._llm_cfg(),
+                rollout_cfg=self.cfg.rollout,
+                repeats=repeats,
+                limit=limit,
+                indices=indices,
+                run_id=self.run_id,
+                workflow_id=workflow_id if store_rows else None,
+                seed=self.oc.seed if seed is None else seed,
+                pool=self.pool,
+                store_rows=store_rows,
+                progress=lambda p: self.progress(
+                    "evaluation",
+                    workflow_id=workflow_id,
+                    split=split,
+                    done=p.done,
+                    total=p.total,
+                    failed=p.failed,
+                    mean=p.mean_so_far,
+                ),
             )
         finally:
             self._wait_s += time.perf_counter() - t0
 
     def _mdp_evaluate(self, src, *, indices, seed, repeats=1, workflow_id=None, store_rows=False):
-        return self._evaluate(src.graph, src.prompt, workflow_id=workflow_id, repeats=repeats, indices=list(indices),
-                              store_rows=store_rows, seed=seed)
+        return self._evaluate(
+            src.graph,
+            src.prompt,
+            workflow_id=workflow_id,
+            repeats=repeats,
+            indices=list(indices),
+            store_rows=store_rows,
+            seed=seed,
+        )
 
     def plan(self) -> EvalPlan:
         """Every workflow of the run is scored on the same problems with the same executor seed."""
         return EvalPlan(indices=tuple(range(len(self.val_problems))), seed=self.oc.seed)
 
-    def _insert_workflow(self, *, round_no: int, parent_id: Optional[int], graph: str, prompt: str,
-                         modification: Optional[str], status: str = "valid", error: Optional[str] = None) -> int:
+    def _insert_workflow(
+        self,
+        *,
+        round_no: int,
+        parent_id: Optional[int],
+        graph: str,
+        prompt: str,
+        modification: Optional[str],
+        status: str = "valid",
+        error: Optional[str] = None,
+    ) -> int:
         from aflowctl.workflow.loader import WorkflowSource, canonical_hash
 
         try:
@@ -187,19 +251,34 @@ class Optimizer:
 
             h = "raw-" + hashlib.sha256((graph + "\0" + prompt).encode()).hexdigest()[:40]
 
-        return runs.add_workflow(self.store, run_id=self.run_id, round_no=round_no, parent_id=parent_id,
-                                 dataset=self.oc.dataset, graph=graph, prompt=prompt, hash=h, modification=modification,
-                                 status=status, error=error)
+        return runs.add_workflow(
+            self.store,
+            run_id=self.run_id,
+            round_no=round_no,
+            parent_id=parent_id,
+            dataset=self.oc.dataset,
+            graph=graph,
+            prompt=prompt,
+            hash=h,
+            modification=modification,
+            status=status,
+            error=error,
+        )
 
     def _workflow_rows(self) -> list[dict]:
         return queries.list_workflows(self.store, run_id=self.run_id)
 
     def _candidates(self) -> list[Candidate]:
         rows = [r for r in self._workflow_rows() if r["status"] == "valid" and r["score"] is not None]
-        return [Candidate(workflow_id=r["id"], score=float(r["score"]), round=r["round"], is_initial=r["round"] == 1) for r in rows]
+        return [
+            Candidate(workflow_id=r["id"], score=float(r["score"]), round=r["round"], is_initial=r["round"] == 1)
+            for r in rows
+        ]
 
     def _tried(self, parent_id: int) -> list[exp_mod.Tried]:
-        rows = [r for r in queries.list_experiences(self.store, run_id=self.run_id) if r["parent_workflow_id"] == parent_id]
+        rows = [
+            r for r in queries.list_experiences(self.store, run_id=self.run_id) if r["parent_workflow_id"] == parent_id
+        ]
         return exp_mod.from_rows(rows)
 
     def _failed_cases(self, workflow_id: int) -> list[dict]:
@@ -216,8 +295,9 @@ class Optimizer:
 
     # -------------------------------------------------------------- proposal
 
-    def _propose_one(self, round_no: int, k: int, state: SearchState, exclude: list[str],
-                     first: Optional[tuple[str, str]] = None) -> _Child:
+    def _propose_one(
+        self, round_no: int, k: int, state: SearchState, exclude: list[str], first: Optional[tuple[str, str]] = None
+    ) -> _Child:
         """One child of the parent ``state``: retried up to max_retries with the reason fed back.
 
         Only what the answer got wrong is retried (an invalid action, see
@@ -234,8 +314,9 @@ class Optimizer:
                     action, mod = first
                 else:
                     try:
-                        action, mod = self.mdp.random_action(state, round_rng(self.oc.seed, round_no, 1000 + 10 * k + attempt),
-                                                             exclude=taken)
+                        action, mod = self.mdp.random_action(
+                            state, round_rng(self.oc.seed, round_no, 1000 + 10 * k + attempt), exclude=taken
+                        )
                     except ProposalError as exc:  # every catalogue edit was tried: nothing left to propose
                         last.error = one_line(exc)
                         return last
@@ -245,16 +326,28 @@ class Optimizer:
                 llm = self._get_optimizer_llm()
                 t0 = time.perf_counter()
                 try:
-                    sample = _run_async(llm.generate(msgs, temperature=self.oc.optimizer.temperature,
-                                                     seed=self.oc.seed * 1_000_003 + round_no * 101 + k))
+                    sample = _run_async(
+                        llm.generate(
+                            msgs,
+                            temperature=self.oc.optimizer.temperature,
+                            seed=self.oc.seed * 1_000_003 + round_no * 101 + k,
+                        )
+                    )
                 finally:
                     self._wait_s += time.perf_counter() - t0
                 action = sample.text
             act = self.mdp.check(state, action, plan)
             src = act.source
-            last = _Child(k=k, modification=act.modification, action_text=action, prompt_text=prompt_text,
-                          graph=src.graph if src is not None else None, prompt=src.prompt if src is not None else None,
-                          valid=act.valid, error=act.error)
+            last = _Child(
+                k=k,
+                modification=act.modification,
+                action_text=action,
+                prompt_text=prompt_text,
+                graph=src.graph if src is not None else None,
+                prompt=src.prompt if src is not None else None,
+                valid=act.valid,
+                error=act.error,
+            )
             if act.valid:
                 return last
             feedback = act.error
@@ -269,15 +362,21 @@ class Optimizer:
         """K children, proposed and smoke-checked in parallel; siblings never repeat each other."""
         from aflowctl.workflow.loader import WorkflowSource
 
-        state = SearchState(source=WorkflowSource(graph=parent["graph_code"], prompt=parent["prompt_code"]),
-                            score=parent_score, tried=self._tried(parent["id"]), failed_cases=self._failed_cases(parent["id"]))
+        state = SearchState(
+            source=WorkflowSource(graph=parent["graph_code"], prompt=parent["prompt_code"]),
+            score=parent_score,
+            tried=self._tried(parent["id"]),
+            failed_cases=self._failed_cases(parent["id"]),
+        )
         K = self.oc.candidates
         firsts: list[Optional[tuple[str, str]]] = [None] * K
         if self._uses_mutate():
             taken: list[str] = []
             for k in range(K):
                 try:
-                    firsts[k] = self.mdp.random_action(state, round_rng(self.oc.seed, round_no, 1000 + 10 * k), exclude=taken)
+                    firsts[k] = self.mdp.random_action(
+                        state, round_rng(self.oc.seed, round_no, 1000 + 10 * k), exclude=taken
+                    )
                 except ProposalError:
                     break
                 taken.append(firsts[k][1])
@@ -327,30 +426,52 @@ class Optimizer:
         values = None
         if self.oc.policy_guidance_weight > 0:
             values = self._policy_values(cands)
-        parent_c, _ = select_parent(cands, round_rng(self.oc.seed, round_no, 0), alpha=self.oc.alpha, lambda_=self.oc.lambda_,
-                                    policy_values=values, policy_weight=self.oc.policy_guidance_weight)
+        parent_c, _ = select_parent(
+            cands,
+            round_rng(self.oc.seed, round_no, 0),
+            alpha=self.oc.alpha,
+            lambda_=self.oc.lambda_,
+            policy_values=values,
+            policy_weight=self.oc.policy_guidance_weight,
+        )
         parent = next(r for r in self._workflow_rows() if r["id"] == parent_c.workflow_id)
         self.progress("round_start", round=round_no, parent=parent["id"], parent_score=parent_c.score)
         children = self._propose_all(round_no, parent, parent_c.score)
         for c in children:
             if c.graph is not None:
                 c.workflow_id = self._insert_workflow(
-                    round_no=round_no, parent_id=parent["id"], graph=c.graph, prompt=c.prompt or "",
-                    modification=c.modification, status="valid" if c.valid else "invalid", error=None if c.valid else c.error,
+                    round_no=round_no,
+                    parent_id=parent["id"],
+                    graph=c.graph,
+                    prompt=c.prompt or "",
+                    modification=c.modification,
+                    status="valid" if c.valid else "invalid",
+                    error=None if c.valid else c.error,
                 )
         valid = [c for c in children if c.valid]
         if valid:
             with ThreadPoolExecutor(max_workers=len(valid)) as tp:
-                results = list(tp.map(
-                    lambda c: self.mdp.evaluate(WorkflowSource(graph=c.graph, prompt=c.prompt or ""), self.plan(),
-                                                repeats=self.oc.validation_rounds, workflow_id=c.workflow_id, store_rows=True),
-                    valid,
-                ))
+                results = list(
+                    tp.map(
+                        lambda c: self.mdp.evaluate(
+                            WorkflowSource(graph=c.graph, prompt=c.prompt or ""),
+                            self.plan(),
+                            repeats=self.oc.validation_rounds,
+                            workflow_id=c.workflow_id,
+                            store_rows=True,
+                        ),
+                        valid,
+                    )
+                )
             for c, res in zip(valid, results):
                 c.scores = list(res.scores)
         self._record(round_no, parent, parent_c.score, children)
-        self.progress("round_done", round=round_no, parent=parent["id"],
-                      children=[(c.workflow_id, float(np.mean(c.scores)) if c.scores else None) for c in children])
+        self.progress(
+            "round_done",
+            round=round_no,
+            parent=parent["id"],
+            children=[(c.workflow_id, float(np.mean(c.scores)) if c.scores else None) for c in children],
+        )
 
     def _record(self, round_no: int, parent: dict, parent_score: float, children: list[_Child]) -> None:
         group_id = f"{self.run_id}:{self._initial_hash()[:12]}"
@@ -359,14 +480,25 @@ class Optimizer:
         rows = []
         for c in children:
             after = float(np.mean(c.scores)) if c.valid and c.scores else None
-            rows.append(dict(
-                group_id=group_id, episode_id=f"{self.run_id}/r{round_no}/k{c.k}", step=round_no - 2,
-                anchor=parent["hash"], parent_workflow_id=parent["id"], child_workflow_id=c.workflow_id,
-                prompt=c.prompt_text, action_text=c.action_text, modification=c.modification,
-                reward=self.mdp.reward(parent_score, after), score_before=parent_score,
-                score_after=after, valid=c.valid and after is not None, error=c.error if not c.valid else None,
-                policy_version=policy_version,
-            ))
+            rows.append(
+                dict(
+                    group_id=group_id,
+                    episode_id=f"{self.run_id}/r{round_no}/k{c.k}",
+                    step=round_no - 2,
+                    anchor=parent["hash"],
+                    parent_workflow_id=parent["id"],
+                    child_workflow_id=c.workflow_id,
+                    prompt=c.prompt_text,
+                    action_text=c.action_text,
+                    modification=c.modification,
+                    reward=self.mdp.reward(parent_score, after),
+                    score_before=parent_score,
+                    score_after=after,
+                    valid=c.valid and after is not None,
+                    error=c.error if not c.valid else None,
+                    policy_version=policy_version,
+                )
+            )
         runs.record_round(self.store, self.run_id, round_no, rows)
 
     def _initial_hash(self) -> str:
@@ -392,7 +524,9 @@ class Optimizer:
             sc = queries.workflow_scores(self.store, r["id"])
             means.append(float(np.mean(sc)))
             stds.append(float(np.std(sc, ddof=0)))
-        ok, _, _ = check_convergence(means, stds, top_k=3, z=self.oc.convergence_z, consecutive=self.oc.consecutive_rounds)
+        ok, _, _ = check_convergence(
+            means, stds, top_k=3, z=self.oc.convergence_z, consecutive=self.oc.consecutive_rounds
+        )
         return ok
 
     # -------------------------------------------------------------- driver
@@ -413,8 +547,14 @@ class Optimizer:
                     break
                 self._round(done + 1)
                 wall = time.perf_counter() - t0
-                self.round_stats.append({"round": done + 1, "wall_s": wall, "wait_s": self._wait_s,
-                                         "overhead_s": max(wall - self._wait_s, 0.0)})
+                self.round_stats.append(
+                    {
+                        "round": done + 1,
+                        "wall_s": wall,
+                        "wait_s": self._wait_s,
+                        "overhead_s": max(wall - self._wait_s, 0.0),
+                    }
+                )
                 done += 1
             else:
                 if self._converged():
@@ -422,8 +562,12 @@ class Optimizer:
         except BudgetExceeded as exc:
             status, message = "budget_exceeded", str(exc)
         except KeyboardInterrupt:
-            runs.set_status(self.store, self.run_id, RunStatus.INTERRUPTED,
-                            f"interrupted: resume with 'aflowctl optimize --resume {self.run_id}'")
+            runs.set_status(
+                self.store,
+                self.run_id,
+                RunStatus.INTERRUPTED,
+                f"interrupted: resume with 'aflowctl optimize --resume {self.run_id}'",
+            )
             raise
         except BaseException as exc:
             runs.set_status(self.store, self.run_id, RunStatus.FAILED, str(exc)[:500])
@@ -441,9 +585,15 @@ class Optimizer:
         best = self.best()
         cost = queries.run_costs(self.store, self.run_id).get(self.run_id, 0.0)
         return OptimizeOutcome(
-            run_id=self.run_id, status=status, rounds=queries.run_state(self.store, self.run_id).get("completed_round", 0),
-            best_workflow_id=best["id"] if best else None, best_round=best["round"] if best else None,
-            best_score=float(best["score"]) if best else None, cost_usd=cost, message=message, test=test,
+            run_id=self.run_id,
+            status=status,
+            rounds=queries.run_state(self.store, self.run_id).get("completed_round", 0),
+            best_workflow_id=best["id"] if best else None,
+            best_round=best["round"] if best else None,
+            best_score=float(best["score"]) if best else None,
+            cost_usd=cost,
+            message=message,
+            test=test,
         )
 
     def evaluate_test(self, round_no: Optional[int] = None) -> dict:
@@ -452,17 +602,30 @@ class Optimizer:
         if round_no is not None:
             pick = [r for r in rows if r["round"] == round_no]
             if not pick:
-                raise NotFoundError(f"run {self.run_id} has no valid workflow in round {round_no}",
-                                    f"see 'aflowctl inspect workflows --run {self.run_id}'")
-            target = max(pick, key=lambda r: (r["score"] or 0.0))
+                raise NotFoundError(
+                    f"run {self.run_id} has no valid workflow in round {round_no}",
+                    f"see 'aflowctl inspect workflows --run {self.run_id}'",
+                )
+            target = max(pick, key=lambda r: r["score"] or 0.0)
         else:
             target = self.best()
             if target is None:
                 raise NotFoundError(f"run {self.run_id} has no evaluated workflow", "run the search first")
-        res = self._evaluate(target["graph_code"], target["prompt_code"], workflow_id=target["id"], repeats=1,
-                             split="test", limit=self.oc.test_limit)
-        return {"workflow_id": target["id"], "round": target["round"], "mean_score": res.mean_score,
-                "n": res.n, "cost_usd": res.cost_usd}
+        res = self._evaluate(
+            target["graph_code"],
+            target["prompt_code"],
+            workflow_id=target["id"],
+            repeats=1,
+            split="test",
+            limit=self.oc.test_limit,
+        )
+        return {
+            "workflow_id": target["id"],
+            "round": target["round"],
+            "mean_score": res.mean_score,
+            "n": res.n,
+            "cost_usd": res.cost_usd,
+        }
 
 
 def _first_error(res: Any) -> Optional[str]:

@@ -56,12 +56,21 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 def experiment_key(config: dict) -> dict[str, Any]:
     """The flattened config that defines the experiment (seed and resource keys removed)."""
     flat = _flatten(config)
-    return {k: v for k, v in sorted(flat.items())
-            if role_of(k) not in (Role.SEED, Role.RESOURCE) and not k.startswith(IGNORED_PREFIXES)}
+    return {
+        k: v
+        for k, v in sorted(flat.items())
+        if role_of(k) not in (Role.SEED, Role.RESOURCE) and not k.startswith(IGNORED_PREFIXES)
+    }
 
 
-def bootstrap_diff_ci(a: Sequence[float], b: Sequence[float], *, n_boot: int = BOOTSTRAP_SAMPLES,
-                      seed: int = BOOTSTRAP_SEED, level: float = 0.95) -> tuple[float, float, float]:
+def bootstrap_diff_ci(
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    n_boot: int = BOOTSTRAP_SAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
     """mean(b) - mean(a) and its percentile bootstrap confidence interval (lo, hi)."""
     a_arr = np.asarray(a, dtype=float)
     b_arr = np.asarray(b, dtype=float)

@@ -72,8 +72,16 @@ def _failed_cases(evals: list[dict]) -> list[dict]:
         for d in details if isinstance(details, list) else []:
             if not isinstance(d, dict) or float(d.get("score") or 0.0) >= 1.0:
                 continue
-            cases.append({"repeat": e["repeat"], "problem_id": d.get("id"), "index": d.get("index"),
-                          "score": d.get("score"), "model_output": d.get("answer"), "error": d.get("error")})
+            cases.append(
+                {
+                    "repeat": e["repeat"],
+                    "problem_id": d.get("id"),
+                    "index": d.get("index"),
+                    "score": d.get("score"),
+                    "model_output": d.get("answer"),
+                    "error": d.get("error"),
+                }
+            )
             if len(cases) >= LOG_LIMIT:
                 return cases
     return cases
@@ -84,8 +92,11 @@ def _check_target(path: Path, force: bool) -> None:
         raise ExportError(f"{path} is a file, not a folder", "pass a folder to --aflow")
     if not path.exists():
         return
-    ours = [p for p in path.iterdir() if (p.is_dir() and p.name.startswith("round_"))
-            or p.name in ("results.json", "aflowctl_export.json")]
+    ours = [
+        p
+        for p in path.iterdir()
+        if (p.is_dir() and p.name.startswith("round_")) or p.name in ("results.json", "aflowctl_export.json")
+    ]
     if ours and not force:
         raise ExportError(
             f"{path} already holds AFlow rounds ({', '.join(sorted(p.name for p in ours)[:3])}...)",
@@ -107,8 +118,10 @@ def export_aflow(store: Store, run_id: str, out_dir: str | Path, *, force: bool 
     wfs = hist["workflows"]
     exportable = [w for w in wfs if w["status"] == "valid" and w["evaluations"].get("validate")]
     if not exportable:
-        raise ExportError(f"run '{run_id}' has no evaluated workflow to export",
-                          f"wait for its first round to finish (aflowctl inspect workflows --run {run_id})")
+        raise ExportError(
+            f"run '{run_id}' has no evaluated workflow to export",
+            f"wait for its first round to finish (aflowctl inspect workflows --run {run_id})",
+        )
     path = Path(out_dir).expanduser()
     _check_target(path, force)
     path.mkdir(parents=True, exist_ok=True)
@@ -128,9 +141,16 @@ def export_aflow(store: Store, run_id: str, out_dir: str | Path, *, force: bool 
             "avg_cost": (sum(c / k for c, k in known if k) / len(known)) if known else None,
             "total_cost": (sum(c for c, _ in known) / len(known)) if known else None,
             "time": reps[-1]["created_at"],
-            "aflowctl": {"run_id": run_id, "workflow_id": w["id"], "round": w["round"], "parent_id": w["parent_id"],
-                         "modification": w["modification"], "repeat_costs": costs,
-                         "repeat_times": [ev["created_at"] for ev in reps], "test_score": w["test_score"]},
+            "aflowctl": {
+                "run_id": run_id,
+                "workflow_id": w["id"],
+                "round": w["round"],
+                "parent_id": w["parent_id"],
+                "modification": w["modification"],
+                "repeat_costs": costs,
+                "repeat_times": [ev["created_at"] for ev in reps],
+                "test_score": w["test_score"],
+            },
         }
         src = WorkflowSource(graph=w["graph_code"], prompt=w["prompt_code"] or "")
         folder = export_round(path, n, src, results, dataset=dataset)  # converts the import lines

@@ -25,8 +25,11 @@ UNIT_METRICS = ("valid_rate", "singleton_step_group_frac")
 #: narrowest y range of a train panel with one update or constant values
 MIN_SPAN = 0.2
 #: usage measures, in order of preference: (key suffix, axis label)
-USAGE_AXES = (("cost_usd", "cumulative spend (USD)"), ("tokens", "cumulative tokens (nothing priced)"),
-              ("calls", "cumulative LLM calls (nothing priced)"))
+USAGE_AXES = (
+    ("cost_usd", "cumulative spend (USD)"),
+    ("tokens", "cumulative tokens (nothing priced)"),
+    ("calls", "cumulative LLM calls (nothing priced)"),
+)
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 
 
@@ -102,22 +105,50 @@ def optimize_figure(data: dict[str, Any]) -> Any:
         wfs = [w for w in data["workflows"] if w["status"] == "valid" and w["score"] is not None]
         if wfs:
             ax.errorbar(
-                [w["round"] for w in wfs], [w["score"] for w in wfs], yerr=[w["std"] or 0.0 for w in wfs],
-                fmt="o", color="tab:blue", ecolor="tab:blue", alpha=0.75, capsize=3, markersize=5,
+                [w["round"] for w in wfs],
+                [w["score"] for w in wfs],
+                yerr=[w["std"] or 0.0 for w in wfs],
+                fmt="o",
+                color="tab:blue",
+                ecolor="tab:blue",
+                alpha=0.75,
+                capsize=3,
+                markersize=5,
                 label="workflow (mean ± std over validation repeats)",
             )
         tested = [w for w in data["workflows"] if w["test_score"] is not None]
         if tested:
-            ax.scatter([w["round"] for w in tested], [w["test_score"] for w in tested], marker="*", s=140,
-                       color="tab:green", zorder=5, label="test score")
+            ax.scatter(
+                [w["round"] for w in tested],
+                [w["test_score"] for w in tested],
+                marker="*",
+                s=140,
+                color="tab:green",
+                zorder=5,
+                label="test score",
+            )
         rb = [r for r in data["rounds"] if r["running_best"] is not None]
         if rb:
-            ax.step([r["round"] for r in rb], [r["running_best"] for r in rb], where="post", color="tab:orange",
-                    linewidth=2, marker="o" if len(rb) == 1 else None, label="running best")
+            ax.step(
+                [r["round"] for r in rb],
+                [r["running_best"] for r in rb],
+                where="post",
+                color="tab:orange",
+                linewidth=2,
+                marker="o" if len(rb) == 1 else None,
+                label="running best",
+            )
         invalid = [r for r in data["rounds"] if r["round"] > 1 and r["proposals"] > r["valid"]]
         if invalid:
-            ax.scatter([r["round"] for r in invalid], [0.0] * len(invalid), marker="x", color="tab:red", zorder=4,
-                       label="round with invalid proposals", clip_on=False)
+            ax.scatter(
+                [r["round"] for r in invalid],
+                [0.0] * len(invalid),
+                marker="x",
+                color="tab:red",
+                zorder=4,
+                label="round with invalid proposals",
+                clip_on=False,
+            )
         ax.set_xlabel("round")
         ax.set_ylabel("validation score")
         ax.set_ylim(-0.02, 1.02)
@@ -134,8 +165,14 @@ def optimize_figure(data: dict[str, Any]) -> Any:
         if axis is not None:
             key, label = axis
             ax2 = ax.twinx()
-            (line,) = ax2.plot([r["round"] for r in done], [r[key] for r in done], color="tab:gray",
-                               linestyle="--", marker=".", label=label)
+            (line,) = ax2.plot(
+                [r["round"] for r in done],
+                [r[key] for r in done],
+                color="tab:gray",
+                linestyle="--",
+                marker=".",
+                label=label,
+            )
             ax2.set_ylabel(label)
             ax2.set_ylim(bottom=0)
             handles.append(line)

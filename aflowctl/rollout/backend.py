@@ -142,7 +142,7 @@ class ProcessBackend:
         self.replaced = 0
         self._broken_in_a_row = 0
         self._owner: Optional[threading.Thread] = None
-        self._requests: "list[tuple[str, threading.Event, list]]" = []
+        self._requests: list[tuple[str, threading.Event, list]] = []
         self._wake = threading.Condition(threading.Lock())
         self._closing = False
         self._pids: set[int] = set()
@@ -194,8 +194,9 @@ class ProcessBackend:
             self._launcher = write_launcher(env)
             _use_launcher(self.ctx, self._launcher)
         queue = self.ctx.SimpleQueue()
-        pool = ProcessPool(max_workers=self.cfg.workers, initializer=init_worker, initargs=(options, queue),
-                           context=self.ctx)
+        pool = ProcessPool(
+            max_workers=self.cfg.workers, initializer=init_worker, initargs=(options, queue), context=self.ctx
+        )
         probe = pool.schedule(_noop)  # starts the pool (its first workers) in this, the owner, thread
         return pool, queue, probe
 
@@ -231,8 +232,10 @@ class ProcessBackend:
                 self._pids.add(msg[1])
             elif msg[0] == "error":
                 self._stop_pool(kill=True)
-                raise RolloutError(f"a rollout worker failed to start: {msg[2]}",
-                                   "check the plugins and the environment (aflowctl doctor)")
+                raise RolloutError(
+                    f"a rollout worker failed to start: {msg[2]}",
+                    "check the plugins and the environment (aflowctl doctor)",
+                )
 
     def _get(self, timeout: float) -> Optional[tuple]:
         end = time.monotonic() + timeout
@@ -342,10 +345,26 @@ class ProcessBackend:
 
 
 #: variables a worker keeps from the parent's environment (never a key: workers call through the gateway)
-WORKER_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPATH", "PYTHONHASHSEED",
-                   "PYTHONDONTWRITEBYTECODE", "PYTHONUTF8", "VIRTUAL_ENV", "AFLOWCTL_LOAD_PLUGINS", "AFLOWCTL_DEBUG",
-                   "AFLOWCTL_DATA_PATH", "AFLOWCTL_SANDBOX_USER", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
-                   "COVERAGE_PROCESS_START")
+WORKER_ENV_KEEP = (
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "PYTHONPATH",
+    "PYTHONHASHSEED",
+    "PYTHONDONTWRITEBYTECODE",
+    "PYTHONUTF8",
+    "VIRTUAL_ENV",
+    "AFLOWCTL_LOAD_PLUGINS",
+    "AFLOWCTL_DEBUG",
+    "AFLOWCTL_DATA_PATH",
+    "AFLOWCTL_SANDBOX_USER",
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "COVERAGE_PROCESS_START",
+)
 
 
 def worker_environ(extra: dict) -> dict:
@@ -374,7 +393,7 @@ def write_launcher(env: dict) -> str:
     path = os.path.join(folder, "python")
     assigns = " ".join(shlex.quote(f"{k}={v}") for k, v in sorted(env.items()))
     with open(path, "w") as fh:
-        fh.write(f"#!/bin/sh\nexec /usr/bin/env -i {assigns} {shlex.quote(sys.executable)} \"$@\"\n")
+        fh.write(f'#!/bin/sh\nexec /usr/bin/env -i {assigns} {shlex.quote(sys.executable)} "$@"\n')
     os.chmod(path, 0o700)
     return path
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 from aflowctl.config import LLMConfig, ModelConfig, RolloutConfig
 from aflowctl.errors import AflowctlError, BenchmarkError, InfrastructureError, SandboxError
@@ -84,8 +85,9 @@ class EvalResult:
         return d
 
 
-def plan_items(indices: Sequence[int], repeats: int, workers: int, concurrency: int,
-               chunk_size: Optional[int] = None) -> list[list[tuple[int, int]]]:
+def plan_items(
+    indices: Sequence[int], repeats: int, workers: int, concurrency: int, chunk_size: Optional[int] = None
+) -> list[list[tuple[int, int]]]:
     """Split the (repeat, index) items into task chunks.
 
     Problems run ``concurrency`` at a time inside a task, so a task of S problems
@@ -116,10 +118,13 @@ def plan_items(indices: Sequence[int], repeats: int, workers: int, concurrency: 
     return chunks
 
 
-def resolve_indices(n_available: int, *, dataset: str, split: str, limit: Optional[int] = None,
-                    indices: Optional[Sequence[int]] = None) -> list[int]:
+def resolve_indices(
+    n_available: int, *, dataset: str, split: str, limit: Optional[int] = None, indices: Optional[Sequence[int]] = None
+) -> list[int]:
     if n_available == 0:
-        raise BenchmarkError(f"the {split} split of {dataset} is empty", f"fetch it again: aflowctl data fetch {dataset}")
+        raise BenchmarkError(
+            f"the {split} split of {dataset} is empty", f"fetch it again: aflowctl data fetch {dataset}"
+        )
     if indices is not None:
         idx = [int(i) for i in indices]
         bad = [i for i in idx if not 0 <= i < n_available]
@@ -197,9 +202,15 @@ def evaluate_workflow(
     exec_dump.pop("timeout_s", None)  # does not change answers: not part of the task key
     exec_dump.pop("api_key_env", None)
     base = {
-        "graph": src.graph, "prompt": src.prompt or "", "name": name or dataset, "dataset": dataset, "split": split,
-        "executor": exec_dump, "seed": int(seed),
-        "code_timeout_s": rollout_cfg.code_timeout_s, "code_memory_mb": rollout_cfg.code_memory_mb,
+        "graph": src.graph,
+        "prompt": src.prompt or "",
+        "name": name or dataset,
+        "dataset": dataset,
+        "split": split,
+        "executor": exec_dump,
+        "seed": int(seed),
+        "code_timeout_s": rollout_cfg.code_timeout_s,
+        "code_memory_mb": rollout_cfg.code_memory_mb,
     }
     own = pool is None
     if own:
@@ -211,16 +222,30 @@ def evaluate_workflow(
             pool.close(kill=True)
         raise
     if pool.gateway is not None:  # workers call through the parent's gateway: no key, no store path
-        context = {"gateway_client": pool.gateway.register(executor, role="executor", run_id=run_id, llm_cfg=llm_cfg),
-                   "concurrency": rollout_cfg.concurrency, "problem_timeout_s": rollout_cfg.problem_timeout_s}
+        context = {
+            "gateway_client": pool.gateway.register(executor, role="executor", run_id=run_id, llm_cfg=llm_cfg),
+            "concurrency": rollout_cfg.concurrency,
+            "problem_timeout_s": rollout_cfg.problem_timeout_s,
+        }
     else:
         context = {
-            "run_id": run_id, "db_path": str(store.path), "concurrency": rollout_cfg.concurrency,
-            "llm": _dump(llm_cfg), "executor": _dump(executor), "problem_timeout_s": rollout_cfg.problem_timeout_s,
+            "run_id": run_id,
+            "db_path": str(store.path),
+            "concurrency": rollout_cfg.concurrency,
+            "llm": _dump(llm_cfg),
+            "executor": _dump(executor),
+            "problem_timeout_s": rollout_cfg.problem_timeout_s,
         }
     # executor in the context carries timeout_s/api_key_env to the worker (context wins).
-    specs = [TaskSpec({**base, "items": [list(it) for it in chunk]}, context=context, worker=WORKER,
-                      label=f"{dataset}/{split} items {k}") for k, chunk in enumerate(chunks)]
+    specs = [
+        TaskSpec(
+            {**base, "items": [list(it) for it in chunk]},
+            context=context,
+            worker=WORKER,
+            label=f"{dataset}/{split} items {k}",
+        )
+        for k, chunk in enumerate(chunks)
+    ]
     # Largest first (stable): the short remainders fill the gaps at the end.
     order = sorted(range(len(chunks)), key=lambda k: -len(chunks[k]))
     specs, chunks = [specs[k] for k in order], [chunks[k] for k in order]
@@ -240,10 +265,18 @@ def evaluate_workflow(
         if progress is not None:
             failed_items = sizes.get(last.label, 0) if last is not None and last.status == "failed" else 0
             done, score_sum = scorer.progress()
-            progress(EvalProgress(
-                total=total_items, done=done, failed=failed_items, tasks_total=p.total, tasks_done=p.done,
-                tasks_running=p.running, tasks_reused=p.reused, score_sum=score_sum,
-            ))
+            progress(
+                EvalProgress(
+                    total=total_items,
+                    done=done,
+                    failed=failed_items,
+                    tasks_total=p.total,
+                    tasks_done=p.done,
+                    tasks_running=p.running,
+                    tasks_reused=p.reused,
+                    score_sum=score_sum,
+                )
+            )
 
     if scope == "run":
         scope = f"run:{run_id}" if run_id is not None else None
@@ -288,14 +321,28 @@ def evaluate_workflow(
     tokens = int(sum(int(d.get("tokens") or 0) for d in items))
     eval_ids: list[int] = []
     if store_rows:
-        eval_ids = _store_evaluations(store, per_repeat, repeats, dataset=dataset, split=split, run_id=run_id,
-                                      workflow_id=workflow_id, n=len(idx))
+        eval_ids = _store_evaluations(
+            store, per_repeat, repeats, dataset=dataset, split=split, run_id=run_id, workflow_id=workflow_id, n=len(idx)
+        )
     return EvalResult(
-        dataset=dataset, split=split, mean_score=mean, scores=scores, std=std, n=len(idx), repeats=repeats,
-        cost_usd=cost, tokens=tokens, details=items, evaluation_ids=eval_ids,
-        errors=sum(1 for d in items if d.get("error")), tasks=len(outcomes),
-        tasks_reused=sum(1 for o in outcomes if o.reused), wall_s=time.perf_counter() - t0,
-        pool_startup_s=startup, run_id=run_id, workflow_id=workflow_id,
+        dataset=dataset,
+        split=split,
+        mean_score=mean,
+        scores=scores,
+        std=std,
+        n=len(idx),
+        repeats=repeats,
+        cost_usd=cost,
+        tokens=tokens,
+        details=items,
+        evaluation_ids=eval_ids,
+        errors=sum(1 for d in items if d.get("error")),
+        tasks=len(outcomes),
+        tasks_reused=sum(1 for o in outcomes if o.reused),
+        wall_s=time.perf_counter() - t0,
+        pool_startup_s=startup,
+        run_id=run_id,
+        workflow_id=workflow_id,
     )
 
 
@@ -354,8 +401,10 @@ class _Scorer:
         for f in self.futures:
             exc = f.exception()
             if isinstance(exc, SandboxError):
-                raise InfrastructureError(f"a solution could not be checked: {exc.message}",
-                                          "nothing was scored 0 for it; run the same evaluation again") from None
+                raise InfrastructureError(
+                    f"a solution could not be checked: {exc.message}",
+                    "nothing was scored 0 for it; run the same evaluation again",
+                ) from None
             if exc is not None:
                 raise exc
 
@@ -381,8 +430,17 @@ def _task_failure(failed: list, total: int) -> AflowctlError:
     )
 
 
-def _store_evaluations(store: Any, per_repeat: dict, repeats: int, *, dataset: str, split: str,
-                       run_id: Optional[str], workflow_id: Optional[int], n: int) -> list[int]:
+def _store_evaluations(
+    store: Any,
+    per_repeat: dict,
+    repeats: int,
+    *,
+    dataset: str,
+    split: str,
+    run_id: Optional[str],
+    workflow_id: Optional[int],
+    n: int,
+) -> list[int]:
     """One ``evaluations`` row per repeat, in one transaction. Within a run, an
     evaluation of the same workflow, split and repeat replaces itself (a resumed run
     does not duplicate rows)."""
@@ -401,12 +459,26 @@ def _store_evaluations(store: Any, per_repeat: dict, repeats: int, *, dataset: s
             cost = float(sum(known)) if known or not any(d.get("calls") for d in ds) else None
             row = None
             if run_id is not None and workflow_id is not None:
-                row = session.exec(select(Evaluation).where(
-                    Evaluation.run_id == run_id, Evaluation.workflow_id == workflow_id, Evaluation.dataset == dataset,
-                    Evaluation.split == split, Evaluation.repeat == r)).first()
+                row = session.exec(
+                    select(Evaluation).where(
+                        Evaluation.run_id == run_id,
+                        Evaluation.workflow_id == workflow_id,
+                        Evaluation.dataset == dataset,
+                        Evaluation.split == split,
+                        Evaluation.repeat == r,
+                    )
+                ).first()
             if row is None:
-                row = Evaluation(workflow_id=workflow_id, run_id=run_id, dataset=dataset, split=split, repeat=r,
-                                 score=0.0, n=n, created_at=now)
+                row = Evaluation(
+                    workflow_id=workflow_id,
+                    run_id=run_id,
+                    dataset=dataset,
+                    split=split,
+                    repeat=r,
+                    score=0.0,
+                    n=n,
+                    created_at=now,
+                )
             row.score = _mean([d["score"] for d in ds])
             row.cost_usd = cost
             row.n = n

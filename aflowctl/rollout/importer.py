@@ -10,8 +10,9 @@ module, or the attribute. An ``ImportError`` raised *inside* a module that exist
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Any, Callable
+from typing import Any
 
 from aflowctl.errors import AflowctlError
 
@@ -29,7 +30,7 @@ def import_from_string(target: str) -> Any:
     module_str, sep, attrs_str = target.partition(":")
     if not sep or not module_str or not attrs_str or ":" in attrs_str:
         raise ImportFromStringError(
-            f"import string {target!r} must be in the format \"<module>:<attribute>\"",
+            f'import string {target!r} must be in the format "<module>:<attribute>"',
             "for example aflowctl.rollout.worker:evaluate",
         )
     try:

@@ -36,8 +36,9 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from aflowctl.config import RolloutConfig
 from aflowctl.rollout.backend import Backend, Died, Handle, ProcessBackend, RolloutError
@@ -48,8 +49,14 @@ __all__ = ["PoolProgress", "RolloutError", "RolloutPool", "TaskOutcome", "TaskSp
 POLL_S = 0.05
 # What the evaluate worker needs, imported by each worker at start-up (not litellm:
 # the LLM layer imports it lazily, only for models that go through it).
-PRELOAD = ("aflowctl.llm.client", "aflowctl.workflow.api", "aflowctl.workflow.loader", "aflowctl.workflow.operators",
-           "aflowctl.benchmarks", "aflowctl.rollout.evaluate")
+PRELOAD = (
+    "aflowctl.llm.client",
+    "aflowctl.workflow.api",
+    "aflowctl.workflow.loader",
+    "aflowctl.workflow.operators",
+    "aflowctl.benchmarks",
+    "aflowctl.rollout.evaluate",
+)
 
 
 @dataclass
@@ -98,7 +105,12 @@ class PoolProgress:
 
 
 def task_key(spec: TaskSpec, scope: Optional[str] = None) -> str:
-    blob = json.dumps({"worker": spec.worker, "payload": spec.payload, "scope": scope}, sort_keys=True, separators=(",", ":"), default=str)
+    blob = json.dumps(
+        {"worker": spec.worker, "payload": spec.payload, "scope": scope},
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -182,7 +194,7 @@ class RolloutPool:
                 self.options.pop("gateway", None)
         self.startup_s = None
 
-    def __enter__(self) -> "RolloutPool":
+    def __enter__(self) -> RolloutPool:
         self.start()
         return self
 
@@ -219,8 +231,13 @@ class RolloutPool:
                 row = rows.get(key)
                 if row is None:
                     row = RolloutTask(
-                        run_id=run_id, key=key, payload_json=json.dumps({"worker": spec.worker, **spec.payload, "context": spec.context}, default=str),
-                        status="pending", created_at=now,
+                        run_id=run_id,
+                        key=key,
+                        payload_json=json.dumps(
+                            {"worker": spec.worker, **spec.payload, "context": spec.context}, default=str
+                        ),
+                        status="pending",
+                        created_at=now,
                     )
                     session.add(row)
                     rows[key] = row
@@ -307,7 +324,9 @@ class RolloutPool:
         for spec, key in zip(specs, keys):
             task_id, status, result_json, attempts = rows[key]
             if status == "done" and key not in outcomes:
-                outcomes[key] = TaskOutcome(key, task_id, "done", _result_of(result_json), None, attempts, True, spec.label)
+                outcomes[key] = TaskOutcome(
+                    key, task_id, "done", _result_of(result_json), None, attempts, True, spec.label
+                )
             elif key not in outcomes:
                 todo.setdefault(key, spec)
         reused = len(outcomes)
@@ -327,7 +346,9 @@ class RolloutPool:
             progress(PoolProgress(total, total, 0, 0, reused))
         return [outcomes[k] for k in keys]
 
-    def _run_loop(self, todo: dict[str, TaskSpec], rows: dict, outcomes: dict, progress: Any, total: int, reused: int) -> None:
+    def _run_loop(
+        self, todo: dict[str, TaskSpec], rows: dict, outcomes: dict, progress: Any, total: int, reused: int
+    ) -> None:
         backend = self.backend
         max_attempts = self.cfg.max_attempts
         timeout_s = self.cfg.task_timeout_s
@@ -346,12 +367,15 @@ class RolloutPool:
             spec = todo[key]
             handles[key] = backend.submit(spec.worker, key, {**spec.payload, **spec.context}, timeout_s)
 
-        def fail(key: str, task_id: int, err: str, error_type: Optional[str] = None, env: Optional[dict] = None) -> None:
+        def fail(
+            key: str, task_id: int, err: str, error_type: Optional[str] = None, env: Optional[dict] = None
+        ) -> None:
             nonlocal failed
             self._finish(task_id, "failed", None, err)
             failed += 1
-            outcomes[key] = TaskOutcome(key, task_id, "failed", None, err, charged[key], False, todo[key].label,
-                                        error_type, env)
+            outcomes[key] = TaskOutcome(
+                key, task_id, "failed", None, err, charged[key], False, todo[key].label, error_type, env
+            )
             report(outcomes[key])
 
         for key in todo:
@@ -374,7 +398,11 @@ class RolloutPool:
                         continue
                     charged[key] += 1
                     if res.final or charged[key] >= max_attempts:
-                        fail(key, task_id, res.reason if res.final else f"{res.reason}; gave up after {charged[key]} attempts")
+                        fail(
+                            key,
+                            task_id,
+                            res.reason if res.final else f"{res.reason}; gave up after {charged[key]} attempts",
+                        )
                     else:
                         self._requeue(task_id, res.reason)
                         submit(key)
@@ -382,8 +410,9 @@ class RolloutPool:
                 env = json.loads(res)
                 if env.get("ok"):
                     self._finish(task_id, "done", json.dumps(env.get("result")), None)
-                    outcomes[key] = TaskOutcome(key, task_id, "done", env.get("result"), None, charged[key] + 1, False,
-                                                todo[key].label)
+                    outcomes[key] = TaskOutcome(
+                        key, task_id, "done", env.get("result"), None, charged[key] + 1, False, todo[key].label
+                    )
                     report(outcomes[key])
                     continue
                 charged[key] += 1

@@ -28,10 +28,15 @@ from typing import Any, Optional
 from aflowctl.config import RolloutConfig
 from aflowctl.rollout.backend import Died, Handle, Result, RolloutError
 
-
 #: environment variables of the driver passed to every Ray task (paths and switches, never secrets)
-FORWARDED_ENV = ("AFLOWCTL_HOME", "AFLOWCTL_DATA_PATH", "AFLOWCTL_MODELS_DIR", "AFLOWCTL_LOAD_PLUGINS",
-                 "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+FORWARDED_ENV = (
+    "AFLOWCTL_HOME",
+    "AFLOWCTL_DATA_PATH",
+    "AFLOWCTL_MODELS_DIR",
+    "AFLOWCTL_LOAD_PLUGINS",
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+)
 
 
 def _import_ray() -> Any:
@@ -39,7 +44,8 @@ def _import_ray() -> Any:
         import ray
     except ImportError:
         raise RolloutError(
-            "the ray executor needs Ray, which is not installed", "pip install 'aflowctl[ray]', or use --executor process"
+            "the ray executor needs Ray, which is not installed",
+            "pip install 'aflowctl[ray]', or use --executor process",
         ) from None
     return ray
 
@@ -72,7 +78,10 @@ class RayBackend:
                 if not ray.is_initialized():
                     try:
                         ray.init(
-                            address=self.cfg.ray_address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True
+                            address=self.cfg.ray_address,
+                            include_dashboard=False,
+                            log_to_driver=False,
+                            ignore_reinit_error=True,
                         )
                     except Exception as exc:  # noqa: BLE001 - Ray raises many kinds (ConnectionError, ...)
                         where = self.cfg.ray_address or "a local Ray instance"
@@ -85,16 +94,23 @@ class RayBackend:
 
                 self.remote = ray.remote(max_retries=0, num_cpus=1)(run_task)
         # Warm the workers: each imports aflowctl and initialises once.
-        refs = [self.remote.remote("aflowctl.rollout.worker:selftest", f"warmup-{i}", {}, self.options) for i in range(self.cfg.workers)]
+        refs = [
+            self.remote.remote("aflowctl.rollout.worker:selftest", f"warmup-{i}", {}, self.options)
+            for i in range(self.cfg.workers)
+        ]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
         if len(ready) < len(refs):
-            raise RolloutError(f"Ray workers did not start within {timeout_s:g} s", "check the cluster's resources (ray status)")
+            raise RolloutError(
+                f"Ray workers did not start within {timeout_s:g} s", "check the cluster's resources (ray status)"
+            )
         for env in ray.get(refs):
             import json
 
             e = json.loads(env)
             if not e.get("ok"):
-                raise RolloutError(f"Ray workers failed to start: {e.get('error')}", "is aflowctl installed on every node?")
+                raise RolloutError(
+                    f"Ray workers failed to start: {e.get('error')}", "is aflowctl installed on every node?"
+                )
 
     def submit(self, worker: str, key: str, payload: dict, timeout_s: Optional[float] = None) -> Handle:
         if self.remote is None:

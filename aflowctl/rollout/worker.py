@@ -83,7 +83,11 @@ def _init(options: dict) -> None:
 
     logger.remove()
     logger.configure(patcher=lambda record: record.update(message=redact(record["message"])))
-    logger.add(sys.stderr, level=options.get("log_level", "WARNING"), format="<level>{level: <7}</level> [worker {process}] {message}")
+    logger.add(
+        sys.stderr,
+        level=options.get("log_level", "WARNING"),
+        format="<level>{level: <7}</level> [worker {process}] {message}",
+    )
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and shuts the pool down
     except ValueError:  # not the main thread (some Ray setups)
@@ -124,8 +128,10 @@ def confine(conf: dict, gateway_socket: Optional[str]) -> Any:
     global confinement
     scratch = tempfile.mkdtemp(prefix="aflowctl-scratch-")
     confinement = confine_current_process(
-        scratch_dir=scratch, memory_mb=int(conf.get("memory_mb") or WORKER_MEMORY_MB),
-        allow_unix_sockets=(gateway_socket,) if gateway_socket else (), read_paths=rollout_read_paths(),
+        scratch_dir=scratch,
+        memory_mb=int(conf.get("memory_mb") or WORKER_MEMORY_MB),
+        allow_unix_sockets=(gateway_socket,) if gateway_socket else (),
+        read_paths=rollout_read_paths(),
         allow_unsandboxed=bool(conf.get("allow_unsandboxed")),
     )
     os.chdir(scratch)
@@ -403,16 +409,24 @@ class _WorkflowFactory:
 
             p = self.payload
             self._configs[repeat] = executor_config(
-                p["executor"], llm_cfg=p.get("llm") or {}, run_id=p.get("run_id"), db_path=p.get("db_path"),
-                seed=_repeat_seed(p.get("seed", 0), repeat), dataset=p["dataset"],
-                code_timeout_s=float(p.get("code_timeout_s", 10.0)), code_memory_mb=int(p.get("code_memory_mb", 1024)),
+                p["executor"],
+                llm_cfg=p.get("llm") or {},
+                run_id=p.get("run_id"),
+                db_path=p.get("db_path"),
+                seed=_repeat_seed(p.get("seed", 0), repeat),
+                dataset=p["dataset"],
+                code_timeout_s=float(p.get("code_timeout_s", 10.0)),
+                code_memory_mb=int(p.get("code_memory_mb", 1024)),
                 gateway=p.get("gateway_client"),
             )
         return self._configs[repeat]
 
     def build(self, repeat: int) -> Any:
-        return self.cls(name=self.payload.get("name") or self.payload["dataset"], llm_config=self.llm_config(repeat),
-                        dataset=self.payload["dataset"])
+        return self.cls(
+            name=self.payload.get("name") or self.payload["dataset"],
+            llm_config=self.llm_config(repeat),
+            dataset=self.payload["dataset"],
+        )
 
 
 def _fatal(exc: BaseException) -> bool:
@@ -454,7 +468,7 @@ def _expire(task: Any, expired: list) -> None:
 class _Watchdog:
     """Arms the interval timer while a task's problems run (main thread only)."""
 
-    def __enter__(self) -> "_Watchdog":
+    def __enter__(self) -> _Watchdog:
         import threading
 
         self.armed = threading.current_thread() is threading.main_thread()
@@ -484,12 +498,23 @@ def answer_text(prediction: Any) -> Optional[str]:
     return text[:ANSWER_MAX_CHARS]
 
 
-async def _run_problem(bench: Any, factory: _WorkflowFactory, problem: dict, repeat: int, idx: int, timeout: Optional[float]) -> dict:
+async def _run_problem(
+    bench: Any, factory: _WorkflowFactory, problem: dict, repeat: int, idx: int, timeout: Optional[float]
+) -> dict:
     from aflowctl.workflow.api import problem_context
 
     t0 = time.perf_counter()
-    out: dict = {"repeat": repeat, "index": idx, "id": _problem_id(bench, problem, idx), "score": 0.0,
-                 "prediction": None, "answer": None, "cost_usd": None, "tokens": 0, "error": None}
+    out: dict = {
+        "repeat": repeat,
+        "index": idx,
+        "id": _problem_id(bench, problem, idx),
+        "score": 0.0,
+        "prediction": None,
+        "answer": None,
+        "cost_usd": None,
+        "tokens": 0,
+        "error": None,
+    }
     task = asyncio.current_task()
     expired: list = []
     timer = None

@@ -18,7 +18,8 @@ from aflowctl.sandbox import wire
 
 TYPE_CHECKING = False  # typing is not imported at run time: sandboxed children start faster
 if TYPE_CHECKING:
-    from typing import Any, Callable
+    from collections.abc import Callable
+    from typing import Any
 
 #: what the judge may ask about a handle (beyond calling it)
 _OPS: dict[str, Callable[..., Any]] = {
@@ -79,9 +80,13 @@ def error_of(exc: BaseException) -> dict:
         msg = ""
     if isinstance(exc, RecursionError):
         msg = "maximum recursion depth exceeded"
-    return {"kind": "exception", "type": name[:100] if known else "Exception",
-            "shown": name[:100], "msg": msg,
-            "where": where(exc, with_line=not (isinstance(exc, AssertionError) and msg))}
+    return {
+        "kind": "exception",
+        "type": name[:100] if known else "Exception",
+        "shown": name[:100],
+        "msg": msg,
+        "where": where(exc, with_line=not (isinstance(exc, AssertionError) and msg)),
+    }
 
 
 def serve(solution: str, req_fd: int, resp_fd: int) -> None:

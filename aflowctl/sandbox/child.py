@@ -32,15 +32,20 @@ def _read_all(fd: int) -> bytes:
 def _status(fd: int, msg: dict) -> None:
     data = json.dumps(msg).encode()
     while data:
-        data = data[os.write(fd, data):]
+        data = data[os.write(fd, data) :]
 
 
 def _confine(spec: dict, scratch: str):
     from aflowctl.sandbox.confine import confine_current_process
 
-    return confine_current_process(scratch_dir=scratch, memory_mb=spec["memory_mb"], cpu_s=spec["cpu_s"],
-                                   fsize_bytes=spec["fsize"], nofile=spec.get("nofile"),
-                                   allow_unsandboxed=spec.get("allow_unsandboxed", False))
+    return confine_current_process(
+        scratch_dir=scratch,
+        memory_mb=spec["memory_mb"],
+        cpu_s=spec["cpu_s"],
+        fsize_bytes=spec["fsize"],
+        nofile=spec.get("nofile"),
+        allow_unsandboxed=spec.get("allow_unsandboxed", False),
+    )
 
 
 def main(spec_fd: int, payload_fd: int, status_fd: int) -> None:
@@ -69,8 +74,13 @@ def _preimport(prelude: str) -> None:
     except SyntaxError:
         return
     for node in tree.body:
-        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-            [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+        names = (
+            [a.name for a in node.names]
+            if isinstance(node, ast.Import)
+            else [node.module]
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level
+            else []
+        )
         for name in names:
             try:
                 importlib.import_module(name)
@@ -124,8 +134,10 @@ def _check(spec: dict, payload_fd: int, status_fd: int) -> None:
     except BaseException as exc:  # noqa: BLE001 - a harness failure, reported as such
         import traceback
 
-        verdict = {"infra": f"the check harness failed: {type(exc).__name__}: {exc}"[:500],
-                   "trace": traceback.format_exc()[-2000:]}
+        verdict = {
+            "infra": f"the check harness failed: {type(exc).__name__}: {exc}"[:500],
+            "trace": traceback.format_exc()[-2000:],
+        }
     _status(status_fd, verdict)
     _reap(pid, req_w)
     os._exit(0)
@@ -172,6 +184,7 @@ def _judge(spec: dict, cand_pid: int, req_fd: int, resp_fd: int, payload_fd: int
         return {"status": exc.status, "detail": exc.detail}
     if "sandbox_error" in first:
         return {"sandbox_error": str(first["sandbox_error"])[:500]}
-    status, detail = judge.run(test=payload["test"], prelude=spec.get("prelude", ""), entry=spec.get("entry") or "",
-                               ch=ch)
+    status, detail = judge.run(
+        test=payload["test"], prelude=spec.get("prelude", ""), entry=spec.get("entry") or "", ch=ch
+    )
     return {"status": status, "detail": detail}

@@ -53,7 +53,8 @@ from aflowctl.sandbox._sys import errno_text, libc, machine
 
 TYPE_CHECKING = False  # typing is not imported at run time: sandboxed children start faster
 if TYPE_CHECKING:
-    from typing import Iterable, Optional
+    from collections.abc import Iterable
+    from typing import Optional
 
 SANDBOX_USER_ENV = "AFLOWCTL_SANDBOX_USER"
 DEFAULT_SANDBOX_USER = "nobody"
@@ -70,9 +71,17 @@ _CAP_DAC_READ_SEARCH = 2
 _CAP_LAST = 63
 
 #: read-only system paths every Python needs (shared libraries, time zones)
-SYSTEM_READ_PATHS = ("/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/share/zoneinfo", "/etc/ld.so.cache",
-                     "/etc/localtime", "/etc/ssl/certs", "/usr/share/ca-certificates")
-
+SYSTEM_READ_PATHS = (
+    "/usr/lib",
+    "/usr/lib64",
+    "/lib",
+    "/lib64",
+    "/usr/share/zoneinfo",
+    "/etc/ld.so.cache",
+    "/etc/localtime",
+    "/etc/ssl/certs",
+    "/usr/share/ca-certificates",
+)
 
 
 class ConfineReport:
@@ -85,13 +94,39 @@ class ConfineReport:
     ``dataclasses`` would cost every sandboxed child several milliseconds.)
     """
 
-    __slots__ = ("uid", "gid", "dropped_uid", "kept_caps", "no_new_privs", "pdeathsig", "rlimits", "landlock_abi",
-                 "landlock_fs", "landlock_net", "landlock_scoped", "seccomp", "missing")
+    __slots__ = (
+        "uid",
+        "gid",
+        "dropped_uid",
+        "kept_caps",
+        "no_new_privs",
+        "pdeathsig",
+        "rlimits",
+        "landlock_abi",
+        "landlock_fs",
+        "landlock_net",
+        "landlock_scoped",
+        "seccomp",
+        "missing",
+    )
 
-    def __init__(self, *, uid: int, gid: int, dropped_uid: bool, kept_caps: tuple[str, ...], no_new_privs: bool,
-                 pdeathsig: bool, rlimits: dict, landlock_abi: int = 0, landlock_fs: bool = False,
-                 landlock_net: bool = False, landlock_scoped: bool = False, seccomp: bool = False,
-                 missing: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        *,
+        uid: int,
+        gid: int,
+        dropped_uid: bool,
+        kept_caps: tuple[str, ...],
+        no_new_privs: bool,
+        pdeathsig: bool,
+        rlimits: dict,
+        landlock_abi: int = 0,
+        landlock_fs: bool = False,
+        landlock_net: bool = False,
+        landlock_scoped: bool = False,
+        seccomp: bool = False,
+        missing: tuple[str, ...] = (),
+    ):
         self.uid, self.gid, self.dropped_uid, self.kept_caps = uid, gid, dropped_uid, kept_caps
         self.no_new_privs, self.pdeathsig, self.rlimits = no_new_privs, pdeathsig, rlimits
         self.landlock_abi, self.landlock_fs, self.landlock_net = landlock_abi, landlock_fs, landlock_net
@@ -110,8 +145,12 @@ class ConfineReport:
         if self.kept_caps:
             parts.append("keeps " + ",".join(self.kept_caps))
         if self.landlock_fs:
-            parts.append(f"landlock ABI {self.landlock_abi} (fs" + (", tcp" if self.landlock_net else "")
-                         + (", scoped" if self.landlock_scoped else "") + ")")
+            parts.append(
+                f"landlock ABI {self.landlock_abi} (fs"
+                + (", tcp" if self.landlock_net else "")
+                + (", scoped" if self.landlock_scoped else "")
+                + ")"
+            )
         parts.append("seccomp" if self.seccomp else "no seccomp")
         if self.missing:
             parts.append("MISSING: " + ", ".join(self.missing))
@@ -193,8 +232,12 @@ def _interpreter_read_paths() -> list[str]:
         roots.append(os.path.join(pfx, "lib"))
         roots.append(os.path.join(pfx, "pyvenv.cfg"))  # read by a venv interpreter at start-up
     for entry in sys.path:
-        if entry and ("site-packages" in entry or "dist-packages" in entry or entry.endswith(".zip")
-                      or any(entry.startswith(p) for p in (sys.prefix, sys.base_prefix))):
+        if entry and (
+            "site-packages" in entry
+            or "dist-packages" in entry
+            or entry.endswith(".zip")
+            or any(entry.startswith(p) for p in (sys.prefix, sys.base_prefix))
+        ):
             roots.append(entry)
     for name, mod in list(sys.modules.items()):
         if "." in name:
@@ -225,8 +268,7 @@ def capabilities() -> dict:
     ``needs_read_capability``, ``ok`` (every required layer is there) and
     ``problems``: a list of ``{"layer", "detail", "fix"}``, one line each.
     """
-    caps = _cached(("caps", os.geteuid() if os.name == "posix" else 0, os.environ.get(SANDBOX_USER_ENV)),
-                   _capabilities)
+    caps = _cached(("caps", os.geteuid() if os.name == "posix" else 0, os.environ.get(SANDBOX_USER_ENV)), _capabilities)
     return {**caps, "problems": [dict(p) for p in caps["problems"]]}
 
 
@@ -260,15 +302,28 @@ def _interpreter_executables() -> list[str]:
     import glob
 
     found = [os.path.realpath(sys.executable)]
-    for pattern in ("/lib64/ld-linux*.so*", "/lib/ld-linux*.so*", "/lib/*/ld-linux*.so*", "/usr/lib/*/ld-linux*.so*",
-                    "/lib/ld-musl*.so*"):
+    for pattern in (
+        "/lib64/ld-linux*.so*",
+        "/lib/ld-linux*.so*",
+        "/lib/*/ld-linux*.so*",
+        "/usr/lib/*/ld-linux*.so*",
+        "/lib/ld-musl*.so*",
+    ):
         found += [os.path.realpath(p) for p in glob.glob(pattern)]
     return list(dict.fromkeys(found))
 
 
 def _read_list(read_paths: Iterable[str | os.PathLike], sockets: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys([*(os.path.abspath(os.fspath(p)) for p in read_paths), *interpreter_read_paths(),
-                               *SYSTEM_READ_PATHS, *sockets]))
+    return list(
+        dict.fromkeys(
+            [
+                *(os.path.abspath(os.fspath(p)) for p in read_paths),
+                *interpreter_read_paths(),
+                *SYSTEM_READ_PATHS,
+                *sockets,
+            ]
+        )
+    )
 
 
 def _needs_read_cap(reads: list[str]) -> bool:
@@ -283,21 +338,40 @@ def _capabilities() -> dict:
     usable = all(reachable_by_others(p) for p in interpreter_read_paths()[:8]) and reachable_by_others(sys.executable)
     problems: list[dict] = []
     if not sc:
-        problems.append({"layer": "seccomp", "detail": f"no seccomp filters on {sys.platform}/{machine()}",
-                         "fix": "run on Linux x86_64 or aarch64 with CONFIG_SECCOMP_FILTER (or a container that allows it)"})
+        problems.append(
+            {
+                "layer": "seccomp",
+                "detail": f"no seccomp filters on {sys.platform}/{machine()}",
+                "fix": "run on Linux x86_64 or aarch64 with CONFIG_SECCOMP_FILTER (or a container that allows it)",
+            }
+        )
     if abi == 0:
-        problems.append({"layer": "landlock", "detail": "Landlock is not available",
-                         "fix": "use Linux >= 5.13 with 'landlock' in the lsm= boot list "
-                                "(cat /sys/kernel/security/lsm), or a container runtime that allows it"})
+        problems.append(
+            {
+                "layer": "landlock",
+                "detail": "Landlock is not available",
+                "fix": "use Linux >= 5.13 with 'landlock' in the lsm= boot list "
+                "(cat /sys/kernel/security/lsm), or a container runtime that allows it",
+            }
+        )
     if root and user is None:
         want = os.environ.get(SANDBOX_USER_ENV, DEFAULT_SANDBOX_USER)
-        problems.append({"layer": "uid", "detail": f"running as root and the sandbox user '{want}' is not usable",
-                         "fix": f"create it (useradd --system {want}) or set {SANDBOX_USER_ENV} to an unprivileged user"})
+        problems.append(
+            {
+                "layer": "uid",
+                "detail": f"running as root and the sandbox user '{want}' is not usable",
+                "fix": f"create it (useradd --system {want}) or set {SANDBOX_USER_ENV} to an unprivileged user",
+            }
+        )
     elif root and not usable and abi == 0:
-        problems.append({"layer": "uid", "detail": f"the sandbox user cannot read the interpreter {sys.executable} "
-                                                   "and without Landlock it cannot be given read access safely",
-                         "fix": "install Python in a world-readable place (e.g. /usr/local or /opt) and make the venv "
-                                "from it"})
+        problems.append(
+            {
+                "layer": "uid",
+                "detail": f"the sandbox user cannot read the interpreter {sys.executable} "
+                "and without Landlock it cannot be given read access safely",
+                "fix": "install Python in a world-readable place (e.g. /usr/local or /opt) and make the venv from it",
+            }
+        )
     return {
         "platform": sys.platform,
         "arch": machine(),
@@ -317,8 +391,9 @@ def _capabilities() -> dict:
 # --------------------------------------------------------------------------- layers
 
 
-def _set_rlimits(memory_mb: Optional[int], cpu_s: Optional[float], fsize_bytes: Optional[int],
-                 nofile: Optional[int]) -> dict:
+def _set_rlimits(
+    memory_mb: Optional[int], cpu_s: Optional[float], fsize_bytes: Optional[int], nofile: Optional[int]
+) -> dict:
     wanted = [(resource.RLIMIT_CORE, 0, "core")]
     if memory_mb is not None:
         wanted.append((resource.RLIMIT_AS, int(memory_mb) * 1024 * 1024, "as"))
@@ -336,8 +411,9 @@ def _set_rlimits(memory_mb: Optional[int], cpu_s: Optional[float], fsize_bytes: 
         try:
             resource.setrlimit(res, (value, value))
         except (ValueError, OSError) as exc:
-            raise SandboxError(f"could not set the {name} limit to {value}: {exc}",
-                               "check the limits given to the sandbox") from None
+            raise SandboxError(
+                f"could not set the {name} limit to {value}: {exc}", "check the limits given to the sandbox"
+            ) from None
         done[name] = value
     return done
 
@@ -374,8 +450,10 @@ def _drop_uid(uid: int, gid: int, keep_read_cap: bool, ambient: bool = False) ->
     for cap in range(_CAP_LAST + 1):
         if not keep & (1 << cap):
             if libc().prctl(_PR_CAPBSET_DROP, ctypes.c_ulong(cap), 0, 0, 0) != 0 and ctypes.get_errno() != 22:
-                raise SandboxError(f"could not drop capability {cap} from the bounding set: {errno_text()}",
-                                   "the sandbox cannot drop privileges here")
+                raise SandboxError(
+                    f"could not drop capability {cap} from the bounding set: {errno_text()}",
+                    "the sandbox cannot drop privileges here",
+                )
     libc().prctl(_PR_CAP_AMBIENT, ctypes.c_ulong(_PR_CAP_AMBIENT_CLEAR_ALL), 0, 0, 0)
     if keep:
         _prctl(_PR_SET_KEEPCAPS, 1, what="PR_SET_KEEPCAPS")
@@ -384,7 +462,9 @@ def _drop_uid(uid: int, gid: int, keep_read_cap: bool, ambient: bool = False) ->
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
     except OSError as exc:
-        raise SandboxError(f"could not switch to uid {uid}: {exc.strerror}", "run as root or as the sandbox user") from None
+        raise SandboxError(
+            f"could not switch to uid {uid}: {exc.strerror}", "run as root or as the sandbox user"
+        ) from None
     if keep:
         _capset(keep, inheritable=ambient)
         _prctl(_PR_SET_KEEPCAPS, 0, what="PR_SET_KEEPCAPS")
@@ -434,14 +514,18 @@ def confine_current_process(
     missing = [p["layer"] for p in caps["problems"]]
     if missing and not allow_unsandboxed:
         p = caps["problems"][0]
-        raise SandboxError(f"the sandbox cannot be set up: {p['detail']}",
-                           f"{p['fix']}; or set rollout.allow_unsandboxed = true to run without it")
+        raise SandboxError(
+            f"the sandbox cannot be set up: {p['detail']}",
+            f"{p['fix']}; or set rollout.allow_unsandboxed = true to run without it",
+        )
     threads = _thread_count()
     if threads > 1:  # Landlock and the uid change apply to the calling thread only
         if not allow_unsandboxed:
-            raise SandboxError(f"the process already runs {threads} threads: the sandbox would hold only one of them",
-                               "confine before starting threads (e.g. in the worker initializer, before imports "
-                               "that start thread pools)")
+            raise SandboxError(
+                f"the process already runs {threads} threads: the sandbox would hold only one of them",
+                "confine before starting threads (e.g. in the worker initializer, before imports "
+                "that start thread pools)",
+            )
         missing.append("threads")
     abi = caps["landlock_abi"]
     ppid = os.getppid()
@@ -463,8 +547,10 @@ def confine_current_process(
                 if os.path.exists(s):
                     os.chown(s, uid, gid)
         except OSError as exc:
-            raise SandboxError(f"could not hand {scratch} to the sandbox user: {exc.strerror}",
-                               "put the scratch directory on a local file system") from None
+            raise SandboxError(
+                f"could not hand {scratch} to the sandbox user: {exc.strerror}",
+                "put the scratch directory on a local file system",
+            ) from None
         kept = _drop_uid(uid, gid, need_cap, ambient=allow_python_children)
         dropped = True
         if allow_python_children:
@@ -476,12 +562,25 @@ def confine_current_process(
         os.kill(os.getpid(), signal.SIGKILL)
     fs = net = scoped = False
     if abi > 0:
-        fs, net, scoped = landlock.restrict(abi, scratch, reads, ["/dev/null"],
-                                            executables=_interpreter_executables() if allow_python_children else ())
+        fs, net, scoped = landlock.restrict(
+            abi, scratch, reads, ["/dev/null"], executables=_interpreter_executables() if allow_python_children else ()
+        )
     sc = False
     if caps["seccomp"]:
         seccomp.install(allow_socket=bool(sockets), allow_children=allow_python_children)
         sc = True
-    return ConfineReport(uid=os.getuid(), gid=os.getgid(), dropped_uid=dropped, kept_caps=kept, no_new_privs=True,
-                         pdeathsig=True, rlimits=limits, landlock_abi=abi, landlock_fs=fs, landlock_net=net,
-                         landlock_scoped=scoped, seccomp=sc, missing=tuple(missing))
+    return ConfineReport(
+        uid=os.getuid(),
+        gid=os.getgid(),
+        dropped_uid=dropped,
+        kept_caps=kept,
+        no_new_privs=True,
+        pdeathsig=True,
+        rlimits=limits,
+        landlock_abi=abi,
+        landlock_fs=fs,
+        landlock_net=net,
+        landlock_scoped=scoped,
+        seccomp=sc,
+        missing=tuple(missing),
+    )

@@ -48,7 +48,8 @@ a test that hands the solution one of its own functions cannot (``TypeError``).
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 from aflowctl.errors import SandboxError
 from aflowctl.sandbox.process import (
@@ -93,18 +94,33 @@ def check_solution(
     set up or the harness itself failed: never a verdict.
     """
     check_limits(timeout_s, memory_mb)
-    spec = {"mode": "check", "memory_mb": memory_mb, "cpu_s": int(timeout_s) + 2, "timeout_s": timeout_s,
-            "entry": entry_point or "", "solution": solution or "", "prelude": prelude,
-            "allow_unsandboxed": allow_unsandboxed}
-    fin = launch(spec, files={"solution.py": solution or ""}, payload={"test": compose_test(test)},
-                 timeout_s=timeout_s + HARD_GRACE_S, max_output_bytes=max_output_bytes)
+    spec = {
+        "mode": "check",
+        "memory_mb": memory_mb,
+        "cpu_s": int(timeout_s) + 2,
+        "timeout_s": timeout_s,
+        "entry": entry_point or "",
+        "solution": solution or "",
+        "prelude": prelude,
+        "allow_unsandboxed": allow_unsandboxed,
+    }
+    fin = launch(
+        spec,
+        files={"solution.py": solution or ""},
+        payload={"test": compose_test(test)},
+        timeout_s=timeout_s + HARD_GRACE_S,
+        max_output_bytes=max_output_bytes,
+    )
     if fin.timed_out and "status" not in fin.status:
-        raise SandboxError(f"the check harness gave no verdict within {timeout_s + HARD_GRACE_S:g} s",
-                           "the machine may be overloaded; re-run")
+        raise SandboxError(
+            f"the check harness gave no verdict within {timeout_s + HARD_GRACE_S:g} s",
+            "the machine may be overloaded; re-run",
+        )
     raise_if_unconfined(fin)
     if "status" not in fin.status:
-        raise SandboxError(f"the check harness ended without a verdict (status {fin.returncode})",
-                           "re-run; report it if it persists")
+        raise SandboxError(
+            f"the check harness ended without a verdict (status {fin.returncode})", "re-run; report it if it persists"
+        )
     status, detail = str(fin.status["status"]), str(fin.status.get("detail", ""))
     if fin.out_size > max_output_bytes or fin.err_size > max_output_bytes:
         status, detail = "output_limit", f"output exceeded {max_output_bytes} bytes"
@@ -116,11 +132,18 @@ def check_solution(
         reason = f"output_limit: output exceeded {max_output_bytes} bytes"
     else:
         reason = f"{status}: {detail}"
-    return SandboxResult(ok=reason == "ok", reason=reason, returncode=fin.returncode, stdout=fin.stdout,
-                         stderr=fin.stderr, duration_s=fin.duration_s)
+    return SandboxResult(
+        ok=reason == "ok",
+        reason=reason,
+        returncode=fin.returncode,
+        stdout=fin.stdout,
+        stderr=fin.stderr,
+        duration_s=fin.duration_s,
+    )
 
 
-async def check_solution_async(solution: str, test: str | Sequence[str], entry_point: Optional[str],
-                               **kwargs: Any) -> SandboxResult:
+async def check_solution_async(
+    solution: str, test: str | Sequence[str], entry_point: Optional[str], **kwargs: Any
+) -> SandboxResult:
     """:func:`check_solution` without blocking the event loop (runs in a thread)."""
     return await asyncio.to_thread(check_solution, solution, test, entry_point, **kwargs)

@@ -80,7 +80,7 @@ class Channel:
         code = os.WEXITSTATUS(status)
         return "exit", "the program ended before the tests finished" + (f" (status {code})" if code else "")
 
-    def ref(self, handle: dict) -> "Remote":
+    def ref(self, handle: dict) -> Remote:
         i = handle["r"]
         r = self.remotes.get(i)
         if r is None:
@@ -89,8 +89,12 @@ class Channel:
 
     def ask(self, op: str, target: int, *args: Any, **kwargs: Any) -> Any:
         try:
-            msg = {"op": op, "target": {"r": target}, "args": [wire.encode(a, _handle) for a in args],
-                   "kwargs": [[k, wire.encode(v, _handle)] for k, v in kwargs.items()]}
+            msg = {
+                "op": op,
+                "target": {"r": target},
+                "args": [wire.encode(a, _handle) for a in args],
+                "kwargs": [[k, wire.encode(v, _handle)] for k, v in kwargs.items()],
+            }
         except wire.WireError as exc:
             raise TypeError(str(exc)) from None
         try:
@@ -143,8 +147,10 @@ def _remote_exception(err: dict) -> BaseException:
         exc = cls(str(err.get("msg", ""))[:400])
     except Exception:  # noqa: BLE001 - exception types with other signatures
         exc = RemoteError(str(err.get("msg", ""))[:400])
-    exc._aflowctl_remote = {"shown": str(err.get("shown", cls.__name__))[:100],  # type: ignore[attr-defined]
-                            "where": str(err.get("where", ""))[:300]}
+    exc._aflowctl_remote = {
+        "shown": str(err.get("shown", cls.__name__))[:100],  # type: ignore[attr-defined]
+        "where": str(err.get("where", ""))[:300],
+    }
     return exc
 
 
@@ -220,8 +226,11 @@ class Remote:
         return v if type(v) is str else "<object>"
 
     def __eq__(self, other: Any) -> bool:
-        return isinstance(other, Remote) and object.__getattribute__(other, "_id") == object.__getattribute__(self, "_id") \
+        return (
+            isinstance(other, Remote)
+            and object.__getattribute__(other, "_id") == object.__getattribute__(self, "_id")
             and object.__getattribute__(other, "_ch") is object.__getattribute__(self, "_ch")
+        )
 
     def __ne__(self, other: Any) -> bool:
         return not self.__eq__(other)
@@ -311,4 +320,3 @@ def _run(test: str, prelude: str, entry: str, ch: Channel) -> tuple[str, str]:
     except BaseException as exc:  # noqa: BLE001 - the test failed
         return _reason_of(exc)
     return "passed", ""
-

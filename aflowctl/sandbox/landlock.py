@@ -19,7 +19,7 @@ from aflowctl.sandbox._sys import errno_text, libc
 
 TYPE_CHECKING = False  # typing is not imported at run time: sandboxed children start faster
 if TYPE_CHECKING:
-    from typing import Iterable
+    from collections.abc import Iterable
 
 # landlock (include/uapi/linux/landlock.h); the syscall numbers are the same on every arch
 _SYS_LL_CREATE, _SYS_LL_ADD_RULE, _SYS_LL_RESTRICT = 444, 445, 446
@@ -34,8 +34,9 @@ SCOPE_ABSTRACT_UNIX, SCOPE_SIGNAL = 1 << 0, 1 << 1
 _FS_BY_ABI = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 4: (1 << 15) - 1, 5: (1 << 16) - 1}
 _FILE_RIGHTS = FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE | FS_TRUNCATE | FS_IOCTL_DEV
 READ = FS_READ_FILE | FS_READ_DIR
-WRITE = (FS_WRITE_FILE | FS_REMOVE_DIR | FS_REMOVE_FILE | FS_MAKE_DIR | FS_MAKE_REG | FS_MAKE_SYM
-          | FS_REFER | FS_TRUNCATE)
+WRITE = (
+    FS_WRITE_FILE | FS_REMOVE_DIR | FS_REMOVE_FILE | FS_MAKE_DIR | FS_MAKE_REG | FS_MAKE_SYM | FS_REFER | FS_TRUNCATE
+)
 
 
 def abi() -> int:
@@ -50,24 +51,36 @@ def abi() -> int:
 
 
 class _RulesetAttr(ctypes.Structure):
-    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
-                ("scoped", ctypes.c_uint64)]
+    _fields_ = [
+        ("handled_access_fs", ctypes.c_uint64),
+        ("handled_access_net", ctypes.c_uint64),
+        ("scoped", ctypes.c_uint64),
+    ]
 
 
-def restrict(version: int, scratch: str, read_paths: Iterable[str], extra_rw_files: Iterable[str],
-             executables: Iterable[str] = ()) -> tuple[bool, bool, bool]:
+def restrict(
+    version: int,
+    scratch: str,
+    read_paths: Iterable[str],
+    extra_rw_files: Iterable[str],
+    executables: Iterable[str] = (),
+) -> tuple[bool, bool, bool]:
     """Build and enforce the ruleset; returns (fs, net, scoped). ``executables`` are
     files that may be executed (and read); nothing else may."""
     lib = libc()
     fs_all = _FS_BY_ABI[min(version, 5)]
-    attr = _RulesetAttr(fs_all, (NET_BIND_TCP | NET_CONNECT_TCP) if version >= 4 else 0,
-                        (SCOPE_ABSTRACT_UNIX | SCOPE_SIGNAL) if version >= 6 else 0)
+    attr = _RulesetAttr(
+        fs_all,
+        (NET_BIND_TCP | NET_CONNECT_TCP) if version >= 4 else 0,
+        (SCOPE_ABSTRACT_UNIX | SCOPE_SIGNAL) if version >= 6 else 0,
+    )
     size = 8 if version < 4 else 16 if version < 6 else 24
     fd = lib.syscall(_SYS_LL_CREATE, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
     if fd < 0:
         raise SandboxError(f"landlock_create_ruleset failed: {errno_text()}", "see `aflowctl doctor`")
     fd = int(fd)
     try:
+
         def add(path: str, rights: int) -> None:
             try:
                 pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
@@ -78,8 +91,16 @@ def restrict(version: int, scratch: str, read_paths: Iterable[str], extra_rw_fil
                     rights &= _FILE_RIGHTS
                 rights &= fs_all
                 rule = struct.pack("=Qi", rights, pfd)
-                if lib.syscall(_SYS_LL_ADD_RULE, ctypes.c_int(fd), ctypes.c_int(_LL_RULE_PATH_BENEATH),
-                               ctypes.c_char_p(rule), ctypes.c_uint32(0)) != 0:
+                if (
+                    lib.syscall(
+                        _SYS_LL_ADD_RULE,
+                        ctypes.c_int(fd),
+                        ctypes.c_int(_LL_RULE_PATH_BENEATH),
+                        ctypes.c_char_p(rule),
+                        ctypes.c_uint32(0),
+                    )
+                    != 0
+                ):
                     raise SandboxError(f"landlock_add_rule for {path} failed: {errno_text()}", "see `aflowctl doctor`")
             finally:
                 os.close(pfd)

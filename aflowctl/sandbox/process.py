@@ -108,9 +108,11 @@ def _boot(spec_fd: int, payload_fd: int, status_fd: int) -> str:
     """The ``-c`` program: import the child entry point (from this source tree when
     aflowctl is not installed in the interpreter) and run it."""
     root = str(Path(__file__).resolve().parents[2])
-    return ("import sys\ntry:\n    import aflowctl.sandbox.child as _c\nexcept ImportError:\n"
-            f"    sys.path.append({root!r})\n    import aflowctl.sandbox.child as _c\n"
-            f"_c.main({spec_fd}, {payload_fd}, {status_fd})\n")
+    return (
+        "import sys\ntry:\n    import aflowctl.sandbox.child as _c\nexcept ImportError:\n"
+        f"    sys.path.append({root!r})\n    import aflowctl.sandbox.child as _c\n"
+        f"_c.main({spec_fd}, {payload_fd}, {status_fd})\n"
+    )
 
 
 def _temp_with(data: bytes) -> BinaryIO:
@@ -160,8 +162,16 @@ def _wait(proc: subprocess.Popen, timeout_s: float) -> bool:
         return True
 
 
-def launch(spec: dict, *, files: dict[str, str], payload: Optional[dict] = None, stdin: Optional[bytes] = None,
-           env: Optional[dict[str, str]] = None, timeout_s: float, max_output_bytes: int) -> Finished:
+def launch(
+    spec: dict,
+    *,
+    files: dict[str, str],
+    payload: Optional[dict] = None,
+    stdin: Optional[bytes] = None,
+    env: Optional[dict[str, str]] = None,
+    timeout_s: float,
+    max_output_bytes: int,
+) -> Finished:
     """Start :mod:`aflowctl.sandbox.child` with ``spec``, ``files`` written into a fresh
     scratch directory, ``payload`` on a descriptor only the judge reads; wait at most
     ``timeout_s``; clean everything up. Raises :class:`SandboxError` when it cannot start."""
@@ -172,8 +182,7 @@ def launch(spec: dict, *, files: dict[str, str], payload: Optional[dict] = None,
         os.chmod(scratch, 0o711)
         for name, text in files.items():
             Path(scratch, name).write_text(text, encoding="utf-8")
-        full = {**spec, "work": scratch, "judge_dir": judge_dir,
-                "fsize": max(2 * max_output_bytes + 65536, 1 << 20)}
+        full = {**spec, "work": scratch, "judge_dir": judge_dir, "fsize": max(2 * max_output_bytes + 65536, 1 << 20)}
         spec_f = _temp_with(json.dumps(full).encode())
         opened.append(spec_f)
         payload_f = _temp_with(json.dumps(payload or {}).encode())
@@ -192,12 +201,21 @@ def launch(spec: dict, *, files: dict[str, str], payload: Optional[dict] = None,
         argv = [sys.executable, "-I", "-B", "-u", "-c", _boot(*fds)]
         t0 = time.monotonic()
         try:
-            proc = subprocess.Popen(argv, cwd=scratch, env=_minimal_env(scratch, env),
-                                    stdin=stdin_f if stdin_f is not None else subprocess.DEVNULL,
-                                    stdout=out_f, stderr=err_f, pass_fds=fds, start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                cwd=scratch,
+                env=_minimal_env(scratch, env),
+                stdin=stdin_f if stdin_f is not None else subprocess.DEVNULL,
+                stdout=out_f,
+                stderr=err_f,
+                pass_fds=fds,
+                start_new_session=True,
+            )
         except OSError as exc:
-            raise SandboxError(f"could not start the sandbox interpreter {sys.executable}: {exc.strerror or exc}",
-                               "check that the Python interpreter is executable") from None
+            raise SandboxError(
+                f"could not start the sandbox interpreter {sys.executable}: {exc.strerror or exc}",
+                "check that the Python interpreter is executable",
+            ) from None
         try:
             timed_out = _wait(proc, timeout_s)
         finally:
@@ -228,16 +246,20 @@ def launch(spec: dict, *, files: dict[str, str], payload: Optional[dict] = None,
 def raise_if_unconfined(fin: Finished) -> None:
     """SandboxError when the child could not be confined or never got that far."""
     if "sandbox_error" in fin.status:
-        raise SandboxError(f"the sandbox could not be set up: {fin.status['sandbox_error']}"[:600],
-                           "run `aflowctl doctor`")
+        raise SandboxError(
+            f"the sandbox could not be set up: {fin.status['sandbox_error']}"[:600], "run `aflowctl doctor`"
+        )
     if "infra" in fin.status:
         raise SandboxError(str(fin.status["infra"])[:600], "re-run; report it if it persists")
     if not fin.status:
         if fin.timed_out:
             raise SandboxError("the sandboxed interpreter did not start in time", "the machine may be overloaded")
         last = _last_line(fin.stderr)
-        raise SandboxError(f"the sandboxed interpreter failed before the code ran (status {fin.returncode})"
-                           + (f": {last}" if last else ""), "run `aflowctl doctor`")
+        raise SandboxError(
+            f"the sandboxed interpreter failed before the code ran (status {fin.returncode})"
+            + (f": {last}" if last else ""),
+            "run `aflowctl doctor`",
+        )
 
 
 def _signal_name(num: int) -> str:
@@ -265,11 +287,17 @@ def run_python(
     """Run ``code`` as ``__main__`` in a confined child; ok when it exits 0 in time
     with output under the cap."""
     check_limits(timeout_s, memory_mb)
-    spec = {"mode": "run", "memory_mb": memory_mb, "cpu_s": int(timeout_s) + 2, "timeout_s": timeout_s,
-            "allow_unsandboxed": allow_unsandboxed}
+    spec = {
+        "mode": "run",
+        "memory_mb": memory_mb,
+        "cpu_s": int(timeout_s) + 2,
+        "timeout_s": timeout_s,
+        "allow_unsandboxed": allow_unsandboxed,
+    }
     data = stdin.encode() if isinstance(stdin, str) else stdin
-    fin = launch(spec, files={"main.py": code}, stdin=data, env=env, timeout_s=timeout_s,
-                 max_output_bytes=max_output_bytes)
+    fin = launch(
+        spec, files={"main.py": code}, stdin=data, env=env, timeout_s=timeout_s, max_output_bytes=max_output_bytes
+    )
     rc = fin.returncode
     if fin.timed_out:
         reason = f"timeout: killed after {timeout_s:g} s wall clock (process group)"
@@ -298,8 +326,9 @@ def run_python(
                 reason = f"exit: status {rc}" + (f" ({last})" if last else "")
         else:
             reason = "ok"
-    return SandboxResult(ok=reason == "ok", reason=reason, returncode=rc, stdout=fin.stdout, stderr=fin.stderr,
-                         duration_s=fin.duration_s)
+    return SandboxResult(
+        ok=reason == "ok", reason=reason, returncode=rc, stdout=fin.stdout, stderr=fin.stderr, duration_s=fin.duration_s
+    )
 
 
 async def run_python_async(code: str, **kwargs: Any) -> SandboxResult:

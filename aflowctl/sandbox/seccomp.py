@@ -25,31 +25,154 @@ _SECCOMP_MODE_FILTER = 2
 
 # seccomp: AUDIT_ARCH and syscall numbers per machine
 _ARCH = {
-    "x86_64": (0xC000003E, dict(
-        fork=57, vfork=58, clone=56, clone3=435, execve=59, execveat=322, socket=41, socketpair=53,
-        kill=62, tkill=200, tgkill=234, ptrace=101, process_vm_readv=310, process_vm_writev=311,
-        pidfd_send_signal=424, pidfd_getfd=438, setrlimit=160, prlimit64=302, unshare=272, setns=308,
-        mount=165, umount2=166, pivot_root=155, chroot=161, bpf=321, userfaultfd=323, perf_event_open=298,
-        keyctl=250, add_key=248, request_key=249, kexec_load=246, init_module=175, finit_module=313,
-        delete_module=176, open_by_handle_at=304, name_to_handle_at=303, io_uring_setup=425,
-        io_uring_enter=426, io_uring_register=427, open_tree=428, move_mount=429, fsopen=430, fsconfig=431,
-        fsmount=432, fspick=433, mount_setattr=442, setsid=112, setpgid=109)),
-    "aarch64": (0xC00000B7, dict(
-        clone=220, clone3=435, execve=221, execveat=281, socket=198, socketpair=199,
-        kill=129, tkill=130, tgkill=131, ptrace=117, process_vm_readv=270, process_vm_writev=271,
-        pidfd_send_signal=424, pidfd_getfd=438, setrlimit=164, prlimit64=261, unshare=97, setns=268,
-        mount=40, umount2=39, pivot_root=41, chroot=51, bpf=280, userfaultfd=282, perf_event_open=241,
-        keyctl=219, add_key=217, request_key=218, kexec_load=104, init_module=105, finit_module=273,
-        delete_module=106, open_by_handle_at=265, name_to_handle_at=264, io_uring_setup=425,
-        io_uring_enter=426, io_uring_register=427, open_tree=428, move_mount=429, fsopen=430, fsconfig=431,
-        fsmount=432, fspick=433, mount_setattr=442, setsid=157, setpgid=154)),
+    "x86_64": (
+        0xC000003E,
+        dict(
+            fork=57,
+            vfork=58,
+            clone=56,
+            clone3=435,
+            execve=59,
+            execveat=322,
+            socket=41,
+            socketpair=53,
+            kill=62,
+            tkill=200,
+            tgkill=234,
+            ptrace=101,
+            process_vm_readv=310,
+            process_vm_writev=311,
+            pidfd_send_signal=424,
+            pidfd_getfd=438,
+            setrlimit=160,
+            prlimit64=302,
+            unshare=272,
+            setns=308,
+            mount=165,
+            umount2=166,
+            pivot_root=155,
+            chroot=161,
+            bpf=321,
+            userfaultfd=323,
+            perf_event_open=298,
+            keyctl=250,
+            add_key=248,
+            request_key=249,
+            kexec_load=246,
+            init_module=175,
+            finit_module=313,
+            delete_module=176,
+            open_by_handle_at=304,
+            name_to_handle_at=303,
+            io_uring_setup=425,
+            io_uring_enter=426,
+            io_uring_register=427,
+            open_tree=428,
+            move_mount=429,
+            fsopen=430,
+            fsconfig=431,
+            fsmount=432,
+            fspick=433,
+            mount_setattr=442,
+            setsid=112,
+            setpgid=109,
+        ),
+    ),
+    "aarch64": (
+        0xC00000B7,
+        dict(
+            clone=220,
+            clone3=435,
+            execve=221,
+            execveat=281,
+            socket=198,
+            socketpair=199,
+            kill=129,
+            tkill=130,
+            tgkill=131,
+            ptrace=117,
+            process_vm_readv=270,
+            process_vm_writev=271,
+            pidfd_send_signal=424,
+            pidfd_getfd=438,
+            setrlimit=164,
+            prlimit64=261,
+            unshare=97,
+            setns=268,
+            mount=40,
+            umount2=39,
+            pivot_root=41,
+            chroot=51,
+            bpf=280,
+            userfaultfd=282,
+            perf_event_open=241,
+            keyctl=219,
+            add_key=217,
+            request_key=218,
+            kexec_load=104,
+            init_module=105,
+            finit_module=273,
+            delete_module=106,
+            open_by_handle_at=265,
+            name_to_handle_at=264,
+            io_uring_setup=425,
+            io_uring_enter=426,
+            io_uring_register=427,
+            open_tree=428,
+            move_mount=429,
+            fsopen=430,
+            fsconfig=431,
+            fsmount=432,
+            fspick=433,
+            mount_setattr=442,
+            setsid=157,
+            setpgid=154,
+        ),
+    ),
 }
-_DENIED = ("fork", "vfork", "execve", "execveat", "tkill", "ptrace", "process_vm_readv", "process_vm_writev",
-           "pidfd_send_signal", "pidfd_getfd", "setrlimit", "unshare", "setns", "mount", "umount2",
-           "pivot_root", "chroot", "bpf", "userfaultfd", "perf_event_open", "keyctl", "add_key", "request_key",
-           "kexec_load", "init_module", "finit_module", "delete_module", "open_by_handle_at",
-           "name_to_handle_at", "io_uring_setup", "io_uring_enter", "io_uring_register", "open_tree",
-           "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr", "setsid", "setpgid")
+_DENIED = (
+    "fork",
+    "vfork",
+    "execve",
+    "execveat",
+    "tkill",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "pidfd_send_signal",
+    "pidfd_getfd",
+    "setrlimit",
+    "unshare",
+    "setns",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "bpf",
+    "userfaultfd",
+    "perf_event_open",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "kexec_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "open_tree",
+    "move_mount",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "mount_setattr",
+    "setsid",
+    "setpgid",
+)
 _CLONE_THREAD = 0x00010000
 _AF_UNIX = 1
 
@@ -114,19 +237,41 @@ def _seccomp_filter(allow_socket: bool, allow_children: bool = False) -> bytes:
     jeq(nr["socketpair"], "socket")
     ret(allow)
     if allow_children:
-        labels["clone"] = len(prog); ld(16); jset(_CLONE_NEW_NS, "deny", "allow")
-        labels["kill"] = labels["tgkill"] = labels["prlimit"] = len(prog); ret(allow)
+        labels["clone"] = len(prog)
+        ld(16)
+        jset(_CLONE_NEW_NS, "deny", "allow")
+        labels["kill"] = labels["tgkill"] = labels["prlimit"] = len(prog)
+        ret(allow)
     else:
-        labels["clone"] = len(prog); ld(16); jset(_CLONE_THREAD, "allow", "deny")
-        labels["kill"] = len(prog); ld(16); jeq(pid, "allow"); jeq(0, "allow", "deny")
-        labels["tgkill"] = len(prog); ld(16); jeq(pid, "allow", "deny")
+        labels["clone"] = len(prog)
+        ld(16)
+        jset(_CLONE_THREAD, "allow", "deny")
+        labels["kill"] = len(prog)
+        ld(16)
+        jeq(pid, "allow")
+        jeq(0, "allow", "deny")
+        labels["tgkill"] = len(prog)
+        ld(16)
+        jeq(pid, "allow", "deny")
     # prlimit64(pid, resource, new, old): only reading (new == NULL) of this process
-    labels.setdefault("prlimit", len(prog)); ld(16); jeq(0, "prl_new"); jeq(pid, "prl_new", "deny")
-    labels["prl_new"] = len(prog); ld(32); jeq(0, None, "deny"); ld(36); jeq(0, "allow", "deny")
-    labels["socket"] = len(prog); ld(16); jeq(_AF_UNIX, "allow", "deny")
-    labels["allow"] = len(prog); ret(allow)
-    labels["deny"] = len(prog); ret(eperm)
-    labels["enosys"] = len(prog); ret(enosys)
+    labels.setdefault("prlimit", len(prog))
+    ld(16)
+    jeq(0, "prl_new")
+    jeq(pid, "prl_new", "deny")
+    labels["prl_new"] = len(prog)
+    ld(32)
+    jeq(0, None, "deny")
+    ld(36)
+    jeq(0, "allow", "deny")
+    labels["socket"] = len(prog)
+    ld(16)
+    jeq(_AF_UNIX, "allow", "deny")
+    labels["allow"] = len(prog)
+    ret(allow)
+    labels["deny"] = len(prog)
+    ret(eperm)
+    labels["enosys"] = len(prog)
+    ret(enosys)
     out = b""
     for i, (code, k, t, f) in enumerate(prog):
         jt = 0 if t is None else labels[t] - i - 1

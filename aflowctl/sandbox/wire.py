@@ -22,7 +22,8 @@ import time
 
 TYPE_CHECKING = False  # typing is not imported at run time: sandboxed children start faster
 if TYPE_CHECKING:
-    from typing import Any, Callable, Optional
+    from collections.abc import Callable
+    from typing import Any, Optional
 
 MAX_FRAME = 16 * 1024 * 1024
 MAX_DEPTH = 200

@@ -13,6 +13,16 @@ from aflowctl.store.models import (
 )
 
 __all__ = [
-    "Store", "open_store", "utcnow", "new_run_id", "Run", "Workflow", "Evaluation", "RolloutTask",
-    "Experience", "LLMCall", "Checkpoint", "TrainMetric",
+    "Store",
+    "open_store",
+    "utcnow",
+    "new_run_id",
+    "Run",
+    "Workflow",
+    "Evaluation",
+    "RolloutTask",
+    "Experience",
+    "LLMCall",
+    "Checkpoint",
+    "TrainMetric",
 ]

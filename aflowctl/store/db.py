@@ -13,10 +13,11 @@ import os
 import random
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.exc import OperationalError
@@ -67,9 +68,7 @@ def _connect_raw(path: Path) -> sqlite3.Connection:
 
 
 def schema_version_of(conn: sqlite3.Connection) -> int:
-    row = conn.execute(
-        "SELECT name FROM sqlite_master WHERE type='table' AND name='_aflowctl_migrations'"
-    ).fetchone()
+    row = conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='_aflowctl_migrations'").fetchone()
     if row is None:
         return 0
     v = conn.execute("SELECT MAX(version) FROM _aflowctl_migrations").fetchone()[0]
@@ -112,11 +111,15 @@ def store_error(exc: BaseException, path: Path) -> StoreError | None:
         return None
     msg = str(exc)
     if "readonly" in msg or "read-only" in msg:
-        return StoreError(f"cannot write the store {path}: it is read-only ({msg})",
-                          "make the file and its folder writable, or point --db/AFLOWCTL_HOME at a writable location")
+        return StoreError(
+            f"cannot write the store {path}: it is read-only ({msg})",
+            "make the file and its folder writable, or point --db/AFLOWCTL_HOME at a writable location",
+        )
     if any(m in msg for m in ("malformed", "not a database", "disk I/O", "file is not", "corrupt")):
-        return StoreError(f"the store {path} is damaged ({msg})",
-                          "restore it from a backup, or point --db/AFLOWCTL_HOME at another location")
+        return StoreError(
+            f"the store {path} is damaged ({msg})",
+            "restore it from a backup, or point --db/AFLOWCTL_HOME at another location",
+        )
     return None
 
 
@@ -291,14 +294,18 @@ def open_store(path: str | os.PathLike | None = None, *, cached: bool = True) ->
                 )
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
-                raise StoreError(f"cannot enable WAL mode on {p} (got {mode})", "put the database on a local file system")
+                raise StoreError(
+                    f"cannot enable WAL mode on {p} (got {mode})", "put the database on a local file system"
+                )
             migrate(conn)
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
         msg = str(exc)
         if "readonly" in msg or "unable to open" in msg:
-            raise StoreError(f"cannot write the database {p}: {msg}", "set AFLOWCTL_HOME (or --db) to a writable location") from None
+            raise StoreError(
+                f"cannot write the database {p}: {msg}", "set AFLOWCTL_HOME (or --db) to a writable location"
+            ) from None
         raise StoreError(
             f"database file {p} is unreadable ({msg})",
             "restore it from a backup, or point --db/AFLOWCTL_HOME elsewhere; the file was left untouched",

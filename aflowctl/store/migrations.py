@@ -10,7 +10,7 @@ the database's schema version. A database whose version is above
 from __future__ import annotations
 
 import sqlite3
-from typing import Callable
+from collections.abc import Callable
 
 Migration = Callable[[sqlite3.Connection], None]
 
@@ -199,7 +199,6 @@ def m005_run_leases(conn: sqlite3.Connection) -> None:
         );
         """
     )
-
 
 
 # The text of a call for full-text search: the messages' contents (not their JSON)

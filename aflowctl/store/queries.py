@@ -169,7 +169,9 @@ def call_totals(store: Store, run_id: str | None = None) -> list[dict[str, Any]]
 
 def train_metrics(store: Store, run_id: str) -> list[dict[str, Any]]:
     rows = _rows(
-        store, 'SELECT "update", metrics_json, created_at FROM train_metrics WHERE run_id = :r ORDER BY "update"', r=run_id
+        store,
+        'SELECT "update", metrics_json, created_at FROM train_metrics WHERE run_id = :r ORDER BY "update"',
+        r=run_id,
     )
     return [{"update": r["update"], **json.loads(r["metrics_json"]), "created_at": r["created_at"]} for r in rows]
 
@@ -178,7 +180,9 @@ def train_metrics(store: Store, run_id: str) -> list[dict[str, Any]]:
 # report / compare / export (added by the report-compare-export feature)
 
 
-def list_evaluations(store: Store, run_id: str, split: str | None = None, *, details: bool = False) -> list[dict[str, Any]]:
+def list_evaluations(
+    store: Store, run_id: str, split: str | None = None, *, details: bool = False
+) -> list[dict[str, Any]]:
     """Evaluation rows of a run (one per repeat), oldest first; ``details_json`` only when asked."""
     cols = "id, workflow_id, run_id, dataset, split, repeat, score, cost_usd, n, tokens, created_at"
     if details:
@@ -208,7 +212,9 @@ def round_end_times(store: Store, run_id: str) -> dict[int, str]:
     if r1 and r1[0]["t"]:
         out[1] = r1[0]["t"]
     for row in _rows(
-        store, "SELECT round, MAX(created_at) AS t FROM experiences WHERE run_id = :r GROUP BY round ORDER BY round", r=run_id
+        store,
+        "SELECT round, MAX(created_at) AS t FROM experiences WHERE run_id = :r GROUP BY round ORDER BY round",
+        r=run_id,
     ):
         out[int(row["round"])] = row["t"]
     return out
@@ -225,7 +231,11 @@ def call_timeline(store: Store, run_id: str) -> list[dict[str, Any]]:
 
 
 def list_checkpoints(store: Store, run_id: str) -> list[dict[str, Any]]:
-    rows = _rows(store, "SELECT step, path, metrics_json, sha256, created_at FROM checkpoints WHERE run_id = :r ORDER BY step", r=run_id)
+    rows = _rows(
+        store,
+        "SELECT step, path, metrics_json, sha256, created_at FROM checkpoints WHERE run_id = :r ORDER BY step",
+        r=run_id,
+    )
     for r in rows:
         r["metrics"] = json.loads(r.pop("metrics_json") or "{}")
     return rows
@@ -239,15 +249,22 @@ def run_state(store: Store, run_id: str) -> dict[str, Any]:
 
 def first_evaluation_details(store: Store, workflow_id: int, split: str = "validate") -> Optional[list[dict]]:
     """Per-problem details of a workflow's first evaluation on ``split`` (None: not evaluated)."""
-    rows = _rows(store, "SELECT details_json FROM evaluations WHERE workflow_id = :w AND split = :s "
-                        "ORDER BY repeat, id LIMIT 1", w=workflow_id, s=split)
+    rows = _rows(
+        store,
+        "SELECT details_json FROM evaluations WHERE workflow_id = :w AND split = :s ORDER BY repeat, id LIMIT 1",
+        w=workflow_id,
+        s=split,
+    )
     return json.loads(rows[0]["details_json"]) if rows else None
 
 
 def unfinished_evaluate_run(store: Store, fingerprint: str) -> Optional[str]:
     """The latest evaluate run with this fingerprint that did not complete, if any."""
-    rows = _rows(store, "SELECT id, state_json FROM runs WHERE kind = 'evaluate' AND status IN "
-                        "('running', 'interrupted', 'failed') ORDER BY created_at DESC")
+    rows = _rows(
+        store,
+        "SELECT id, state_json FROM runs WHERE kind = 'evaluate' AND status IN "
+        "('running', 'interrupted', 'failed') ORDER BY created_at DESC",
+    )
     for row in rows:
         try:
             if json.loads(row["state_json"] or "{}").get("fingerprint") == fingerprint:
@@ -378,8 +395,13 @@ def call_activity(store: Store, run_id: Optional[str], since_id: int = 0) -> dic
         r=run_id,
         since=since_id,
     )[0]
-    return {"calls": int(row["calls"] or 0), "tokens": int(row["tokens"] or 0), "cost_usd": row["cost_usd"],
-            "unpriced": int(row["unpriced"] or 0), "last_id": int(row["last_id"] or since_id)}
+    return {
+        "calls": int(row["calls"] or 0),
+        "tokens": int(row["tokens"] or 0),
+        "cost_usd": row["cost_usd"],
+        "unpriced": int(row["unpriced"] or 0),
+        "last_id": int(row["last_id"] or since_id),
+    }
 
 
 def last_call_id(store: Store) -> int:

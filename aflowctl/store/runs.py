@@ -88,8 +88,10 @@ def holder_alive(lease: RunLease) -> bool:
 
 
 def _busy(lease: RunLease) -> RunBusyError:
-    return RunBusyError(f"run {lease.run_id} is being executed by pid {lease.pid} on {lease.host}",
-                        "wait for it to finish, or stop that process first")
+    return RunBusyError(
+        f"run {lease.run_id} is being executed by pid {lease.pid} on {lease.host}",
+        "wait for it to finish, or stop that process first",
+    )
 
 
 def _take_lease(session: Any, run_id: str) -> str:
@@ -117,7 +119,7 @@ class Lease:
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _thread: Optional[threading.Thread] = field(default=None, repr=False)
 
-    def start(self) -> "Lease":
+    def start(self) -> Lease:
         self._thread = threading.Thread(target=self._beat, name=f"lease-{self.run_id}", daemon=True)
         self._thread.start()
         return self
@@ -134,12 +136,15 @@ class Lease:
     def release(self) -> None:
         self._stop.set()
         try:
-            self.store.transact(lambda s: s.connection().execute(
-                text("DELETE FROM run_leases WHERE run_id = :r AND token = :t"), {"r": self.run_id, "t": self.token}))
+            self.store.transact(
+                lambda s: s.connection().execute(
+                    text("DELETE FROM run_leases WHERE run_id = :r AND token = :t"), {"r": self.run_id, "t": self.token}
+                )
+            )
         except Exception:  # noqa: BLE001 - a lease left behind is taken over (its pid is gone)
             pass
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -149,7 +154,8 @@ class Lease:
 def _touch(session: Any, run_id: str, token: str) -> bool:
     res = session.connection().execute(
         text("UPDATE run_leases SET heartbeat_at = :now WHERE run_id = :r AND token = :t"),
-        {"now": utcnow(), "r": run_id, "t": token})
+        {"now": utcnow(), "r": run_id, "t": token},
+    )
     return bool(res.rowcount)
 
 
@@ -194,17 +200,28 @@ def _did_work(session: Any, row: Run) -> bool:
     if state.get("completed_round") or state.get("update") or state.get("sft_done"):
         return True
     conn = session.connection()
-    for sql in ("SELECT 1 FROM checkpoints WHERE run_id = :r LIMIT 1",
-                "SELECT 1 FROM train_metrics WHERE run_id = :r LIMIT 1",
-                "SELECT 1 FROM experiences WHERE run_id = :r LIMIT 1"):
+    for sql in (
+        "SELECT 1 FROM checkpoints WHERE run_id = :r LIMIT 1",
+        "SELECT 1 FROM train_metrics WHERE run_id = :r LIMIT 1",
+        "SELECT 1 FROM experiences WHERE run_id = :r LIMIT 1",
+    ):
         if conn.execute(text(sql), {"r": row.id}).first() is not None:
             return True
     return False
 
 
-def create_run(store: Store, *, kind: str, cfg: Any, run_id: Optional[str] = None, dataset: Optional[str] = None,
-               seed: Optional[int] = None, budget_usd: Optional[float] = None,
-               state: Optional[dict] = None, version: Optional[str] = None) -> OpenedRun:
+def create_run(
+    store: Store,
+    *,
+    kind: str,
+    cfg: Any,
+    run_id: Optional[str] = None,
+    dataset: Optional[str] = None,
+    seed: Optional[int] = None,
+    budget_usd: Optional[float] = None,
+    state: Optional[dict] = None,
+    version: Optional[str] = None,
+) -> OpenedRun:
     """Create a run of ``kind`` and take its lease (see the module docstring)."""
     from aflowctl import __version__
 
@@ -221,10 +238,13 @@ def create_run(store: Store, *, kind: str, cfg: Any, run_id: Optional[str] = Non
             if row.kind != kind or row.status != RunStatus.FAILED.value or _did_work(s, row):
                 raise ConfigError(
                     f"run '{rid}' already exists ({row.kind} run, {row.status})",
-                    f"resume it with 'aflowctl {_command(row.kind)} --resume {rid}', or choose another --run-id")
+                    f"resume it with 'aflowctl {_command(row.kind)} --resume {rid}', or choose another --run-id",
+                )
             _discard(s, rid, -1)
-            notice = (f"run {rid} had failed before finishing any work ({(row.message or 'no message')[:120]}); "
-                      f"its id is reused for this new run")
+            notice = (
+                f"run {rid} had failed before finishing any work ({(row.message or 'no message')[:120]}); "
+                f"its id is reused for this new run"
+            )
         else:
             row = Run(id=rid, kind=kind, created_at=now, updated_at=now)
         row.dataset, row.config_json, row.config_hash = dataset, _config_json(cfg), cfg.hash()
@@ -238,7 +258,9 @@ def create_run(store: Store, *, kind: str, cfg: Any, run_id: Optional[str] = Non
     try:
         token, notice = store.transact(txn)
     except IntegrityError:  # a writer that does not take BEGIN IMMEDIATE got there first
-        raise ConfigError(f"run '{rid}' already exists", f"resume it with --resume {rid}, or choose another --run-id") from None
+        raise ConfigError(
+            f"run '{rid}' already exists", f"resume it with --resume {rid}, or choose another --run-id"
+        ) from None
     return OpenedRun(rid, cfg, Lease(store, rid, token).start(), True, notice)
 
 
@@ -260,16 +282,21 @@ def require_run(store: Store, run_id: str, *, kind: str) -> Run:
     with store.read() as s:
         row = s.get(Run, run_id)
     if row is None:
-        raise NotFoundError(f"{'training ' if kind == 'train' else ''}run '{run_id}' does not exist",
-                            f"see 'aflowctl inspect runs --kind {kind}' for the runs in this store")
+        raise NotFoundError(
+            f"{'training ' if kind == 'train' else ''}run '{run_id}' does not exist",
+            f"see 'aflowctl inspect runs --kind {kind}' for the runs in this store",
+        )
     if row.kind != kind:
-        raise ConfigError(f"run '{run_id}' is a {row.kind} run, not a{'n' if kind[0] in 'aeiou' else ''} {kind} run",
-                          f"resume it with 'aflowctl {_command(row.kind)} --resume {run_id}'")
+        raise ConfigError(
+            f"run '{run_id}' is a {row.kind} run, not a{'n' if kind[0] in 'aeiou' else ''} {kind} run",
+            f"resume it with 'aflowctl {_command(row.kind)} --resume {run_id}'",
+        )
     return row
 
 
-def reopen_run(store: Store, run_id: str, *, kind: str, cfg: Any, force: bool = False,
-               budget_usd: Optional[float] = None) -> OpenedRun:
+def reopen_run(
+    store: Store, run_id: str, *, kind: str, cfg: Any, force: bool = False, budget_usd: Optional[float] = None
+) -> OpenedRun:
     """Reopen ``run_id`` for ``--resume`` with ``cfg``: refuses keys that may not change
     (unless ``force``), takes the lease, marks the run running."""
     from aflowctl.config import conflicting_keys
@@ -302,8 +329,7 @@ def reopen_run(store: Store, run_id: str, *, kind: str, cfg: Any, force: bool = 
 # ------------------------------------------------------------------ status and state
 
 
-def set_status(store: Store, run_id: str, status: RunStatus | str, message: Optional[str] = None,
-               **state: Any) -> None:
+def set_status(store: Store, run_id: str, status: RunStatus | str, message: Optional[str] = None, **state: Any) -> None:
     """Record a run's status (and message, and state keys when given)."""
     value = RunStatus(status).value
 
@@ -332,16 +358,37 @@ def update_state(store: Store, run_id: str, **state: Any) -> None:
     store.transact(lambda s: update_state_in(s, run_id, **state))
 
 
-def add_workflow(store: Store, *, run_id: str, round_no: int, parent_id: Optional[int], dataset: Optional[str],
-                 graph: str, prompt: str, hash: str, modification: Optional[str], status: str = "valid",
-                 error: Optional[str] = None) -> int:
+def add_workflow(
+    store: Store,
+    *,
+    run_id: str,
+    round_no: int,
+    parent_id: Optional[int],
+    dataset: Optional[str],
+    graph: str,
+    prompt: str,
+    hash: str,
+    modification: Optional[str],
+    status: str = "valid",
+    error: Optional[str] = None,
+) -> int:
     """Store a workflow of a run (a round's child, valid or invalid); returns its id."""
     from aflowctl.store.models import Workflow
 
     def txn(s: Any) -> int:
-        wf = Workflow(run_id=run_id, round=round_no, parent_id=parent_id, dataset=dataset, graph_code=graph,
-                      prompt_code=prompt, hash=hash, modification=modification, status=status, error=error,
-                      created_at=utcnow())
+        wf = Workflow(
+            run_id=run_id,
+            round=round_no,
+            parent_id=parent_id,
+            dataset=dataset,
+            graph_code=graph,
+            prompt_code=prompt,
+            hash=hash,
+            modification=modification,
+            status=status,
+            error=error,
+            created_at=utcnow(),
+        )
         s.add(wf)
         s.flush()
         return wf.id

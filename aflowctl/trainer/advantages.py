@@ -125,9 +125,7 @@ def episode_totals(episode: np.ndarray, reward: np.ndarray) -> np.ndarray:
     return totals[episode]
 
 
-def episode_advantages(
-    group: np.ndarray, episode_score: np.ndarray, *, mode: str, epsilon: float
-) -> np.ndarray:
+def episode_advantages(group: np.ndarray, episode_score: np.ndarray, *, mode: str, epsilon: float) -> np.ndarray:
     """Eq. 3: the episode score of each step row normalised over all step rows of its group.
 
     A group of exactly one row has mean 0 and std 1 (its advantage is its score).
@@ -229,12 +227,24 @@ def gigpo_advantages(
     reward = np.fromiter((s["reward"] for s in steps), dtype=np.float64, count=n)
     valid = np.fromiter((bool(s["valid"]) for s in steps), dtype=bool, count=n)
     out = gigpo_advantages_arrays(
-        group, episode, t, anchor, reward, valid,
-        gamma=gamma, mode=mode, step_advantage_w=step_advantage_w,
-        epsilon=epsilon, invalid_penalty=invalid_penalty,
+        group,
+        episode,
+        t,
+        anchor,
+        reward,
+        valid,
+        gamma=gamma,
+        mode=mode,
+        step_advantage_w=step_advantage_w,
+        epsilon=epsilon,
+        invalid_penalty=invalid_penalty,
     )
-    cols = [out["discounted_return"].tolist(), out["episode_advantage"].tolist(),
-            out["step_advantage"].tolist(), out["advantage"].tolist()]
+    cols = [
+        out["discounted_return"].tolist(),
+        out["episode_advantage"].tolist(),
+        out["step_advantage"].tolist(),
+        out["advantage"].tolist(),
+    ]
     return [
         {"discounted_return": d, "episode_advantage": e, "step_advantage": s, "advantage": a}
         for d, e, s, a in zip(*cols)

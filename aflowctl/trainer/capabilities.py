@@ -22,17 +22,26 @@ def training_capabilities() -> dict[str, Any]:
     """Devices, memory and the largest policy each can fully fine-tune or LoRA-train (rough, activations aside)."""
     import torch
 
-    out: dict[str, Any] = {"torch": torch.__version__, "cpu_threads": torch.get_num_threads(), "ram_gb": _ram_gb(),
-                           "cuda": torch.cuda.is_available(), "gpus": []}
+    out: dict[str, Any] = {
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "ram_gb": _ram_gb(),
+        "cuda": torch.cuda.is_available(),
+        "gpus": [],
+    }
     for i in range(torch.cuda.device_count() if out["cuda"] else 0):
         p = torch.cuda.get_device_properties(i)
         mem = p.total_memory / 2**30
-        out["gpus"].append({
-            "index": i, "name": p.name, "memory_gb": round(mem, 1),
-            "bf16": bool(torch.cuda.is_bf16_supported()),
-            "full_finetune_max_params_b": round(0.6 * mem * 2**30 / FULL_FT_BYTES_PER_PARAM / 1e9, 2),
-            "lora_max_params_b": round(0.6 * mem * 2**30 / LORA_BYTES_PER_PARAM / 1e9, 1),
-        })
+        out["gpus"].append(
+            {
+                "index": i,
+                "name": p.name,
+                "memory_gb": round(mem, 1),
+                "bf16": bool(torch.cuda.is_bf16_supported()),
+                "full_finetune_max_params_b": round(0.6 * mem * 2**30 / FULL_FT_BYTES_PER_PARAM / 1e9, 2),
+                "lora_max_params_b": round(0.6 * mem * 2**30 / LORA_BYTES_PER_PARAM / 1e9, 1),
+            }
+        )
     if out["gpus"]:
         g = max(out["gpus"], key=lambda x: x["memory_gb"])
         out["suggestion"] = (

@@ -105,10 +105,15 @@ def restore_rng(state: dict[str, Any]) -> None:
 
     mt = tuple(int(x) for x in state["python_mt"].tolist())
     random.setstate((state["python_version"], mt, state["python_gauss"]))
-    np.random.set_state((
-        state["numpy_kind"], state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
-        state["numpy_has_gauss"], state["numpy_cached_gauss"],
-    ))
+    np.random.set_state(
+        (
+            state["numpy_kind"],
+            state["numpy_keys"].numpy().astype(np.uint32),
+            state["numpy_pos"],
+            state["numpy_has_gauss"],
+            state["numpy_cached_gauss"],
+        )
+    )
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

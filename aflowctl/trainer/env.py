@@ -142,8 +142,12 @@ class WorkflowEnv:
 
         if ds not in self._mdps:
             self._mdps[ds] = SearchMDP(
-                dataset=ds, operators=self.cfg.optimize.operators, action_format=self.train.action_format,
-                failed_cases=self.cfg.optimize.failed_cases, evaluate=self._evaluator(ds), where="train",
+                dataset=ds,
+                operators=self.cfg.optimize.operators,
+                action_format=self.train.action_format,
+                failed_cases=self.cfg.optimize.failed_cases,
+                evaluate=self._evaluator(ds),
+                where="train",
             )
         return self._mdps[ds]
 
@@ -158,8 +162,13 @@ class WorkflowEnv:
                 self._pool = RolloutPool(self.store, self.cfg.rollout)
                 self._pool.start()
             self._evaluators[ds] = PoolEvaluator(
-                self.store, dataset=ds, executor=self.train.executor, llm_cfg=self.cfg.llm,
-                rollout_cfg=self.cfg.rollout, run_id=self.run_id, pool=self._pool,
+                self.store,
+                dataset=ds,
+                executor=self.train.executor,
+                llm_cfg=self.cfg.llm,
+                rollout_cfg=self.cfg.rollout,
+                run_id=self.run_id,
+                pool=self._pool,
             )
         return self._evaluators[ds]
 
@@ -205,8 +214,10 @@ class WorkflowEnv:
             if isinstance(r, str):
                 from aflowctl.trainer import TrainingError
 
-                raise TrainingError(f"the start workflow of {s.data['dataset']} is invalid: {r}",
-                                    "check train.executor (model, api_base) and the rollout settings")
+                raise TrainingError(
+                    f"the start workflow of {s.data['dataset']} is invalid: {r}",
+                    "check train.executor (model, api_base) and the rollout settings",
+                )
             s.data["search"].score, details = r
             s.data["search"].failed_cases = self.mdp(s.data["dataset"]).failed_cases(details)
 
@@ -273,11 +284,24 @@ class WorkflowEnv:
             before = float(search.score)
             search.tried.append(Tried(modification=a.modification, score_before=before, score_after=score, valid=True))
             child = SearchState(source=a.source, score=score, failed_cases=self.mdp(ds).failed_cases(details))
-            nxt = State(anchor=loader.canonical_hash(a.source), start=s.start,
-                        data={"dataset": ds, "search": child, "plan": plan})
-            out.append(Transition(nxt, self.mdp(ds).reward(before, score), True, info={
-                "modification": a.modification, "score_before": before, "score_after": score, "format": a.format,
-            }))
+            nxt = State(
+                anchor=loader.canonical_hash(a.source),
+                start=s.start,
+                data={"dataset": ds, "search": child, "plan": plan},
+            )
+            out.append(
+                Transition(
+                    nxt,
+                    self.mdp(ds).reward(before, score),
+                    True,
+                    info={
+                        "modification": a.modification,
+                        "score_before": before,
+                        "score_after": score,
+                        "format": a.format,
+                    },
+                )
+            )
         return out
 
     @staticmethod
@@ -286,10 +310,18 @@ class WorkflowEnv:
 
         search = s.data["search"]
         if a.modification:
-            search.tried.append(Tried(modification=a.modification, score_before=search.score, score_after=None,
-                                      valid=False, error=error))
-        return Transition(s, 0.0, False, error=error, info={"modification": a.modification,
-                                                            "score_before": search.score, "format": a.format})
+            search.tried.append(
+                Tried(
+                    modification=a.modification, score_before=search.score, score_after=None, valid=False, error=error
+                )
+            )
+        return Transition(
+            s,
+            0.0,
+            False,
+            error=error,
+            info={"modification": a.modification, "score_before": search.score, "format": a.format},
+        )
 
     def close(self) -> None:
         if self._pool is not None:

@@ -28,8 +28,10 @@ def resolve_checkpoint(source: str, *, fallback: bool = False):
         if info is None:
             raise NotFoundError(f"training run '{source}' has no checkpoint yet", "train it first (aflowctl train)")
         return info
-    raise NotFoundError(f"'{source}' is neither a training run id nor a checkpoint directory",
-                        "pass a run id from 'aflowctl inspect runs --kind train' or a checkpoints/step-N folder")
+    raise NotFoundError(
+        f"'{source}' is neither a training run id nor a checkpoint directory",
+        "pass a run id from 'aflowctl inspect runs --kind train' or a checkpoints/step-N folder",
+    )
 
 
 def export_policy(source: str, out: str | Path, *, overwrite: bool = False, fallback: bool = False) -> Path:
@@ -55,19 +57,29 @@ def export_policy(source: str, out: str | Path, *, overwrite: bool = False, fall
 
             base_path = info.state.get("model", {}).get("path")
             if not base_path or not Path(base_path).is_dir():
-                raise CheckpointError(f"the base model of {info.path} ({base_path}) is not available",
-                                      "restore the base model directory to merge the LoRA adapter")
+                raise CheckpointError(
+                    f"the base model of {info.path} ({base_path}) is not available",
+                    "restore the base model directory to merge the LoRA adapter",
+                )
             base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
             merged = PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
             merged.save_pretrained(str(tmp), safe_serialization=True)
             AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(str(tmp))
         else:
             shutil.copytree(model_dir, tmp)
-        (tmp / "aflowctl_policy.json").write_text(json.dumps({
-            "source_checkpoint": str(info.path), "step": info.step, "run_id": info.state.get("run_id"),
-            "policy_version": info.state.get("policy_version"), "base_model": info.state.get("model", {}),
-            "config_hash": info.state.get("config_hash"),
-        }, indent=2))
+        (tmp / "aflowctl_policy.json").write_text(
+            json.dumps(
+                {
+                    "source_checkpoint": str(info.path),
+                    "step": info.step,
+                    "run_id": info.state.get("run_id"),
+                    "policy_version": info.state.get("policy_version"),
+                    "base_model": info.state.get("model", {}),
+                    "config_hash": info.state.get("config_hash"),
+                },
+                indent=2,
+            )
+        )
         out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, out)
     except BaseException:

@@ -30,9 +30,10 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 from aflowctl.errors import CheckpointError, ConfigError
 from aflowctl.store.db import new_run_id
@@ -52,7 +53,10 @@ def pick_device(requested: Optional[str]) -> str:
 
     if requested:
         if requested.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"train.device = {requested} but no CUDA device is available", "set train.device = 'cpu' or leave it unset")
+            raise ConfigError(
+                f"train.device = {requested} but no CUDA device is available",
+                "set train.device = 'cpu' or leave it unset",
+            )
         return requested
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -103,7 +107,9 @@ class Trainer:
     ):
         t = cfg.train
         if t.episodes_per_group < 1 or t.steps_per_episode < 1:
-            raise ConfigError("train.episodes_per_group (G) and train.steps_per_episode (T) must be >= 1", "fix the config")
+            raise ConfigError(
+                "train.episodes_per_group (G) and train.steps_per_episode (T) must be >= 1", "fix the config"
+            )
         if resume and not run_id:
             raise ConfigError("resuming needs the run id", "pass --resume RUN_ID")
         self.cfg = cfg
@@ -143,12 +149,20 @@ class Trainer:
             if ckpt is not None:
                 self._check_checkpoint(ckpt)
             # with a checkpoint, its own config was just checked (and --force given or not)
-            self.opened = runs.reopen_run(self.store, self.run_id, kind="train", cfg=self.cfg,
-                                          force=self.force or ckpt is not None)
+            self.opened = runs.reopen_run(
+                self.store, self.run_id, kind="train", cfg=self.cfg, force=self.force or ckpt is not None
+            )
         else:
             ds = ",".join(self.t.datasets) if self.t.env == "workflow" else f"keyword:{self.t.keyword}"
-            self.opened = runs.create_run(self.store, kind="train", cfg=self.cfg, run_id=self.run_id, dataset=ds,
-                                          seed=self.t.seed, state=dict(self.counters))
+            self.opened = runs.create_run(
+                self.store,
+                kind="train",
+                cfg=self.cfg,
+                run_id=self.run_id,
+                dataset=ds,
+                seed=self.t.seed,
+                state=dict(self.counters),
+            )
             if self.opened.notice:
                 self.callback("notice", {"message": self.opened.notice})
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a reused id starts afresh
@@ -166,11 +180,13 @@ class Trainer:
         from aflowctl.trainer import policy as pol
 
         fingerprint = pol.model_fingerprint(pol.resolve_policy_path(self.t.policy_model))
-        problems = ck.compatibility_problems(ckpt.state, config=self._config_dict(), model_fingerprint=fingerprint,
-                                             lora=self.t.lora)
+        problems = ck.compatibility_problems(
+            ckpt.state, config=self._config_dict(), model_fingerprint=fingerprint, lora=self.t.lora
+        )
         if problems and not self.force:
             raise CheckpointError(
-                f"checkpoint {ckpt.path.name} of run {self.run_id} belongs to another model or config: " + "; ".join(problems),
+                f"checkpoint {ckpt.path.name} of run {self.run_id} belongs to another model or config: "
+                + "; ".join(problems),
                 "resume with the run's own config (omit --config), or pass --force to use it anyway",
             )
 
@@ -189,11 +205,13 @@ class Trainer:
         if ckpt is not None:
             self._check_checkpoint(ckpt)
         if ckpt is not None and not self.t.lora:
-            self.model, self.tok = pol.load_policy(ckpt.model_dir, device=self.device,
-                                                   gradient_checkpointing=self.t.gradient_checkpointing)
+            self.model, self.tok = pol.load_policy(
+                ckpt.model_dir, device=self.device, gradient_checkpointing=self.t.gradient_checkpointing
+            )
         else:
-            self.model, self.tok = pol.load_policy(base, device=self.device, lora=lora,
-                                                   gradient_checkpointing=self.t.gradient_checkpointing)
+            self.model, self.tok = pol.load_policy(
+                base, device=self.device, lora=lora, gradient_checkpointing=self.t.gradient_checkpointing
+            )
             if ckpt is not None:  # LoRA: put the adapter weights back
                 from peft import set_peft_model_state_dict
                 from safetensors.torch import load_file
@@ -258,9 +276,14 @@ class Trainer:
     def lr(self, step: int) -> float:
         from aflowctl.trainer.schedule import lr_at
 
-        return lr_at(step, base_lr=self.t.lr, warmup_steps=self.t.warmup_steps,
-                     total_steps=self.t.epochs * self.updates_per_epoch(), schedule=self.t.lr_schedule,
-                     min_ratio=self.t.min_lr_ratio)
+        return lr_at(
+            step,
+            base_lr=self.t.lr,
+            warmup_steps=self.t.warmup_steps,
+            total_steps=self.t.epochs * self.updates_per_epoch(),
+            schedule=self.t.lr_schedule,
+            min_ratio=self.t.min_lr_ratio,
+        )
 
     # ------------------------------------------------------------------ run
 
@@ -320,8 +343,15 @@ class Trainer:
                 self._checkpoint(metrics=sft_metrics)
             if not self.sft_only:
                 total = self.total_updates()
-                self.callback("start", {"run_id": self.run_id, "total_updates": total, "device": self.device,
-                                        "done": self.counters["update"]})
+                self.callback(
+                    "start",
+                    {
+                        "run_id": self.run_id,
+                        "total_updates": total,
+                        "device": self.device,
+                        "done": self.counters["update"],
+                    },
+                )
                 while self.counters["update"] < total:
                     metrics = self._guard_oom(self.update_once)
                     self.callback("update", metrics)
@@ -343,8 +373,9 @@ class Trainer:
             if hasattr(self.env, "close"):
                 self.env.close()
             self.opened.lease.release()
-        return TrainResult(self.run_id, "completed", self.counters["update"], self.run_dir, self.last_checkpoint,
-                           self.metrics_log)
+        return TrainResult(
+            self.run_id, "completed", self.counters["update"], self.run_dir, self.last_checkpoint, self.metrics_log
+        )
 
     def _guard_oom(self, fn):
         import torch
@@ -387,21 +418,36 @@ class Trainer:
         timing["env_s"] += time.perf_counter() - t_env
         for step in range(t.steps_per_episode):
             t_env = time.perf_counter()
-            self.callback("phase", {"update": update, "phase": "sampling edits", "step": step, "steps": t.steps_per_episode})
+            self.callback(
+                "phase", {"update": update, "phase": "sampling edits", "step": step, "steps": t.steps_per_episode}
+            )
             messages = [self.env.observe(s) for s in states]
             t_gen = time.perf_counter()
             timing["env_s"] += t_gen - t_env
-            rollouts = pol.sample(self.model, self.tok, messages, temperature=t.temperature, top_p=t.top_p,
-                                  max_new_tokens=t.max_new_tokens, seed=derive_seed(t.seed, "sample", update, step),
-                                  batch_size=t.generation_batch_size, device=self.device)
+            rollouts = pol.sample(
+                self.model,
+                self.tok,
+                messages,
+                temperature=t.temperature,
+                top_p=t.top_p,
+                max_new_tokens=t.max_new_tokens,
+                seed=derive_seed(t.seed, "sample", update, step),
+                batch_size=t.generation_batch_size,
+                device=self.device,
+            )
             t_env = time.perf_counter()
             timing["generation_s"] += t_env - t_gen
-            self.callback("phase", {"update": update, "phase": "evaluating edits", "step": step, "steps": t.steps_per_episode})
+            self.callback(
+                "phase", {"update": update, "phase": "evaluating edits", "step": step, "steps": t.steps_per_episode}
+            )
             trans = self.env.step_batch(states, [r.text for r in rollouts], rng=rng)
             timing["env_s"] += time.perf_counter() - t_env
             for s, m, r, tr, gid, eid in zip(states, messages, rollouts, trans, gids, eids):
-                records.append(StepRecord(gid, eid, step, s.anchor, float(tr.reward), bool(tr.valid), tr.error, m, r,
-                                          dict(tr.info)))
+                records.append(
+                    StepRecord(
+                        gid, eid, step, s.anchor, float(tr.reward), bool(tr.valid), tr.error, m, r, dict(tr.info)
+                    )
+                )
             states = [tr.next_state for tr in trans]
         self.last_timing = timing
         return records
@@ -426,10 +472,16 @@ class Trainer:
 
         # GiGPO advantages
         adv = gigpo_advantages_arrays(
-            factorize(r.group_id for r in records), factorize(r.episode_id for r in records),
-            np.array([r.t for r in records], dtype=np.int64), factorize(r.anchor for r in records),
-            np.array([r.reward for r in records], dtype=np.float64), np.array([r.valid for r in records], dtype=bool),
-            gamma=t.gamma, mode=t.mode, step_advantage_w=t.step_advantage_w, invalid_penalty=t.invalid_penalty,
+            factorize(r.group_id for r in records),
+            factorize(r.episode_id for r in records),
+            np.array([r.t for r in records], dtype=np.int64),
+            factorize(r.anchor for r in records),
+            np.array([r.reward for r in records], dtype=np.float64),
+            np.array([r.valid for r in records], dtype=bool),
+            gamma=t.gamma,
+            mode=t.mode,
+            step_advantage_w=t.step_advantage_w,
+            invalid_penalty=t.invalid_penalty,
         )
         for r, a in zip(records, adv["advantage"].tolist()):
             r.advantage = a
@@ -446,17 +498,21 @@ class Trainer:
         with torch.no_grad():
             for mb in self._micro_batches(order):
                 ids, att, pos, resp, _ = pol.pack([rolls[i] for i in mb], pad, self.device)
-                lp, _ = pol.response_logprobs(self.model, ids, att, pos, resp, temperature=t.temperature, autocast=self.autocast)
+                lp, _ = pol.response_logprobs(
+                    self.model, ids, att, pos, resp, temperature=t.temperature, autocast=self.autocast
+                )
                 for k, i in enumerate(mb):
                     old[i] = lp[k, : len(rolls[i].response_ids)].detach()
                 if t.use_kl:
                     if self.ref_model is not None:
-                        rlp, _ = pol.response_logprobs(self.ref_model, ids, att, pos, resp, temperature=t.temperature,
-                                                       autocast=self.autocast)
+                        rlp, _ = pol.response_logprobs(
+                            self.ref_model, ids, att, pos, resp, temperature=t.temperature, autocast=self.autocast
+                        )
                     else:
                         with self.model.disable_adapter():
-                            rlp, _ = pol.response_logprobs(self.model, ids, att, pos, resp, temperature=t.temperature,
-                                                           autocast=self.autocast)
+                            rlp, _ = pol.response_logprobs(
+                                self.model, ids, att, pos, resp, temperature=t.temperature, autocast=self.autocast
+                            )
                     for k, i in enumerate(mb):
                         ref[i] = rlp[k, : len(rolls[i].response_ids)].detach()
         for i, r in enumerate(rolls):
@@ -470,12 +526,24 @@ class Trainer:
         grad_norm = 0.0
         fb_tokens = 0
         for epoch in range(t.ppo_epochs):
-            idx = order if epoch == 0 else random.Random(derive_seed(t.seed, "shuffle", u, epoch)).sample(order, len(order))
+            idx = (
+                order
+                if epoch == 0
+                else random.Random(derive_seed(t.seed, "shuffle", u, epoch)).sample(order, len(order))
+            )
             self.optimizer.zero_grad(set_to_none=True)
             for mb in self._micro_batches(idx):
                 ids, att, pos, resp, rmask = pol.pack([rolls[i] for i in mb], pad, self.device)
-                lp, ent = pol.response_logprobs(self.model, ids, att, pos, resp, temperature=t.temperature,
-                                                with_entropy=True, autocast=self.autocast)
+                lp, ent = pol.response_logprobs(
+                    self.model,
+                    ids,
+                    att,
+                    pos,
+                    resp,
+                    temperature=t.temperature,
+                    with_entropy=True,
+                    autocast=self.autocast,
+                )
                 old_t = torch.zeros_like(lp)
                 ref_t = torch.zeros_like(lp) if t.use_kl else None
                 for k, i in enumerate(mb):
@@ -484,9 +552,19 @@ class Trainer:
                     if ref_t is not None:
                         ref_t[k, :n] = ref[i]
                 a = torch.tensor([records[i].advantage for i in mb], dtype=torch.float32, device=lp.device)
-                out = ppo_loss(lp, old_t, a, rmask, clip_low=t.clip_ratio_low, clip_high=t.clip_ratio_high,
-                               dual_clip_c=t.dual_clip_c, ref_logp=ref_t, kl_coef=t.kl_coef if t.use_kl else 0.0,
-                               entropy=ent if t.entropy_coef else ent.detach(), entropy_coef=t.entropy_coef)
+                out = ppo_loss(
+                    lp,
+                    old_t,
+                    a,
+                    rmask,
+                    clip_low=t.clip_ratio_low,
+                    clip_high=t.clip_ratio_high,
+                    dual_clip_c=t.dual_clip_c,
+                    ref_logp=ref_t,
+                    kl_coef=t.kl_coef if t.use_kl else 0.0,
+                    entropy=ent if t.entropy_coef else ent.detach(),
+                    entropy_coef=t.entropy_coef,
+                )
                 w = float(rmask.sum()) / max(1, n_resp_tokens)
                 (out.loss * w).backward()
                 fb_tokens += int(att.sum())
@@ -510,17 +588,26 @@ class Trainer:
         rewards = np.array([r.reward for r in records])
         a_arr = adv["advantage"]
         metrics = {
-            "update": u, "epoch": u // self.updates_per_epoch(), "lr": lr,
-            "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
+            "update": u,
+            "epoch": u // self.updates_per_epoch(),
+            "lr": lr,
+            "reward_mean": float(rewards.mean()),
+            "reward_std": float(rewards.std()),
             "valid_rate": float(np.mean([r.valid for r in records])),
-            "adv_mean": float(a_arr.mean()), "adv_std": float(a_arr.std()),
-            "adv_min": float(a_arr.min()), "adv_max": float(a_arr.max()),
+            "adv_mean": float(a_arr.mean()),
+            "adv_std": float(a_arr.std()),
+            "adv_min": float(a_arr.min()),
+            "adv_max": float(a_arr.max()),
             "singleton_step_group_frac": float(np.mean(adv["step_group_size"] == 1)),
-            **stats, "grad_norm": grad_norm,
-            "steps": len(records), "response_tokens": n_resp_tokens,
+            **stats,
+            "grad_norm": grad_norm,
+            "steps": len(records),
+            "response_tokens": n_resp_tokens,
             "response_len_mean": n_resp_tokens / max(1, len(records)),
-            "tokens_per_s": fb_tokens / max(t_upd, 1e-9), "samples_per_s": len(records) / max(t_roll + t_upd, 1e-9),
-            "rollout_s": t_roll, "update_s": t_upd,
+            "tokens_per_s": fb_tokens / max(t_upd, 1e-9),
+            "samples_per_s": len(records) / max(t_roll + t_upd, 1e-9),
+            "rollout_s": t_roll,
+            "update_s": t_upd,
             # rollout_s = generation_s (policy sampling) + env_s (evaluations: executor calls) + bookkeeping
             **getattr(self, "last_timing", {}),
             "prompt_tokens_max": max((len(r.rollout.prompt_ids) for r in records), default=0),
@@ -550,8 +637,10 @@ class Trainer:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise TrainingError("train.tensorboard = true needs the tensorboard package",
-                                "pip install 'aflowctl[tensorboard]' or set train.tensorboard = false") from None
+            raise TrainingError(
+                "train.tensorboard = true needs the tensorboard package",
+                "pip install 'aflowctl[tensorboard]' or set train.tensorboard = false",
+            ) from None
         self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
 
     def _log_metrics(self, metrics: dict, *, db_update: Optional[int]) -> None:
@@ -561,9 +650,16 @@ class Trainer:
         with open(self.run_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(metrics, default=float) + "\n")
         if db_update is not None:
-            self.store.transact(lambda s: s.add(TrainMetric(run_id=self.run_id, update=db_update,
-                                                            metrics_json=json.dumps(metrics, default=float),
-                                                            created_at=utcnow())))
+            self.store.transact(
+                lambda s: s.add(
+                    TrainMetric(
+                        run_id=self.run_id,
+                        update=db_update,
+                        metrics_json=json.dumps(metrics, default=float),
+                        created_at=utcnow(),
+                    )
+                )
+            )
             if self._tb is not None:
                 for k, v in metrics.items():
                     if isinstance(v, (int, float)) and k != "update":
@@ -578,13 +674,26 @@ class Trainer:
 
         def _add(session):
             for r in records:
-                session.add(Experience(
-                    run_id=self.run_id, round=update, group_id=r.group_id, episode_id=r.episode_id, step=r.t,
-                    anchor=r.anchor, prompt=json.dumps(r.messages), action_text=r.rollout.text,
-                    modification=r.info.get("modification"), reward=r.reward,
-                    score_before=r.info.get("score_before"), score_after=r.info.get("score_after"),
-                    valid=r.valid, error=r.error, policy_version=version, created_at=now,
-                ))
+                session.add(
+                    Experience(
+                        run_id=self.run_id,
+                        round=update,
+                        group_id=r.group_id,
+                        episode_id=r.episode_id,
+                        step=r.t,
+                        anchor=r.anchor,
+                        prompt=json.dumps(r.messages),
+                        action_text=r.rollout.text,
+                        modification=r.info.get("modification"),
+                        reward=r.reward,
+                        score_before=r.info.get("score_before"),
+                        score_after=r.info.get("score_after"),
+                        valid=r.valid,
+                        error=r.error,
+                        policy_version=version,
+                        created_at=now,
+                    )
+                )
 
         self.store.transact(_add)
 
@@ -599,9 +708,18 @@ class Trainer:
             "model": {"path": str(self.base_path), "fingerprint": self.fingerprint, "lora": self.t.lora},
             "policy_version": f"{self.run_id}@{self.counters['update']}",
         }
-        info = ck.save_checkpoint(self.run_dir, int(self.counters["update"]), model=self.model, tokenizer=self.tok,
-                                  optimizer=self.optimizer, state=state, keep=self.t.keep_checkpoints,
-                                  store=self.store, run_id=self.run_id, metrics=metrics)
+        info = ck.save_checkpoint(
+            self.run_dir,
+            int(self.counters["update"]),
+            model=self.model,
+            tokenizer=self.tok,
+            optimizer=self.optimizer,
+            state=state,
+            keep=self.t.keep_checkpoints,
+            store=self.store,
+            run_id=self.run_id,
+            metrics=metrics,
+        )
         self.last_checkpoint = info.path
         self._set_status("running")
         self.callback("checkpoint", {"path": str(info.path), "update": self.counters["update"]})

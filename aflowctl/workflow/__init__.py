@@ -10,8 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["WorkflowSource", "canonical_hash", "check_source", "load_folder", "instantiate", "seed_workflow",
-           "executor_config", "workflow_usage", "problem_context"]
+__all__ = [
+    "WorkflowSource",
+    "canonical_hash",
+    "check_source",
+    "load_folder",
+    "instantiate",
+    "seed_workflow",
+    "executor_config",
+    "workflow_usage",
+    "problem_context",
+]
 
 _LAZY = {
     "WorkflowSource": "aflowctl.workflow.loader",

@@ -52,7 +52,12 @@ _AFLOW_ROOTS = ("workspace", "scripts", "metagpt", "examples", "aflow")
 
 #: aflowctl benchmark name -> AFlow's dataset name (its workspace folder)
 AFLOW_DATASETS = {
-    "gsm8k": "GSM8K", "math": "MATH", "humaneval": "HumanEval", "mbpp": "MBPP", "hotpotqa": "HotpotQA", "drop": "DROP",
+    "gsm8k": "GSM8K",
+    "math": "MATH",
+    "humaneval": "HumanEval",
+    "mbpp": "MBPP",
+    "hotpotqa": "HotpotQA",
+    "drop": "DROP",
 }
 
 #: api names that AFlow imports from a module of its own (anything else is an operator class)
@@ -312,12 +317,17 @@ def export_round(
     given = res.get("scores")
     scores = given if isinstance(given, list) and given else [res.get("score")]
     new_rows = [  # AFlow writes one row per validation run
-        {"round": int(round_n), "score": s, "avg_cost": res.get("avg_cost"), "total_cost": res.get("total_cost"),
-         "time": when}
+        {
+            "round": int(round_n),
+            "score": s,
+            "avg_cost": res.get("avg_cost"),
+            "total_cost": res.get("total_cost"),
+            "time": when,
+        }
         for s in scores
     ]
     rows = [r for r in _read_results(base / "results.json") if r.get("round") != int(round_n)]
     rows.extend(new_rows)
-    rows.sort(key=lambda r: (r.get("round") or 0))
+    rows.sort(key=lambda r: r.get("round") or 0)
     _atomic_write(base / "results.json", json.dumps(rows, indent=4, default=str) + "\n")
     return folder

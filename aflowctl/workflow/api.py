@@ -43,26 +43,50 @@ import json
 import threading
 import types
 import weakref
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Literal, Optional
 
 from aflowctl.errors import WorkflowError
 from aflowctl.llm.types import Usage
 
 DatasetType = Literal[
-    "HumanEval", "MBPP", "GSM8K", "MATH", "HotpotQA", "DROP",
-    "humaneval", "mbpp", "gsm8k", "math", "hotpotqa", "drop",
+    "HumanEval",
+    "MBPP",
+    "GSM8K",
+    "MATH",
+    "HotpotQA",
+    "DROP",
+    "humaneval",
+    "mbpp",
+    "gsm8k",
+    "math",
+    "hotpotqa",
+    "drop",
 ]
 
 #: names ``from aflowctl.workflow.api import ...`` can give a graph (besides operators)
 API_NAMES = ("operator", "prompt_custom", "create_llm_instance", "DatasetType", "CostManager")
 
 #: problem fields never shown to operators (answers and evaluation tests)
-HIDDEN_FIELDS = frozenset({
-    "test", "test_list", "challenge_test_list", "canonical_solution", "code", "answer", "solution",
-    "cot", "completion", "ref_text", "supporting_facts", "expected", "target",
-})
+HIDDEN_FIELDS = frozenset(
+    {
+        "test",
+        "test_list",
+        "challenge_test_list",
+        "canonical_solution",
+        "code",
+        "answer",
+        "solution",
+        "cot",
+        "completion",
+        "ref_text",
+        "supporting_facts",
+        "expected",
+        "target",
+    }
+)
 
 
 # --------------------------------------------------------------------------- cost
@@ -136,8 +160,11 @@ def problem_context(
         if callable(getter):
             public_tests = [str(t) for t in (getter(problem) or [])]
     visible = {k: v for k, v in (problem or {}).items() if k not in HIDDEN_FIELDS} if problem is not None else None
-    scope = ProblemScope(problem=visible, public_tests=list(public_tests) if public_tests is not None else None,
-                         dataset=dataset or getattr(benchmark, "name", None))
+    scope = ProblemScope(
+        problem=visible,
+        public_tests=list(public_tests) if public_tests is not None else None,
+        dataset=dataset or getattr(benchmark, "name", None),
+    )
     token = _scope.set(scope)
     try:
         yield scope
@@ -199,7 +226,7 @@ def executor_config(
 
 # Underlying LLM objects are shared per event loop and config, so that a worker that
 # builds one workflow per problem still has one router (one concurrency limit).
-_shared: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
+_shared: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 _shared_lock = threading.Lock()
 
 
@@ -296,7 +323,9 @@ class WorkflowLLM:
         return overrides
 
     def _occurrence(self, prompt: Any, overrides: dict) -> int:
-        key = hashlib.sha256(json.dumps([prompt, sorted(overrides.items())], default=str, sort_keys=True).encode()).hexdigest()
+        key = hashlib.sha256(
+            json.dumps([prompt, sorted(overrides.items())], default=str, sort_keys=True).encode()
+        ).hexdigest()
         scope = _scope.get()
         counter = scope.occurrences if scope is not None else self._occurrences
         with self._lock:
@@ -314,8 +343,11 @@ class WorkflowLLM:
                 update = getattr(self.cost_manager, "update_cost", None)
                 if callable(update):
                     try:
-                        update(int(getattr(s, "prompt_tokens", 0) or 0), int(getattr(s, "completion_tokens", 0) or 0),
-                               getattr(s, "cost_usd", None) or 0.0)
+                        update(
+                            int(getattr(s, "prompt_tokens", 0) or 0),
+                            int(getattr(s, "completion_tokens", 0) or 0),
+                            getattr(s, "cost_usd", None) or 0.0,
+                        )
                     except TypeError:
                         pass
 

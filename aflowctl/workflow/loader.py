@@ -19,9 +19,10 @@ import hashlib
 import itertools
 import linecache
 import types
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 from aflowctl.errors import NotFoundError, WorkflowError
 
@@ -37,7 +38,7 @@ class WorkflowSource:
     graph: str
     prompt: str = ""
 
-    def rewritten(self) -> "WorkflowSource":
+    def rewritten(self) -> WorkflowSource:
         """The same workflow with AFlow's import lines rewritten (idempotent)."""
         return WorkflowSource(rewrite_imports(self.graph), rewrite_imports(self.prompt))
 
@@ -49,8 +50,12 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
-                    and isinstance(body[0].value.value, str):
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(getattr(body[0], "value", None), ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
                 node.body = body[1:] or [ast.Pass()]
     return tree
 
@@ -120,26 +125,104 @@ def _bound_api_names(tree: ast.Module) -> dict[str, str]:
 
 
 #: standard-library modules a workflow may import (besides ``aflowctl.workflow.api``)
-ALLOWED_IMPORTS = frozenset({
-    "__future__", "re", "math", "cmath", "json", "asyncio", "typing", "collections", "itertools", "functools",
-    "random", "string", "dataclasses", "statistics", "enum", "abc", "copy", "heapq", "bisect", "fractions",
-    "decimal", "numbers", "textwrap", "difflib", "datetime", "operator", "unicodedata",
-})
+ALLOWED_IMPORTS = frozenset(
+    {
+        "__future__",
+        "re",
+        "math",
+        "cmath",
+        "json",
+        "asyncio",
+        "typing",
+        "collections",
+        "itertools",
+        "functools",
+        "random",
+        "string",
+        "dataclasses",
+        "statistics",
+        "enum",
+        "abc",
+        "copy",
+        "heapq",
+        "bisect",
+        "fractions",
+        "decimal",
+        "numbers",
+        "textwrap",
+        "difflib",
+        "datetime",
+        "operator",
+        "unicodedata",
+    }
+)
 #: builtins that reach outside the workflow API (code execution, files, introspection)
-FORBIDDEN_NAMES = frozenset({
-    "__import__", "eval", "exec", "compile", "open", "globals", "locals", "vars", "breakpoint", "input",
-    "memoryview", "__builtins__", "__loader__", "__spec__", "help", "exit", "quit",
-})
+FORBIDDEN_NAMES = frozenset(
+    {
+        "__import__",
+        "eval",
+        "exec",
+        "compile",
+        "open",
+        "globals",
+        "locals",
+        "vars",
+        "breakpoint",
+        "input",
+        "memoryview",
+        "__builtins__",
+        "__loader__",
+        "__spec__",
+        "help",
+        "exit",
+        "quit",
+    }
+)
 #: attributes that walk from an object to frames, code, globals or the interpreter
-FORBIDDEN_ATTRS = frozenset({
-    "gi_frame", "gi_code", "cr_frame", "cr_code", "ag_frame", "ag_code", "f_globals", "f_locals", "f_back",
-    "f_builtins", "f_code", "tb_frame", "tb_next", "co_code", "func_globals", "mro",
-    # modules reachable through allowed ones (typing.sys, asyncio.subprocess...) and their escapes
-    "sys", "os", "subprocess", "socket", "builtins", "modules", "system", "popen", "spawn",
-    "create_subprocess_exec", "create_subprocess_shell", "subprocess_exec", "subprocess_shell",
-    "open_connection", "open_unix_connection", "start_server", "start_unix_server", "create_connection",
-    "create_unix_connection", "create_datagram_endpoint", "create_server", "sock_connect", "connect_accepted_socket",
-})
+FORBIDDEN_ATTRS = frozenset(
+    {
+        "gi_frame",
+        "gi_code",
+        "cr_frame",
+        "cr_code",
+        "ag_frame",
+        "ag_code",
+        "f_globals",
+        "f_locals",
+        "f_back",
+        "f_builtins",
+        "f_code",
+        "tb_frame",
+        "tb_next",
+        "co_code",
+        "func_globals",
+        "mro",
+        # modules reachable through allowed ones (typing.sys, asyncio.subprocess...) and their escapes
+        "sys",
+        "os",
+        "subprocess",
+        "socket",
+        "builtins",
+        "modules",
+        "system",
+        "popen",
+        "spawn",
+        "create_subprocess_exec",
+        "create_subprocess_shell",
+        "subprocess_exec",
+        "subprocess_shell",
+        "open_connection",
+        "open_unix_connection",
+        "start_server",
+        "start_unix_server",
+        "create_connection",
+        "create_unix_connection",
+        "create_datagram_endpoint",
+        "create_server",
+        "sock_connect",
+        "connect_accepted_socket",
+    }
+)
 _ALLOWED_DUNDERS = frozenset({"__init__", "__call__", "__name__", "__doc__"})
 _ATTR_FUNCS = frozenset({"getattr", "setattr", "delattr", "hasattr"})
 
@@ -167,7 +250,9 @@ def check_untrusted(tree: ast.AST, filename: str) -> None:
 
     A first line of defence only: workflow code also runs sandboxed (docs/sandbox.md).
     """
-    modules = {a.asname or a.name.split(".", 1)[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    modules = {
+        a.asname or a.name.split(".", 1)[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+    }
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for a in node.names:
@@ -183,13 +268,19 @@ def check_untrusted(tree: ast.AST, filename: str) -> None:
             if node.id in FORBIDDEN_NAMES or (_dunder(node.id) and node.id not in _ALLOWED_DUNDERS):
                 raise _refuse(filename, node, f"'{node.id}'")
         elif isinstance(node, ast.Attribute):
-            if (_dunder(node.attr) and node.attr not in _ALLOWED_DUNDERS) or node.attr in FORBIDDEN_ATTRS \
-                    or (node.attr.startswith("_") and isinstance(node.value, ast.Name) and node.value.id in modules):
+            if (
+                (_dunder(node.attr) and node.attr not in _ALLOWED_DUNDERS)
+                or node.attr in FORBIDDEN_ATTRS
+                or (node.attr.startswith("_") and isinstance(node.value, ast.Name) and node.value.id in modules)
+            ):
                 raise _refuse(filename, node, f"attribute '.{node.attr}'")
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _ATTR_FUNCS:
             name = node.args[1] if len(node.args) > 1 else None
-            if not (isinstance(name, ast.Constant) and isinstance(name.value, str)) or _dunder(name.value) \
-                    or name.value in FORBIDDEN_ATTRS:
+            if (
+                not (isinstance(name, ast.Constant) and isinstance(name.value, str))
+                or _dunder(name.value)
+                or name.value in FORBIDDEN_ATTRS
+            ):
                 raise _refuse(filename, node, f"{node.func.id}() with a computed or special attribute name")
 
 
@@ -208,23 +299,31 @@ def check_source(src: WorkflowSource, *, known_operators: Optional[Iterable[str]
     check_untrusted(prompt, "prompt.py")
     cls = next((n for n in graph.body if isinstance(n, ast.ClassDef) and n.name == "Workflow"), None)
     if cls is None:
-        raise WorkflowError("graph.py defines no Workflow class",
-                            "define `class Workflow:` at the top level of graph.py (see docs/workflows.md)")
+        raise WorkflowError(
+            "graph.py defines no Workflow class",
+            "define `class Workflow:` at the top level of graph.py (see docs/workflows.md)",
+        )
     methods = {n.name: n for n in cls.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
     call = methods.get("__call__")
     if call is None:
-        raise WorkflowError(f"graph.py line {cls.lineno}: class Workflow has no async __call__ method",
-                            "add `async def __call__(self, problem):` returning (answer, cost)")
+        raise WorkflowError(
+            f"graph.py line {cls.lineno}: class Workflow has no async __call__ method",
+            "add `async def __call__(self, problem):` returning (answer, cost)",
+        )
     if not isinstance(call, ast.AsyncFunctionDef):
-        raise WorkflowError(f"graph.py line {call.lineno}: Workflow.__call__ must be async",
-                            "write `async def __call__(self, problem):`")
+        raise WorkflowError(
+            f"graph.py line {call.lineno}: Workflow.__call__ must be async",
+            "write `async def __call__(self, problem):`",
+        )
     init = methods.get("__init__")
     if init is not None:
         a = init.args
         positional = len(a.posonlyargs) + len(a.args)
         if positional < 4 and a.vararg is None and not (a.kwarg is not None or len(a.kwonlyargs) >= 3):
-            raise WorkflowError(f"graph.py line {init.lineno}: Workflow.__init__ must accept (name, llm_config, dataset)",
-                                "write `def __init__(self, name, llm_config, dataset):`")
+            raise WorkflowError(
+                f"graph.py line {init.lineno}: Workflow.__init__ must accept (name, llm_config, dataset)",
+                "write `def __init__(self, name, llm_config, dataset):`",
+            )
     bound = _bound_api_names(graph)
     prompt_aliases = {local for local, api in bound.items() if api == "prompt_custom"} or {"prompt_custom"}
     operator_aliases = {local for local, api in bound.items() if api == "operator"}
@@ -237,7 +336,7 @@ def check_source(src: WorkflowSource, *, known_operators: Optional[Iterable[str]
         if base in prompt_aliases and defined is not None and node.attr not in defined:
             raise WorkflowError(
                 f"graph.py line {node.lineno} uses {base}.{node.attr}, which prompt.py does not define",
-                f"define {node.attr} = \"...\" in prompt.py or remove its use",
+                f'define {node.attr} = "..." in prompt.py or remove its use',
             )
         if base in operator_aliases and known is not None and node.attr not in known:
             raise WorkflowError(
@@ -314,7 +413,7 @@ def _load_error(exc: BaseException, filename: str, what: str) -> WorkflowError:
     return WorkflowError(f"{what}: {msg}{line}", "fix the workflow code")
 
 
-_compiled: "dict[tuple, type]" = {}
+_compiled: dict[tuple, type] = {}
 _COMPILED_MAX = 64
 
 

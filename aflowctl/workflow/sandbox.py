@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from aflowctl.sandbox.confine import capabilities, sandbox_user
 from aflowctl.sandbox import harness as _harness
 from aflowctl.sandbox import process as _process
+from aflowctl.sandbox.confine import capabilities, sandbox_user
 from aflowctl.sandbox.harness import check_solution, compose_test
 from aflowctl.sandbox.process import (
     DEFAULT_MAX_OUTPUT,
@@ -38,8 +38,9 @@ async def check_solution_async(solution: str, test: Any, entry_point: Any, **kwa
     from aflowctl.llm import gateway
 
     if gateway.connected():
-        return await gateway.run_code("check_solution", solution=solution, test=test, entry_point=entry_point,
-                                      limits=kwargs)
+        return await gateway.run_code(
+            "check_solution", solution=solution, test=test, entry_point=entry_point, limits=kwargs
+        )
     return await _harness.check_solution_async(solution, test, entry_point, **kwargs)
 
 
@@ -50,5 +51,15 @@ def describe() -> dict[str, Any]:
     return {**capabilities(), "run_as_uid": user[0] if user else os.geteuid()}
 
 
-__all__ = ["DEFAULT_MAX_OUTPUT", "DEFAULT_MEMORY_MB", "DEFAULT_TIMEOUT_S", "SandboxResult", "check_solution",
-           "check_solution_async", "compose_test", "describe", "run_python", "run_python_async"]
+__all__ = [
+    "DEFAULT_MAX_OUTPUT",
+    "DEFAULT_MEMORY_MB",
+    "DEFAULT_TIMEOUT_S",
+    "SandboxResult",
+    "check_solution",
+    "check_solution_async",
+    "compose_test",
+    "describe",
+    "run_python",
+    "run_python_async",
+]

@@ -103,8 +103,14 @@ async def post_json(url: str, payload: Any, headers: Optional[dict] = None) -> H
     port = parts.port or (443 if use_ssl else 80)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     data = json.dumps(payload).encode()
-    head = [f"POST {path} HTTP/1.1", f"Host: {parts.netloc}", "Content-Type: application/json",
-            "Accept: application/json", f"Content-Length: {len(data)}", "Connection: keep-alive"]
+    head = [
+        f"POST {path} HTTP/1.1",
+        f"Host: {parts.netloc}",
+        "Content-Type: application/json",
+        "Accept: application/json",
+        f"Content-Length: {len(data)}",
+        "Connection: keep-alive",
+    ]
     for k, v in (headers or {}).items():
         head.append(f"{k}: {v}")
     raw = ("\r\n".join(head) + "\r\n\r\n").encode() + data

@@ -96,8 +96,10 @@ def convert_exception(exc: BaseException, model: str, url: Optional[str]) -> Pro
         return ProviderCallError(
             f"{model}: timed out waiting{where} ({text})", "raise llm.timeout_s or check the server", retryable=True
         )
-    if name in ("APIConnectionError", "ConnectError", "ConnectionError") or "connection error" in text.lower() or (
-        status is None and "connect" in text.lower()
+    if (
+        name in ("APIConnectionError", "ConnectError", "ConnectionError")
+        or "connection error" in text.lower()
+        or (status is None and "connect" in text.lower())
     ):
         return ProviderCallError(
             f"{model}: cannot reach {url or 'the provider'} ({name}: {text})",
@@ -116,8 +118,10 @@ def convert_exception(exc: BaseException, model: str, url: Optional[str]) -> Pro
         "ServiceUnavailableError",
         "BadGatewayError",
     )
-    hint = "lower llm.concurrency_per_model or set llm.requests_per_minute" if status == 429 else (
-        "see the provider's message" if not retryable else "the provider is failing; try again later"
+    hint = (
+        "lower llm.concurrency_per_model or set llm.requests_per_minute"
+        if status == 429
+        else ("see the provider's message" if not retryable else "the provider is failing; try again later")
     )
     return ProviderCallError(
         f"{model}: {name}{f' (HTTP {status})' if status else ''}{where}: {text}",
@@ -184,8 +188,13 @@ class LiteLLMProvider:
         except Exception as exc:  # noqa: BLE001 - every litellm error becomes a picklable one
             err = convert_exception(exc, request.model, url)
             if api_key and api_key != "EMPTY" and api_key in err.message:  # belt and braces
-                err = ProviderCallError(err.message.replace(api_key, "[REDACTED]"), err.hint,
-                                        retryable=err.retryable, status=err.status, retry_after=err.retry_after)
+                err = ProviderCallError(
+                    err.message.replace(api_key, "[REDACTED]"),
+                    err.hint,
+                    retryable=err.retryable,
+                    status=err.status,
+                    retry_after=err.retry_after,
+                )
             raise err from None
         latency = time.perf_counter() - t0
         total_cost = None

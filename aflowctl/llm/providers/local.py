@@ -123,7 +123,7 @@ class _Batcher:
                     except asyncio.TimeoutError:
                         break
             q = self.queues[key]
-            batch, self.queues[key] = q[: self.max_batch], q[self.max_batch:]
+            batch, self.queues[key] = q[: self.max_batch], q[self.max_batch :]
             batch = [p for p in batch if not p.future.done()]  # cancelled callers
             if not batch:
                 continue
@@ -141,8 +141,12 @@ class _Batcher:
                     self.engine.executor, self.engine.run_batch, [p.prompt for p in batch], kwargs
                 )
             except Exception as exc:  # noqa: BLE001 - hand the error to every caller of the batch
-                err = exc if isinstance(exc, ProviderCallError) else ProviderCallError(
-                    f"local model failed: {type(exc).__name__}: {exc}", "see AFLOWCTL_DEBUG=1 for details"
+                err = (
+                    exc
+                    if isinstance(exc, ProviderCallError)
+                    else ProviderCallError(
+                        f"local model failed: {type(exc).__name__}: {exc}", "see AFLOWCTL_DEBUG=1 for details"
+                    )
                 )
                 for p in batch:
                     if not p.future.done():
@@ -207,8 +211,13 @@ class LocalProvider:
         base_seed = request.seed if request.seed is not None else int.from_bytes(os.urandom(4), "little")
         max_new = request.max_tokens or DEFAULT_MAX_NEW_TOKENS
         rows = [
-            _Pending(request.messages, base_seed + i, max_new, list(request.stop) if request.stop else None,
-                     loop.create_future())
+            _Pending(
+                request.messages,
+                base_seed + i,
+                max_new,
+                list(request.stop) if request.stop else None,
+                loop.create_future(),
+            )
             for i in range(request.n)
         ]
         temperature = float(request.temperature)
@@ -222,9 +231,16 @@ class LocalProvider:
             raise
         return [
             Sample(
-                text=res.text, finish_reason=res.finish_reason, prompt_tokens=len(res.prompt_ids),
-                completion_tokens=len(res.token_ids), cost_usd=0.0, latency_s=latency, provider="local",
-                model=request.model_name, token_ids=list(res.token_ids), logprobs=list(res.logprobs),
+                text=res.text,
+                finish_reason=res.finish_reason,
+                prompt_tokens=len(res.prompt_ids),
+                completion_tokens=len(res.token_ids),
+                cost_usd=0.0,
+                latency_s=latency,
+                provider="local",
+                model=request.model_name,
+                token_ids=list(res.token_ids),
+                logprobs=list(res.logprobs),
             )
             for res, latency, _size in done
         ]

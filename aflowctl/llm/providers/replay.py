@@ -53,9 +53,14 @@ class ReplayProvider:
         p, m = split_model(inner_model)
         return [
             Sample(
-                text=found[i]["response"], finish_reason=found[i]["finish_reason"],
-                prompt_tokens=found[i]["prompt_tokens"], completion_tokens=found[i]["completion_tokens"],
-                cost_usd=0.0, latency_s=0.0, provider=p, model=m,
+                text=found[i]["response"],
+                finish_reason=found[i]["finish_reason"],
+                prompt_tokens=found[i]["prompt_tokens"],
+                completion_tokens=found[i]["completion_tokens"],
+                cost_usd=0.0,
+                latency_s=0.0,
+                provider=p,
+                model=m,
             )
             for i in indices
         ]

@@ -61,8 +61,12 @@ def _prompt_file(dataset: str) -> Path:
 
 def available() -> list[str]:
     """Datasets with a prompt of their own."""
-    return sorted(p.stem for folder in _graph_folders() for p in folder.glob("*.py")
-                  if p.name != GRAPH and not p.name.startswith(("_", ".")))
+    return sorted(
+        p.stem
+        for folder in _graph_folders()
+        for p in folder.glob("*.py")
+        if p.name != GRAPH and not p.name.startswith(("_", "."))
+    )
 
 
 def seed_folder(dataset: str) -> Path:
