@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -24,7 +24,7 @@ from aflowctl.errors import ConfigError
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found]  # Python 3.10 only; not installed on 3.11+
 
 
 class Role(str, Enum):
@@ -41,10 +41,16 @@ class Role(str, Enum):
 
 
 ROLE_DOCS = {
-    Role.EXPERIMENT: "defines the experiment: a resumed run must keep it (or pass --force); `compare` groups runs by it",
+    Role.EXPERIMENT: (
+        "defines the experiment: a resumed run must keep it (or pass --force); `compare` groups runs by it"
+    ),
     Role.RESUMABLE: "a limit: may change when a run is resumed; `compare` still groups runs by it",
-    Role.RESOURCE: "resource only: may change when a run is resumed; ignored by `compare` and by `evaluate`'s resume check",
-    Role.SEED: "the random seed: a resumed run must keep it; `compare` treats runs that differ only in it as replicates",
+    Role.RESOURCE: (
+        "resource only: may change when a run is resumed; ignored by `compare` and by `evaluate`'s resume check"
+    ),
+    Role.SEED: (
+        "the random seed: a resumed run must keep it; `compare` treats runs that differ only in it as replicates"
+    ),
 }
 
 
@@ -321,11 +327,11 @@ class Config(_Strict):
 # ---------------------------------------------------------------- field roles
 
 
-def _nested_model(annotation: Any) -> Optional[type]:
+def _nested_model(annotation: Any) -> Optional[type[BaseModel]]:
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
-def iter_fields(model: type = None, prefix: str = "") -> Iterator[tuple[str, Any]]:
+def iter_fields(model: Optional[type[BaseModel]] = None, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """``(dotted key, FieldInfo)`` of every leaf field (keys as written in a config file)."""
     model = model or Config
     for name, info in model.model_fields.items():
@@ -405,7 +411,7 @@ def defining_values(cfg_json: dict, prefixes: tuple[str, ...]) -> dict[str, Any]
     }
 
 
-def _loc(err: dict) -> str:
+def _loc(err: Mapping[str, Any]) -> str:
     return ".".join(str(p) for p in err["loc"])
 
 

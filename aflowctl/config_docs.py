@@ -10,6 +10,7 @@ import json
 import typing
 from typing import Any
 
+from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from aflowctl.config import ROLE_DOCS, Config, Role, _nested_model, field_role
@@ -55,7 +56,7 @@ def _default(info: Any) -> str:
     return "`" + json.dumps(value) + "`"
 
 
-def _table(model: type, prefix: str, out: list[str], description: str = "") -> None:
+def _table(model: type[BaseModel], prefix: str, out: list[str], description: str = "") -> None:
     rows, subs = [], []
     for name, info in model.model_fields.items():
         key = info.alias or name
@@ -87,6 +88,7 @@ def render() -> str:
     out.append("")
     for name, info in Config.model_fields.items():
         sub = _nested_model(info.annotation)
+        assert sub is not None, f"top-level config field {name!r} is not a section"
         _table(sub, name + ".", out, info.description or "")
     return "\n".join(out).rstrip("\n") + "\n"
 

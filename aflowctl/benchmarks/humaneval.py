@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from typing import Optional
 
 from aflowctl.benchmarks.coding import CodeBenchmark, top_level_functions
 from aflowctl.benchmarks.scoring import CODE_PREAMBLE
@@ -68,11 +69,11 @@ WRONG_PUBLIC_ASSERTS: dict[str, set[int]] = {
 }
 
 
-def _usable_public_tests(task_id: str, tests: list[str]) -> list[str]:
+def _usable_public_tests(task_id: Optional[str], tests: list[str]) -> list[str]:
     """Drop known-wrong asserts and asserts that do not parse (HumanEval/33 is cut off)."""
     import ast
 
-    wrong = WRONG_PUBLIC_ASSERTS.get(task_id, set())
+    wrong = WRONG_PUBLIC_ASSERTS.get(task_id, set()) if task_id is not None else set()
     out = []
     for i, t in enumerate(tests):
         if i in wrong:

@@ -79,7 +79,7 @@ def evaluate(
     label = f"{dataset or 'evaluation'}/{split}"
     with _progress.Display(db=db, active=_progress.enabled(json_out)) as display:
         ev = run_evaluation(
-            db=db,
+            db=str(db) if db is not None else None,
             config=config,
             overrides=overrides,
             workflow=workflow,
@@ -140,7 +140,8 @@ def evaluate(
     if res.errors:
         first = next(d for d in res.details if d.get("error"))
         console.print(
-            f"{res.errors} problem(s) raised an error (scored 0); first, problem {first['index']}: {first['error'][:200]}",
+            f"{res.errors} problem(s) raised an error (scored 0); "
+            f"first, problem {first['index']}: {first['error'][:200]}",
             markup=False,
         )
     console.print(f"stored as run {rid}; see 'aflowctl inspect runs'", markup=False)

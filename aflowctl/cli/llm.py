@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -56,7 +56,7 @@ def llm_cmd(
     if prompt == "-":
         prompt = sys.stdin.read()
     cfg = load_config(config, {"llm.cache": cache, "llm.budget_usd": budget_usd, "llm.max_retries": max_retries})
-    mc = {
+    mc: dict[str, Any] = {
         "model": model,
         "api_base": api_base,
         "api_key_env": api_key_env,

@@ -99,7 +99,7 @@ def optimize(
 
     with _progress.Display(db=db, active=_progress.enabled(json_out), quiet_lines=json_out) as display:
         outcome = run_optimize(
-            db=db,
+            db=str(db) if db is not None else None,
             config=config,
             overrides=overrides,
             run_id=run_id,
@@ -131,7 +131,8 @@ def optimize(
             console.print(outcome.message, markup=False)
         if outcome.test:
             console.print(
-                f"test split: {100 * outcome.test['mean_score']:.1f}% on {outcome.test['n']} problems (workflow {outcome.test['workflow_id']})"
+                f"test split: {100 * outcome.test['mean_score']:.1f}% on {outcome.test['n']} problems "
+                f"(workflow {outcome.test['workflow_id']})"
             )
         console.print(
             f"inspect: aflowctl inspect workflows --run {outcome.run_id}; report: aflowctl report {outcome.run_id}"

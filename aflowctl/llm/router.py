@@ -150,6 +150,7 @@ class Router:
             await self.log.flush()
 
     async def _write(self, rows: list[dict]) -> None:
+        assert self.log is not None, "only called with a store"
         if _deferred.get():
             self.log.enqueue(rows)
         else:
@@ -161,6 +162,7 @@ class Router:
         index = self._indexes.get(key)
         if index is None:
             index = self._indexes[key] = cache_mod.CacheIndex(self.store, scope=scope, run_id=key[1])
+            assert self.log is not None, "only called with a store"
             self.log.register(index)
         if index.stale():
             await asyncio.to_thread(index.refresh)

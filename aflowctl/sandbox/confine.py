@@ -46,6 +46,7 @@ import resource
 import signal
 import stat
 import sys
+from typing import Any
 
 from aflowctl.errors import SandboxError
 from aflowctl.sandbox import landlock, seccomp
@@ -531,8 +532,9 @@ def confine_current_process(
     ppid = os.getppid()
     limits = _set_rlimits(memory_mb, cpu_s, fsize_bytes, nofile)
     os.environ["TMPDIR"] = scratch
-    if "tempfile" in sys.modules:
-        sys.modules["tempfile"].tempdir = None  # recomputed from TMPDIR on next use
+    tempfile_mod: Any = sys.modules.get("tempfile")
+    if tempfile_mod is not None:
+        tempfile_mod.tempdir = None  # recomputed from TMPDIR on next use
     reads = _read_list(read_paths, sockets)
     user = sandbox_user() if "uid" not in missing else None
     kept: tuple[str, ...] = ()

@@ -82,7 +82,8 @@ def list_experiences(
     query: str | None = None,
     limit: int | None = None,
 ) -> list[dict[str, Any]]:
-    clauses, params = [], {}
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
     if run_id:
         clauses.append("run_id = :run_id")
         params["run_id"] = run_id

@@ -391,6 +391,7 @@ def add_workflow(
         )
         s.add(wf)
         s.flush()
+        assert wf.id is not None  # assigned by the database on flush
         return wf.id
 
     return store.transact(txn)

@@ -468,7 +468,7 @@ def namespace(prompt_module: types.ModuleType | None = None) -> types.ModuleType
     ns.create_llm_instance = create_llm_instance  # type: ignore[attr-defined]
     ns.DatasetType = DatasetType  # type: ignore[attr-defined]
     ns.CostManager = CostManager  # type: ignore[attr-defined]
-    ns.__all__ = [n for n in vars(ns) if not n.startswith("_")]  # for `from ... import *`
+    ns.__all__ = [n for n in vars(ns) if not n.startswith("_")]  # type: ignore[attr-defined]  # for `import *`
     return ns
 
 
