@@ -36,9 +36,9 @@ def run(rounds: int, limit: int, repeats: int, latency: float, workers: int, con
     from test_optimize_e2e import OPT_SYSTEM_MARK, executor_reply, optimizer_reply
 
     from aflowctl.config import load_config
-    from aflowctl.optimizer.search import Optimizer, start_run
+    from aflowctl.optimizer.search import Optimizer
     from aflowctl.rollout.pool import RolloutPool
-    from aflowctl.store import open_store
+    from aflowctl.store import open_store, runs
 
     calls = {"executor": 0, "optimizer": 0}
 
@@ -65,7 +65,9 @@ def run(rounds: int, limit: int, repeats: int, latency: float, workers: int, con
             "llm.concurrency_per_model": max(32, concurrency * workers),
         })
         store = open_store(home / f"bench-{candidates}.db")
-        rid, cfg = start_run(store, cfg, run_id=None, resume=None)
+        opened = runs.create_run(store, kind="optimize", cfg=cfg, dataset=cfg.optimize.dataset, seed=cfg.optimize.seed,
+                                 budget_usd=cfg.optimize.budget_usd, state={"completed_round": 0})
+        rid = opened.id
         t_pool = time.perf_counter()
         with RolloutPool(store, cfg.rollout) as pool:
             pool.start()
@@ -74,6 +76,7 @@ def run(rounds: int, limit: int, repeats: int, latency: float, workers: int, con
             t0 = time.perf_counter()
             out = opt.run()
             wall = time.perf_counter() - t0
+        opened.lease.release()
         n_calls = calls["executor"] + calls["optimizer"]
         C = workers * concurrency
         ideal = n_calls * latency / C
