@@ -161,6 +161,7 @@ def run_evaluation(
                 )
                 s.add(row)
                 s.flush()
+                assert row.id is not None  # assigned by the flush
                 return row.id
 
             wid = store.transact(add)
@@ -179,7 +180,7 @@ def run_evaluation(
                 run_id=rid,
                 workflow_id=wid,
                 seed=cfg.optimize.seed,
-                **({"progress": progress} if progress else {}),
+                progress=progress if progress else None,
             )
         except BudgetExceeded as exc:
             runs.set_status(store, rid, RunStatus.BUDGET_EXCEEDED, str(exc))

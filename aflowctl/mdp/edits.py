@@ -21,6 +21,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from aflowctl.mdp.parse import ProposalError
 from aflowctl.mdp.spec import ENSEMBLE_SIZES, INSTRUCTIONS, Spec
@@ -184,7 +185,8 @@ def apply_edit(spec: Spec, e: Edit, allowed_ops: Sequence[str] | None = None) ->
         if _has(spec, step):
             raise EditError(f"the workflow already has a {step} step", "pick another edit")
         _allowed(STEP_OPERATORS[step], allowed)
-        return replace(spec, **{step: True})
+        flags: dict[str, Any] = {step: True}  # step: one of the bool fields of Spec
+        return replace(spec, **flags)
     if e.edit == "remove":
         step = str(e.step)
         if step == "answer":
@@ -196,7 +198,8 @@ def apply_edit(spec: Spec, e: Edit, allowed_ops: Sequence[str] | None = None) ->
             )
         if not _has(spec, step):
             raise EditError(f"the workflow has no {step} step", "remove a step it has")
-        return replace(spec, ensemble=1) if step == "ensemble" else replace(spec, **{step: False})
+        unset: dict[str, Any] = {step: False}
+        return replace(spec, ensemble=1) if step == "ensemble" else replace(spec, **unset)
     if e.edit == "instruction":
         if e.step != "answer":
             raise EditError(

@@ -34,7 +34,7 @@ Rules:
 - graph.py keeps `class Workflow` with `__init__(self, name, llm_config, dataset)` and `async def __call__(self, {call_args})` returning `(answer, cost)`, where cost is `self.llm.get_usage_summary()["total_cost"]`.
 - Use only the operators listed above, created in `__init__` as `operator.NAME(self.llm)`; prompts live in prompt.py and are referenced as `prompt_custom.NAME`.
 - Keep the import lines of the current graph.py unchanged.
-- Make one focused change that is likely to raise the score; do not repeat a modification listed as already tried."""
+- Make one focused change that is likely to raise the score; do not repeat a modification listed as already tried."""  # noqa: E501 - prompt text: one rule a line
 
 
 def _call_args(kind: str) -> str:
@@ -48,7 +48,8 @@ def render_failed_cases(cases: Sequence[dict], max_chars: int = 600) -> str:
     for i, c in enumerate(cases, 1):
         q = str(c.get("question", ""))[:max_chars]
         out.append(
-            f"{i}. problem: {q}\n   expected: {str(c.get('expected', ''))[:200]}\n   workflow answered: {str(c.get('prediction', ''))[:300]}"
+            f"{i}. problem: {q}\n   expected: {str(c.get('expected', ''))[:200]}\n"
+            f"   workflow answered: {str(c.get('prediction', ''))[:300]}"
         )
     return "\n".join(out)
 
@@ -91,7 +92,8 @@ Current workflow (validation score {score}):
         messages.append(
             {
                 "role": "user",
-                "content": f"Your previous answer could not be used: {error_feedback}\nAnswer again in the required form.",
+                "content": f"Your previous answer could not be used: {error_feedback}\n"
+                "Answer again in the required form.",
             }
         )
     return messages

@@ -133,7 +133,8 @@ def _answer_call(spec: Spec) -> tuple[str, str]:
         return "await self.answer_generate(input=problem + '\\n' + prompt_custom.ANSWER_PROMPT)", "answer"
     if spec.answer_op == "CustomCodeGenerate":
         return (
-            "await self.custom_code_generate(problem=problem, entry_point=entry_point, instruction=prompt_custom.ANSWER_PROMPT)",
+            "await self.custom_code_generate(problem=problem, entry_point=entry_point, "
+            "instruction=prompt_custom.ANSWER_PROMPT)",
             "response",
         )
     return "await self.custom(input=problem, instruction=prompt_custom.ANSWER_PROMPT)", "response"
@@ -194,7 +195,8 @@ def render(spec: Spec, import_lines: Sequence[str]) -> tuple[str, str]:
         body += [
             "review = await self.review(problem=problem, solution=answer)",
             "if not review['review_result']:",
-            "    answer = (await self.revise(problem=problem, solution=answer, feedback=review['feedback']))['solution']",
+            "    answer = (await self.revise(problem=problem, solution=answer, "
+            "feedback=review['feedback']))['solution']",
         ]
     body.append("return answer, self.llm.get_usage_summary()['total_cost']")
     init = ["self.name = name", "self.dataset = dataset", "self.llm = create_llm_instance(llm_config)"]

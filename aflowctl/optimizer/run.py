@@ -54,8 +54,9 @@ def run_optimize(
 
     store = open_store(db)
     store.check_integrity()  # never start writing into a damaged store
-    if resume or run_id:
-        runs.check_not_busy(store, resume or run_id)
+    busy_id = resume or run_id
+    if busy_id:
+        runs.check_not_busy(store, busy_id)
     cfg = optimize_config(store, config=config, overrides=overrides, resume=resume)
     policy_model = None
     if cfg.optimize.policy:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 from loguru import logger
@@ -37,6 +37,9 @@ from aflowctl.optimizer.selection import Candidate, round_rng, select_parent, to
 from aflowctl.store import queries, runs
 from aflowctl.store.db import Store
 from aflowctl.store.runs import RunStatus
+
+if TYPE_CHECKING:
+    from aflowctl.llm.client import LLM
 
 Progress = Callable[..., None]
 
@@ -121,7 +124,7 @@ class Optimizer:
         self.bench = benchmarks.get(self.oc.dataset)
         self.kind = self.bench.kind
         self._val_problems: Optional[list[dict]] = None
-        self._optimizer_llm = None
+        self._optimizer_llm: Optional[LLM] = None
         self._wait_s = 0.0  # time spent waiting on LLM calls and evaluations in this round
         self.round_stats: list[dict] = []  # per round: wall_s, wait_s, overhead_s
         self.policy_model = policy_model
@@ -289,7 +292,12 @@ class Optimizer:
         if self._optimizer_llm is None:
             from aflowctl.llm.client import make_llm
 
-            mc, role = (self.policy_model, "policy") if self.oc.policy else (self.oc.optimizer, "optimizer")
+            mc: ModelConfig
+            if self.oc.policy:
+                assert self.policy_model is not None  # __init__ refuses a policy run without one
+                mc, role = self.policy_model, "policy"
+            else:
+                mc, role = self.oc.optimizer, "optimizer"
             self._optimizer_llm = make_llm(mc, role=role, run_id=self.run_id, store=self.store, llm_cfg=self._llm_cfg())
         return self._optimizer_llm
 
@@ -374,16 +382,18 @@ class Optimizer:
             taken: list[str] = []
             for k in range(K):
                 try:
-                    firsts[k] = self.mdp.random_action(
+                    first = self.mdp.random_action(
                         state, round_rng(self.oc.seed, round_no, 1000 + 10 * k), exclude=taken
                     )
                 except ProposalError:
                     break
-                taken.append(firsts[k][1])
+                firsts[k] = first
+                taken.append(first[1])
         siblings = [f[1] for f in firsts if f is not None]
 
         def one(k: int) -> _Child:
-            mine = firsts[k][1] if firsts[k] is not None else None
+            fk = firsts[k]
+            mine = fk[1] if fk is not None else None
             return self._propose_one(round_no, k, state, [x for x in siblings if x != mine], firsts[k])
 
         if K == 1:
@@ -599,6 +609,7 @@ class Optimizer:
     def evaluate_test(self, round_no: Optional[int] = None) -> dict:
         """Evaluate the best workflow (or the one of ``round_no``) on the test split."""
         rows = [r for r in self._workflow_rows() if r["status"] == "valid"]
+        target: Optional[dict]
         if round_no is not None:
             pick = [r for r in rows if r["round"] == round_no]
             if not pick:

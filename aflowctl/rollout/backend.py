@@ -168,7 +168,8 @@ class ProcessBackend:
                 done.set()
 
     def _in_owner(self, what: str) -> Any:
-        done, box = threading.Event(), []
+        done = threading.Event()
+        box: list[Any] = []
         with self._wake:
             if self._owner is None or not self._owner.is_alive():
                 self._closing = False

@@ -130,7 +130,8 @@ def resolve_indices(
         bad = [i for i in idx if not 0 <= i < n_available]
         if bad:
             raise BenchmarkError(
-                f"problem index {bad[0]} is out of range for {dataset}/{split} ({n_available} problems: 0 to {n_available - 1})",
+                f"problem index {bad[0]} is out of range for {dataset}/{split} "
+                f"({n_available} problems: 0 to {n_available - 1})",
                 "pick indices in that range, or use --limit",
             )
         if not idx:
@@ -213,7 +214,7 @@ def evaluate_workflow(
         "code_memory_mb": rollout_cfg.code_memory_mb,
     }
     own = pool is None
-    if own:
+    if pool is None:
         pool = RolloutPool(store, rollout_cfg)
     try:
         pool.start()
@@ -486,6 +487,7 @@ def _store_evaluations(
             row.details_json = json.dumps(ds)
             session.add(row)
             session.flush()
+            assert row.id is not None  # assigned by the flush
             ids.append(row.id)
         return ids
 

@@ -215,7 +215,7 @@ class RolloutPool:
 
     def _prepare(self, specs: list[TaskSpec], keys: list[str], run_id: Optional[str]) -> dict[str, Any]:
         """Insert missing rows as pending (reset unfinished ones); return rows by key."""
-        from sqlmodel import select
+        from sqlmodel import col, select
 
         from aflowctl.store import RolloutTask, utcnow
 
@@ -224,7 +224,7 @@ class RolloutPool:
             unique = list(dict.fromkeys(keys))
             for i in range(0, len(unique), 500):
                 chunk = unique[i : i + 500]
-                for row in session.exec(select(RolloutTask).where(RolloutTask.key.in_(chunk))).all():
+                for row in session.exec(select(RolloutTask).where(col(RolloutTask.key).in_(chunk))).all():
                     rows[row.key] = row
             now = utcnow()
             for spec, key in zip(specs, keys):
@@ -287,12 +287,12 @@ class RolloutPool:
         self.store.transact(txn)
 
     def _mark_unfinished(self, task_ids: list[int], reason: str) -> None:
-        from sqlmodel import select
+        from sqlmodel import col, select
 
         from aflowctl.store import RolloutTask
 
         def txn(session: Any) -> None:
-            for row in session.exec(select(RolloutTask).where(RolloutTask.id.in_(task_ids))).all():
+            for row in session.exec(select(RolloutTask).where(col(RolloutTask.id).in_(task_ids))).all():
                 if row.status != "done":
                     row.status, row.error = "pending", reason
                     session.add(row)

@@ -86,7 +86,8 @@ class RayBackend:
                     except Exception as exc:  # noqa: BLE001 - Ray raises many kinds (ConnectionError, ...)
                         where = self.cfg.ray_address or "a local Ray instance"
                         raise RolloutError(
-                            f"cannot connect to {where}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                            f"cannot connect to {where}: {type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}",
                             "check --ray-address (ray://HOST:10001 or HOST:6379), or start one with `ray start --head`",
                         ) from None
                     self.owns_ray = True

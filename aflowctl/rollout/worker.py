@@ -82,7 +82,7 @@ def _init(options: dict) -> None:
     from aflowctl.logging import redact
 
     logger.remove()
-    logger.configure(patcher=lambda record: record.update(message=redact(record["message"])))
+    logger.configure(patcher=lambda record: record.update({"message": redact(record["message"])}))
     logger.add(
         sys.stderr,
         level=options.get("log_level", "WARNING"),
@@ -529,7 +529,7 @@ async def _run_problem(
             except asyncio.CancelledError:
                 if not expired:
                     raise
-                if hasattr(task, "uncancel"):
+                if task is not None and hasattr(task, "uncancel"):
                     task.uncancel()
                 raise ProblemTimeout() from None
             prediction = answer[0] if isinstance(answer, tuple) and len(answer) >= 1 else answer

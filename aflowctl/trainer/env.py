@@ -23,7 +23,10 @@ import hashlib
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Optional, Protocol
+
+if TYPE_CHECKING:
+    from aflowctl.rollout.pool import RolloutPool
 
 
 @dataclass
@@ -131,7 +134,7 @@ class WorkflowEnv:
         self.store = store
         self.run_id = run_id
         self._evaluate = evaluate
-        self._pool = None
+        self._pool: Optional[RolloutPool] = None
         self._evaluators: dict[str, Any] = {}
         self._mdps: dict[str, Any] = {}
         self._scores: dict[tuple, tuple[float, list]] = {}

@@ -129,7 +129,7 @@ class Trainer:
 
         self.run_dir = paths.run_dir(self.run_id)
         self.counters = {"epoch": 0, "update": 0, "groups_consumed": 0, "lr_step": 0, "sft_done": False}
-        self._tb = None
+        self._tb: Any = None  # a tensorboard SummaryWriter (optional dependency)
         self.metrics_log: list[dict] = []
         self.last_checkpoint: Optional[Path] = None
 
@@ -388,7 +388,8 @@ class Trainer:
                 f"out of GPU memory during an update (micro_batch_size={self.t.micro_batch_size}, "
                 f"generation_batch_size={self.t.generation_batch_size}, max_new_tokens={self.t.max_new_tokens})",
                 "lower train.micro_batch_size first (then generation_batch_size or max_new_tokens), or set "
-                "train.gradient_checkpointing = true or train.lora = true; the last checkpoint is intact: resume with --resume",
+                "train.gradient_checkpointing = true or train.lora = true; "
+                "the last checkpoint is intact: resume with --resume",
             ) from None
 
     # ------------------------------------------------------------------ one update

@@ -98,5 +98,7 @@ def describe(spec: str) -> dict[str, Any]:
 
 def serve_policy(cfg: Config) -> ModelConfig:
     """The ModelConfig serving ``cfg.optimize.policy`` after :func:`check_policy` accepted it."""
-    check_policy(cfg.optimize.policy, cfg)
-    return policy_model_config(cfg.optimize.policy, cfg.optimize.optimizer)
+    spec = cfg.optimize.policy
+    assert spec is not None, "serve_policy needs optimize.policy"
+    check_policy(spec, cfg)
+    return policy_model_config(spec, cfg.optimize.optimizer)
