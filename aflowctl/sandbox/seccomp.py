@@ -23,6 +23,20 @@ _PR_GET_SECCOMP = 21
 _PR_SET_SECCOMP = 22
 _SECCOMP_MODE_FILTER = 2
 
+# System calls added since Linux 5.1 share one number on every architecture.
+_UNIFIED = dict(
+    io_uring_setup=425,
+    io_uring_enter=426,
+    io_uring_register=427,
+    open_tree=428,
+    move_mount=429,
+    fsopen=430,
+    fsconfig=431,
+    fsmount=432,
+    fspick=433,
+    mount_setattr=442,
+)
+
 # seccomp: AUDIT_ARCH and syscall numbers per machine
 _ARCH = {
     "x86_64": (
@@ -64,16 +78,7 @@ _ARCH = {
             delete_module=176,
             open_by_handle_at=304,
             name_to_handle_at=303,
-            io_uring_setup=425,
-            io_uring_enter=426,
-            io_uring_register=427,
-            open_tree=428,
-            move_mount=429,
-            fsopen=430,
-            fsconfig=431,
-            fsmount=432,
-            fspick=433,
-            mount_setattr=442,
+            **_UNIFIED,
             setsid=112,
             setpgid=109,
         ),
@@ -115,16 +120,7 @@ _ARCH = {
             delete_module=106,
             open_by_handle_at=265,
             name_to_handle_at=264,
-            io_uring_setup=425,
-            io_uring_enter=426,
-            io_uring_register=427,
-            open_tree=428,
-            move_mount=429,
-            fsopen=430,
-            fsconfig=431,
-            fsmount=432,
-            fspick=433,
-            mount_setattr=442,
+            **_UNIFIED,
             setsid=157,
             setpgid=154,
         ),
