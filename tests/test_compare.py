@@ -188,3 +188,28 @@ def test_experiment_key_ignores_seed_and_resources():
     assert cmp.experiment_key(a) == cmp.experiment_key(b)
     b["optimize"]["candidates"] = 4
     assert cmp.experiment_key(a) != cmp.experiment_key(b)
+
+
+def test_unknown_prices_are_shown_as_unknown_never_as_numbers():
+    st = open_store()
+    build_optimize_run(st, "priced", [("root", [Child("p1", "ensemble", [0.6, 0.6, 0.6])])], seed=0)
+    # the optimizer's model has no price: its calls store cost NULL
+    build_optimize_run(
+        st, "unpriced", [("root", [Child("u1", "ensemble", [0.6, 0.6, 0.6])])], seed=1, optimizer_cost=None
+    )
+    r = runner.invoke(app, ["compare", "priced", "unpriced", "--json", "--no-plot"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    p, u = out["runs"]
+    assert (p["unpriced_calls"], u["unpriced_calls"]) == (0, 1)
+    assert u["unpriced_by_role"]["optimizer"] == 1 and u["calls_by_role"]["optimizer"] == 1
+    # a run whose spend is only a lower bound gives no common budget, and a note says why
+    assert out["common_budget_usd"] is None
+    assert any("price is unknown" in n and "unpriced" in n for n in out["notes"])
+    r = runner.invoke(app, ["compare", "priced", "unpriced", "--no-plot"])
+    assert r.exit_code == 0, r.output
+    lines = {ln.split()[0]: ln for ln in r.stdout.splitlines() if ln.strip().startswith(("priced", "unpriced"))}
+    # the run table and the by-role table: the unpriced optimizer is "unknown", the run total a lower bound
+    assert "unknown" in r.stdout and "+ unknown" in r.stdout
+    assert "unknown" not in lines["priced"]
+    assert "$0.0000" not in r.stdout.split("best workflow and spend by role")[1].split("best score by round")[0]

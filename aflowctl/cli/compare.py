@@ -43,7 +43,7 @@ def compare(
 
 
 def _print_tables(result: dict) -> None:
-    from aflowctl.cli._output import console, print_table
+    from aflowctl.cli._output import console, fmt_cost, print_table
     from aflowctl.reporting.compare import format_ci
 
     rows, spend_rows = [], []
@@ -57,7 +57,7 @@ def _print_tables(result: dict) -> None:
                 "best val": s["best_score"],
                 "test": s["test_score"],
                 "valid/prop": f"{s['valid_modifications']}/{s['proposals']}",
-                "spend $": s["cost_usd"],
+                "spend": fmt_cost(s["cost_usd"], s["unpriced_calls"], s["calls"] - s["unpriced_calls"]),
                 "best@budget": s["best_at_common_budget"],
             }
         )
@@ -66,20 +66,25 @@ def _print_tables(result: dict) -> None:
                 "run": s["run_id"],
                 "status": s["status"],
                 "best wf (round)": f"{s['best_workflow_id']} ({s['best_round']})" if s["best_workflow_id"] else None,
-                **{role: v for role, v in s["spend_by_role"].items()},
-                "total $": s["cost_usd"],
+                **{
+                    role: fmt_cost(
+                        v, s["unpriced_by_role"][role], s["calls_by_role"][role] - s["unpriced_by_role"][role]
+                    )
+                    for role, v in s["spend_by_role"].items()
+                },
+                "total": fmt_cost(s["cost_usd"], s["unpriced_calls"], s["calls"] - s["unpriced_calls"]),
             }
         )
     print_table(
         rows,
-        ["run", "group", "seed", "rounds", "best val", "test", "valid/prop", "spend $", "best@budget"],
+        ["run", "group", "seed", "rounds", "best val", "test", "valid/prop", "spend", "best@budget"],
         title=f"compare — {result['dataset']}",
     )
     roles = sorted({role for s in result["runs"] for role in s["spend_by_role"]})
     print_table(
         spend_rows,
-        ["run", "status", "best wf (round)", *roles, "total $"],
-        title="best workflow and spend by role (USD)",
+        ["run", "status", "best wf (round)", *roles, "total"],
+        title="best workflow and spend by role",
     )
     ids = [s["run_id"] for s in result["runs"]]
     print_table(result["per_round"], ["round", *ids], title="best score by round")

@@ -139,6 +139,9 @@ def _run_summary(store: Store, run: dict[str, Any]) -> dict[str, Any]:
         "tokens": data["total_tokens"],
         "calls": data["total_calls"],
         "spend_by_role": {role: r["cost_usd"] for role, r in data["spend_by_role"].items()},
+        "unpriced_calls": sum(r["unpriced_calls"] for r in data["spend_by_role"].values()),
+        "unpriced_by_role": {role: r["unpriced_calls"] for role, r in data["spend_by_role"].items()},
+        "calls_by_role": {role: r["calls"] for role, r in data["spend_by_role"].items()},
         "curve": curve,
         "_key": experiment_key(config),
     }
@@ -255,11 +258,19 @@ def compare_runs(
     if any(len(g["runs"]) == 1 for g in groups) and len(groups) > 1:
         notes.append("groups with a single run have no standard deviation: run more seeds per config")
 
-    # common budget: the smallest total spend among runs whose spend is known
+    # common budget: the smallest total spend among runs whose spend is known (a run with
+    # unpriced calls only has a lower bound on its spend, so no common budget is claimed)
+    unpriced = [s["run_id"] for s in summaries if s["unpriced_calls"]]
+    if unpriced:
+        notes.append(
+            f"{len(unpriced)} run(s) made calls whose price is unknown ({', '.join(unpriced[:3])}"
+            f"{', ...' if len(unpriced) > 3 else ''}): their spend is shown as unknown and no common budget"
+            " is computed; price the model with [llm.prices] to compare at equal spend"
+        )
     spends = [
         s["curve"][-1]["cumulative_cost_usd"]
         for s in summaries
-        if s["curve"] and s["curve"][-1]["cumulative_cost_usd"] is not None
+        if s["curve"] and s["curve"][-1]["cumulative_cost_usd"] is not None and not s["unpriced_calls"]
     ]
     common = min(spends) if spends and len(spends) == len(summaries) else None
     for s in summaries:
