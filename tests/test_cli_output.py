@@ -11,21 +11,15 @@ import csv
 import io
 import json
 import os
-import pty
-import re
-import select
-import struct
-import subprocess
-import sys
 
 import pytest
+from helpers.pty_run import ANSI, run_on_pty
 from helpers.store_runs import Child, build_optimize_run, build_train_run
 from typer.testing import CliRunner
 
 from aflowctl.cli import app
 
 runner = CliRunner()
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 RUN_A = "opt-20261126-110328-ae85"
 RUN_B = "opt-20261127-093001-0b1f"
 
@@ -45,32 +39,11 @@ def db(tmp_path):
 
 def _pty_run(args: list[str], env_extra: dict, cols: int = 80, keep_ansi: bool = False) -> str:
     """Run the CLI in a pseudo-terminal of ``cols`` columns; return what it printed, colours stripped."""
-    import fcntl
-    import termios
-
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, cols, 0, 0))
     env = {**os.environ, **env_extra, "TERM": "xterm-256color"}
     for k in ("COLUMNS", "LINES", "NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE"):
         env.pop(k, None)
-    proc = subprocess.Popen([sys.executable, "-m", "aflowctl.cli", *args], stdin=slave, stdout=slave, stderr=slave,
-                            env=env, close_fds=True)
-    os.close(slave)
-    out = b""
-    while True:
-        r, _, _ = select.select([master], [], [], 60)
-        if not r:
-            break
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-    proc.wait(timeout=60)
-    os.close(master)
-    text = out.decode("utf-8", "replace").replace("\r\n", "\n")
+    _, out = run_on_pty(args, env, cols=cols, rows=50)
+    text = out.replace("\r\n", "\n")
     return text if keep_ansi else ANSI.sub("", text)
 
 

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.answers import answering, benchmark_answers
 from helpers.openai_server import OpenAIServer
 from typer.testing import CliRunner
 
-from aflowctl import benchmarks
 from aflowctl.cli import app
 
 runner = CliRunner()
@@ -90,19 +90,13 @@ def test_bad_inputs_one_line_each_and_nothing_lost(workflow_dirs, _isolated_home
 
 
 def _answers() -> dict:
-    bench = benchmarks.get("gsm8k")
-    return {p["question"]: (i, bench.expected(p)) for i, p in enumerate(bench.load("validate")[:40])}
+    return benchmark_answers("gsm8k", 40)
 
 
 def _responder(answers):
-    def responder(messages, body):
-        text = "\n".join(m.get("content") or "" for m in messages)
-        for q, (i, expected) in answers.items():
-            if q in text:
-                return f"so the answer is {expected}" if i % 3 == 0 else "so the answer is 0.123"
-        return "?"
-
-    return responder
+    return answering(
+        answers, lambda i: i % 3 == 0, right="so the answer is {expected}", wrong="so the answer is 0.123", unknown="?"
+    )
 
 
 def test_evaluate_json(_isolated_home):

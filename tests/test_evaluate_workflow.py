@@ -7,6 +7,7 @@ import json
 import sqlite3
 
 import pytest
+from helpers.answers import answering, benchmark_answers
 from helpers.openai_server import OpenAIServer
 
 from aflowctl import benchmarks
@@ -22,21 +23,18 @@ N = 6
 
 
 def gsm8k_answers() -> dict[str, tuple[int, str]]:
-    bench = benchmarks.get("gsm8k")
-    return {p["question"]: (i, bench.expected(p)) for i, p in enumerate(bench.load("validate")[:N])}
+    return benchmark_answers("gsm8k", N)
 
 
 def correct_for_even(answers):
     """Answers the problems with an even index correctly, the others wrongly."""
-
-    def responder(messages, body):
-        text = "\n".join(m.get("content") or "" for m in messages)
-        for q, (i, expected) in answers.items():
-            if q in text:
-                return f"Reasoning... the answer is {expected}" if i % 2 == 0 else "the answer is -12345"
-        return "I do not know"
-
-    return responder
+    return answering(
+        answers,
+        lambda i: i % 2 == 0,
+        right="Reasoning... the answer is {expected}",
+        wrong="the answer is -12345",
+        unknown="I do not know",
+    )
 
 
 @pytest.fixture

@@ -4,20 +4,15 @@ acknowledged at once; the one-time model conversion is announced; training steps
 from __future__ import annotations
 
 import os
-import pty
 import re
-import select
 import signal
-import struct
 import subprocess
 import sys
 import time
 
 import pytest
 from helpers.openai_server import OpenAIServer
-
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-CLI = [sys.executable, "-m", "aflowctl.cli"]
+from helpers.pty_run import ANSI, CLI, run_on_pty
 
 
 def _env(tmp_path) -> dict:
@@ -29,29 +24,7 @@ def _env(tmp_path) -> dict:
 
 def _pty(args: list[str], env: dict, timeout: float = 120) -> tuple[int, str]:
     """Run the CLI with stdout and stderr on an 80-column pseudo-terminal."""
-    import fcntl
-    import termios
-
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 80, 0, 0))
-    proc = subprocess.Popen(CLI + args, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
-    os.close(slave)
-    out, end = b"", time.monotonic() + timeout
-    while time.monotonic() < end:
-        r, _, _ = select.select([master], [], [], 1)
-        if r:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
-        elif proc.poll() is not None:
-            break
-    rc = proc.wait(timeout=30)
-    os.close(master)
-    return rc, out.decode("utf-8", "replace")
+    return run_on_pty(args, env, timeout=timeout)
 
 
 def _spinner_args(server: OpenAIServer, db) -> list[str]:
