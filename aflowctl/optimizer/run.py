@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from aflowctl.config import Config, ModelConfig
-from aflowctl.errors import ConfigError
+from aflowctl.errors import AflowctlError, ConfigError
 from aflowctl.optimizer.search import OptimizeOutcome, Progress
 
 Notify = Callable[[str], None]
@@ -26,6 +26,26 @@ def optimize_config(store: Any, *, config: Optional[Path], overrides: dict, resu
     if resume and config is None:
         return runs.stored_config(store, resume, kind="optimize", overrides=overrides)
     return load_config(config, overrides)
+
+
+def preflight(cfg: Config) -> None:
+    """Everything that can be checked before a run row is written: the benchmark and
+    its validation split, the model strings and their providers."""
+    from aflowctl import benchmarks
+    from aflowctl.llm.registry import resolve
+    from aflowctl.mdp.core import check_action_format
+
+    bench = benchmarks.get(cfg.optimize.dataset)
+    check_action_format(cfg.optimize.action_format, dataset=cfg.optimize.dataset, kind=bench.kind)
+    if cfg.optimize.optimizer.model == "mutate" and not cfg.optimize.policy:
+        check_action_format("edit", dataset=cfg.optimize.dataset, kind=bench.kind)  # mutate picks edits
+    if not bench.load("validate"):
+        raise AflowctlError(
+            f"the validation split of {cfg.optimize.dataset} is empty", f"aflowctl data fetch {cfg.optimize.dataset}"
+        )
+    resolve(cfg.optimize.executor.model)
+    if cfg.optimize.optimizer.model != "mutate" and not cfg.optimize.policy:
+        resolve(cfg.optimize.optimizer.model)
 
 
 def run_optimize(
@@ -48,7 +68,7 @@ def run_optimize(
     from aflowctl import paths
     from aflowctl.errors import RunInterrupted
     from aflowctl.logging import add_run_log
-    from aflowctl.optimizer.search import Optimizer, preflight
+    from aflowctl.optimizer.search import Optimizer
     from aflowctl.rollout.pool import RolloutPool
     from aflowctl.store import open_store, runs
 

@@ -6,6 +6,7 @@ best evaluated workflows with the round's seeded generator, (2) asks the optimiz
 retrying malformed, repeated, non-compiling or smoke-failing ones with the error fed
 back, (3) evaluates the valid children ``validation_rounds`` times in parallel through
 the rollout pool, (4) records children, scores and experiences, (5) checks convergence.
+Step (2) is :mod:`.proposal`; the run's outcome and its test split are :mod:`.outcome`.
 
 Durability: a round's rows become visible together. Child workflows and their
 evaluations are written first; the experiences and the run's cursor
@@ -20,19 +21,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
-from loguru import logger
 
 from aflowctl.config import Config, ModelConfig
-from aflowctl.errors import AflowctlError, BudgetExceeded, ConfigError, NotFoundError
+from aflowctl.errors import AflowctlError, BudgetExceeded, ConfigError
 from aflowctl.mdp import experience as exp_mod
-from aflowctl.mdp.core import EvalPlan, SearchMDP, SearchState, check_action_format, one_line
-from aflowctl.mdp.observe import messages_to_text
-from aflowctl.mdp.parse import ProposalError, normalise_modification
+from aflowctl.mdp.core import EvalPlan, SearchMDP
 from aflowctl.optimizer.convergence import check_convergence
+from aflowctl.optimizer.outcome import OptimizeOutcome, best_workflow, evaluate_test, outcome
+from aflowctl.optimizer.proposal import Child, propose_all
 from aflowctl.optimizer.selection import Candidate, round_rng, select_parent, top_candidates
 from aflowctl.store import queries, runs
 from aflowctl.store.db import Store
@@ -44,56 +43,10 @@ if TYPE_CHECKING:
 Progress = Callable[..., None]
 
 
-@dataclass
-class OptimizeOutcome:
-    run_id: str
-    status: str
-    rounds: int
-    best_workflow_id: Optional[int]
-    best_round: Optional[int]
-    best_score: Optional[float]
-    cost_usd: float
-    message: str = ""
-    test: Optional[dict] = None
-
-
-@dataclass
-class _Child:
-    k: int
-    modification: Optional[str]
-    action_text: str
-    prompt_text: str
-    graph: Optional[str] = None
-    prompt: Optional[str] = None
-    workflow_id: Optional[int] = None
-    valid: bool = False
-    error: Optional[str] = None
-    scores: list[float] = field(default_factory=list)
-
-
 def _optimizer_name(cfg: Config) -> str:
     if cfg.optimize.policy:
         return f"policy:{cfg.optimize.policy}"
     return cfg.optimize.optimizer.model
-
-
-def preflight(cfg: Config) -> None:
-    """Everything that can be checked before a run row is written: the benchmark and
-    its validation split, the model strings and their providers."""
-    from aflowctl import benchmarks
-    from aflowctl.llm.registry import resolve
-
-    bench = benchmarks.get(cfg.optimize.dataset)
-    check_action_format(cfg.optimize.action_format, dataset=cfg.optimize.dataset, kind=bench.kind)
-    if cfg.optimize.optimizer.model == "mutate" and not cfg.optimize.policy:
-        check_action_format("edit", dataset=cfg.optimize.dataset, kind=bench.kind)  # mutate picks edits
-    if not bench.load("validate"):
-        raise AflowctlError(
-            f"the validation split of {cfg.optimize.dataset} is empty", f"aflowctl data fetch {cfg.optimize.dataset}"
-        )
-    resolve(cfg.optimize.executor.model)
-    if cfg.optimize.optimizer.model != "mutate" and not cfg.optimize.policy:
-        resolve(cfg.optimize.optimizer.model)
 
 
 # ------------------------------------------------------------------ the optimizer
@@ -303,111 +256,8 @@ class Optimizer:
 
     # -------------------------------------------------------------- proposal
 
-    def _propose_one(
-        self, round_no: int, k: int, state: SearchState, exclude: list[str], first: Optional[tuple[str, str]] = None
-    ) -> _Child:
-        """One child of the parent ``state``: retried up to max_retries with the reason fed back.
-
-        Only what the answer got wrong is retried (an invalid action, see
-        :mod:`aflowctl.mdp.core`); any other error stops the run. ``exclude`` holds the
-        modifications taken by sibling candidates of this round (``mutate`` avoids them)."""
-        plan = self.plan()
-        prompt_text = messages_to_text(self.mdp.observe(state))
-        taken = list(exclude)
-        feedback: Optional[str] = None
-        last = _Child(k=k, modification=None, action_text="", prompt_text=prompt_text)
-        for attempt in range(self.oc.max_retries + 1):
-            if self._uses_mutate():
-                if attempt == 0 and first is not None:
-                    action, mod = first
-                else:
-                    try:
-                        action, mod = self.mdp.random_action(
-                            state, round_rng(self.oc.seed, round_no, 1000 + 10 * k + attempt), exclude=taken
-                        )
-                    except ProposalError as exc:  # every catalogue edit was tried: nothing left to propose
-                        last.error = one_line(exc)
-                        return last
-                taken.append(mod)
-            else:
-                msgs = self.mdp.observe(state, error_feedback=feedback)
-                llm = self._get_optimizer_llm()
-                t0 = time.perf_counter()
-                try:
-                    sample = _run_async(
-                        llm.generate(
-                            msgs,
-                            temperature=self.oc.optimizer.temperature,
-                            seed=self.oc.seed * 1_000_003 + round_no * 101 + k,
-                        )
-                    )
-                finally:
-                    self._wait_s += time.perf_counter() - t0
-                action = sample.text
-            act = self.mdp.check(state, action, plan)
-            src = act.source
-            last = _Child(
-                k=k,
-                modification=act.modification,
-                action_text=action,
-                prompt_text=prompt_text,
-                graph=src.graph if src is not None else None,
-                prompt=src.prompt if src is not None else None,
-                valid=act.valid,
-                error=act.error,
-            )
-            if act.valid:
-                return last
-            feedback = act.error
-            logger.info(f"round {round_no} candidate {k} attempt {attempt + 1}: {feedback}")
-            self.progress("proposal_failed", round=round_no, k=k, attempt=attempt + 1, error=feedback)
-        return last
-
     def _uses_mutate(self) -> bool:
         return self.oc.optimizer.model == "mutate" and not self.oc.policy
-
-    def _propose_all(self, round_no: int, parent: dict, parent_score: float) -> list[_Child]:
-        """K children, proposed and smoke-checked in parallel; siblings never repeat each other."""
-        from aflowctl.workflow.loader import WorkflowSource
-
-        state = SearchState(
-            source=WorkflowSource(graph=parent["graph_code"], prompt=parent["prompt_code"]),
-            score=parent_score,
-            tried=self._tried(parent["id"]),
-            failed_cases=self._failed_cases(parent["id"]),
-        )
-        K = self.oc.candidates
-        firsts: list[Optional[tuple[str, str]]] = [None] * K
-        if self._uses_mutate():
-            taken: list[str] = []
-            for k in range(K):
-                try:
-                    first = self.mdp.random_action(
-                        state, round_rng(self.oc.seed, round_no, 1000 + 10 * k), exclude=taken
-                    )
-                except ProposalError:
-                    break
-                firsts[k] = first
-                taken.append(first[1])
-        siblings = [f[1] for f in firsts if f is not None]
-
-        def one(k: int) -> _Child:
-            fk = firsts[k]
-            mine = fk[1] if fk is not None else None
-            return self._propose_one(round_no, k, state, [x for x in siblings if x != mine], firsts[k])
-
-        if K == 1:
-            children = [one(0)]
-        else:
-            with ThreadPoolExecutor(max_workers=K) as tp:
-                children = list(tp.map(one, range(K)))
-        seen: set[str] = set()
-        for c in children:  # an LLM may propose the same thing twice in one round
-            key = normalise_modification(c.modification or "")
-            if c.valid and key in seen:
-                c.valid, c.error = False, "repeats a sibling candidate's modification in the same round"
-            seen.add(key)
-        return children
 
     # -------------------------------------------------------------- rounds
 
@@ -446,7 +296,7 @@ class Optimizer:
         )
         parent = next(r for r in self._workflow_rows() if r["id"] == parent_c.workflow_id)
         self.progress("round_start", round=round_no, parent=parent["id"], parent_score=parent_c.score)
-        children = self._propose_all(round_no, parent, parent_c.score)
+        children = propose_all(self, round_no, parent, parent_c.score)
         for c in children:
             if c.graph is not None:
                 c.workflow_id = self._insert_workflow(
@@ -483,7 +333,7 @@ class Optimizer:
             children=[(c.workflow_id, float(np.mean(c.scores)) if c.scores else None) for c in children],
         )
 
-    def _record(self, round_no: int, parent: dict, parent_score: float, children: list[_Child]) -> None:
+    def _record(self, round_no: int, parent: dict, parent_score: float, children: list[Child]) -> None:
         group_id = f"{self.run_id}:{self._initial_hash()[:12]}"
         policy_version = _optimizer_name(self.cfg)
 
@@ -586,67 +436,11 @@ class Optimizer:
         return self.outcome(status, message)
 
     def best(self) -> Optional[dict]:
-        rows = [r for r in self._workflow_rows() if r["status"] == "valid" and r["score"] is not None]
-        if not rows:
-            return None
-        return max(rows, key=lambda r: (r["score"], -r["round"]))
+        return best_workflow(self.store, self.run_id)
 
     def outcome(self, status: str, message: str = "", test: Optional[dict] = None) -> OptimizeOutcome:
-        best = self.best()
-        cost = queries.run_costs(self.store, self.run_id).get(self.run_id, 0.0)
-        return OptimizeOutcome(
-            run_id=self.run_id,
-            status=status,
-            rounds=queries.run_state(self.store, self.run_id).get("completed_round", 0),
-            best_workflow_id=best["id"] if best else None,
-            best_round=best["round"] if best else None,
-            best_score=float(best["score"]) if best else None,
-            cost_usd=cost,
-            message=message,
-            test=test,
-        )
+        return outcome(self.store, self.run_id, status, message, test)
 
     def evaluate_test(self, round_no: Optional[int] = None) -> dict:
         """Evaluate the best workflow (or the one of ``round_no``) on the test split."""
-        rows = [r for r in self._workflow_rows() if r["status"] == "valid"]
-        target: Optional[dict]
-        if round_no is not None:
-            pick = [r for r in rows if r["round"] == round_no]
-            if not pick:
-                raise NotFoundError(
-                    f"run {self.run_id} has no valid workflow in round {round_no}",
-                    f"see 'aflowctl inspect workflows --run {self.run_id}'",
-                )
-            target = max(pick, key=lambda r: r["score"] or 0.0)
-        else:
-            target = self.best()
-            if target is None:
-                raise NotFoundError(f"run {self.run_id} has no evaluated workflow", "run the search first")
-        res = self._evaluate(
-            target["graph_code"],
-            target["prompt_code"],
-            workflow_id=target["id"],
-            repeats=1,
-            split="test",
-            limit=self.oc.test_limit,
-        )
-        return {
-            "workflow_id": target["id"],
-            "round": target["round"],
-            "mean_score": res.mean_score,
-            "n": res.n,
-            "cost_usd": res.cost_usd,
-        }
-
-
-def _first_error(res: Any) -> Optional[str]:
-    for d in getattr(res, "details", []) or []:
-        if d.get("error"):
-            return str(d["error"])
-    return None
-
-
-def _run_async(coro):
-    import asyncio
-
-    return asyncio.run(coro)
+        return evaluate_test(self, round_no)
