@@ -13,7 +13,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from aflowctl.config import ROLE_DOCS, Config, Role, _nested_model, field_role
+from aflowctl.config import Config
+from aflowctl.config_roles import ROLE_DOCS, Role, _nested_model, field_role
 
 HEADER = """# Configuration reference
 
