@@ -23,10 +23,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from aflowctl.config import LLMConfig, ModelConfig, RolloutConfig
-from aflowctl.errors import AflowctlError, BenchmarkError, InfrastructureError, SandboxError
-from aflowctl.rollout.pool import PoolProgress, RolloutError, RolloutPool, TaskSpec
+from aflowctl.errors import BenchmarkError
+from aflowctl.rollout.eval_plan import MAX_WAVES as MAX_WAVES  # planning, re-exported
+from aflowctl.rollout.eval_plan import plan_items, resolve_indices
+from aflowctl.rollout.eval_results import Scorer, mean_of, store_evaluations, task_failure
+from aflowctl.rollout.pool import PoolProgress, RolloutPool, TaskSpec
 
-MAX_WAVES = 8
 WORKER = "aflowctl.rollout.worker:evaluate"
 
 
@@ -83,65 +85,6 @@ class EvalResult:
         if not details:
             d.pop("details")
         return d
-
-
-def plan_items(
-    indices: Sequence[int], repeats: int, workers: int, concurrency: int, chunk_size: Optional[int] = None
-) -> list[list[tuple[int, int]]]:
-    """Split the (repeat, index) items into task chunks.
-
-    Problems run ``concurrency`` at a time inside a task, so a task of S problems
-    takes ceil(S / concurrency) "waves"; a task whose size is not a multiple of the
-    concurrency wastes part of its last wave. The items are split evenly over the
-    workers, and each worker's share into tasks of ``q * concurrency`` items
-    (q <= MAX_WAVES waves; the last one of a share may be smaller). Submitted largest
-    first, equal tasks keep every worker busy until the end.
-    """
-    items = [(r, i) for r in range(repeats) for i in indices]
-    total = len(items)
-    if total == 0:
-        return []
-    if chunk_size is not None:
-        size = max(1, int(chunk_size))
-        return [items[k : k + size] for k in range(0, total, size)]
-    c = max(1, concurrency)
-    w = max(1, min(workers, total))
-    share = math.ceil(total / w)
-    waves = math.ceil(share / c)
-    per_worker = math.ceil(waves / MAX_WAVES)
-    size = math.ceil(waves / per_worker) * c
-    chunks: list[list[tuple[int, int]]] = []
-    bounds = [round(k * total / w) for k in range(w + 1)]  # w even shares, contiguous
-    for a, b in zip(bounds, bounds[1:]):
-        part = items[a:b]
-        chunks.extend(part[k : k + size] for k in range(0, len(part), size))
-    return chunks
-
-
-def resolve_indices(
-    n_available: int, *, dataset: str, split: str, limit: Optional[int] = None, indices: Optional[Sequence[int]] = None
-) -> list[int]:
-    if n_available == 0:
-        raise BenchmarkError(
-            f"the {split} split of {dataset} is empty", f"fetch it again: aflowctl data fetch {dataset}"
-        )
-    if indices is not None:
-        idx = [int(i) for i in indices]
-        bad = [i for i in idx if not 0 <= i < n_available]
-        if bad:
-            raise BenchmarkError(
-                f"problem index {bad[0]} is out of range for {dataset}/{split} "
-                f"({n_available} problems: 0 to {n_available - 1})",
-                "pick indices in that range, or use --limit",
-            )
-        if not idx:
-            raise BenchmarkError("no problem indices given", "give at least one index, or none for the whole split")
-        return list(dict.fromkeys(idx))
-    if limit is not None:
-        if limit < 1:
-            raise BenchmarkError(f"--limit must be at least 1 (got {limit})", "pass a positive number of problems")
-        return list(range(min(limit, n_available)))
-    return list(range(n_available))
 
 
 def _dump(model: Any) -> dict:
@@ -254,7 +197,7 @@ def evaluate_workflow(
     total_items = sum(sizes.values())
 
     problem_by_index = {i: problems[i] for i in idx}
-    scorer = _Scorer(bench, problem_by_index, threads=max(1, min(8, rollout_cfg.concurrency)))
+    scorer = Scorer(bench, problem_by_index, threads=max(1, min(8, rollout_cfg.concurrency)))
 
     last_report: list = []
 
@@ -301,7 +244,7 @@ def evaluate_workflow(
 
     failed = [o for o in outcomes if o.status != "done"]
     if failed:
-        raise _task_failure(failed, len(outcomes))
+        raise task_failure(failed, len(outcomes))
 
     items: list[dict] = []
     for o in outcomes:
@@ -313,16 +256,16 @@ def evaluate_workflow(
     per_repeat: dict[int, list[dict]] = {r: [] for r in range(repeats)}
     for d in items:
         per_repeat.setdefault(d["repeat"], []).append(d)
-    scores = [_mean([d["score"] for d in per_repeat[r]]) for r in range(repeats)]
-    mean = _mean(scores)
-    std = math.sqrt(_mean([(s - mean) ** 2 for s in scores])) if scores else 0.0
+    scores = [mean_of([d["score"] for d in per_repeat[r]]) for r in range(repeats)]
+    mean = mean_of(scores)
+    std = math.sqrt(mean_of([(s - mean) ** 2 for s in scores])) if scores else 0.0
     costs = [d.get("cost_usd") for d in items]
     known = [c for c in costs if c is not None]
     cost = float(sum(known)) if known or not items or all(not d.get("calls") for d in items) else None
     tokens = int(sum(int(d.get("tokens") or 0) for d in items))
     eval_ids: list[int] = []
     if store_rows:
-        eval_ids = _store_evaluations(
+        eval_ids = store_evaluations(
             store, per_repeat, repeats, dataset=dataset, split=split, run_id=run_id, workflow_id=workflow_id, n=len(idx)
         )
     return EvalResult(
@@ -345,150 +288,3 @@ def evaluate_workflow(
         run_id=run_id,
         workflow_id=workflow_id,
     )
-
-
-class _Scorer:
-    """Scores the workers' plain-text answers in this (trusted) process, on a few
-    threads, as tasks finish. A code benchmark's check runs in the sandbox's judge
-    (:mod:`aflowctl.sandbox.harness`); a harness failure (``SandboxError``) is
-    infrastructure: the evaluation fails (resumable), no item is scored 0 for it."""
-
-    def __init__(self, bench: Any, problems: dict, threads: int):
-        import concurrent.futures as cf
-        import threading
-
-        self.bench, self.problems = bench, problems
-        self.pool = cf.ThreadPoolExecutor(threads, thread_name_prefix="aflowctl-score")
-        self.lock = threading.Lock()
-        self.seen: set[str] = set()
-        self.futures: list = []
-        self.done_items, self.score_sum = 0, 0.0
-
-    def add(self, key: str, items: list[dict]) -> None:
-        with self.lock:
-            if key in self.seen:
-                return
-            self.seen.add(key)
-        for item in items:
-            self.futures.append(self.pool.submit(self._score, item))
-
-    def _score(self, item: dict) -> None:
-        answer = item.get("answer")
-        score = 0.0
-        if not item.get("error") and answer is not None:
-            problem = self.problems.get(item["index"])
-            if problem is not None:
-                try:
-                    score = float(self.bench.score(answer, problem))
-                except SandboxError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - an answer the scorer cannot read is wrong
-                    item["error"] = f"could not score the answer: {type(exc).__name__}: {exc}"[:1000]
-                if not 0.0 <= score <= 1.0 or score != score:
-                    score = 0.0
-        item["score"] = score
-        with self.lock:
-            self.done_items += 1
-            self.score_sum += score
-
-    def progress(self) -> tuple[int, float]:
-        with self.lock:
-            return self.done_items, self.score_sum
-
-    def wait(self) -> None:
-        import concurrent.futures as cf
-
-        cf.wait(self.futures)
-        for f in self.futures:
-            exc = f.exception()
-            if isinstance(exc, SandboxError):
-                raise InfrastructureError(
-                    f"a solution could not be checked: {exc.message}",
-                    "nothing was scored 0 for it; run the same evaluation again",
-                ) from None
-            if exc is not None:
-                raise exc
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _mean(xs: Sequence[float]) -> float:
-    return float(sum(xs) / len(xs)) if xs else 0.0
-
-
-def _task_failure(failed: list, total: int) -> AflowctlError:
-    """The error to raise for tasks that failed for good: a user's error (bad code,
-    budget reached, missing data) keeps its class and message."""
-    first = failed[0]
-    err = first.error or "unknown error"
-    exc = first.exception()
-    if not isinstance(exc, RolloutError):
-        return exc
-    return RolloutError(
-        f"{len(failed)} of {total} rollout tasks failed (first: {err})",
-        "finished tasks are stored; run the same evaluation again to retry the failed ones",
-    )
-
-
-def _store_evaluations(
-    store: Any,
-    per_repeat: dict,
-    repeats: int,
-    *,
-    dataset: str,
-    split: str,
-    run_id: Optional[str],
-    workflow_id: Optional[int],
-    n: int,
-) -> list[int]:
-    """One ``evaluations`` row per repeat, in one transaction. Within a run, an
-    evaluation of the same workflow, split and repeat replaces itself (a resumed run
-    does not duplicate rows)."""
-    import json
-
-    from sqlmodel import select
-
-    from aflowctl.store import Evaluation, utcnow
-
-    def txn(session: Any) -> list[int]:
-        ids = []
-        now = utcnow()
-        for r in range(repeats):
-            ds = per_repeat.get(r, [])
-            known = [d["cost_usd"] for d in ds if d.get("cost_usd") is not None]
-            cost = float(sum(known)) if known or not any(d.get("calls") for d in ds) else None
-            row = None
-            if run_id is not None and workflow_id is not None:
-                row = session.exec(
-                    select(Evaluation).where(
-                        Evaluation.run_id == run_id,
-                        Evaluation.workflow_id == workflow_id,
-                        Evaluation.dataset == dataset,
-                        Evaluation.split == split,
-                        Evaluation.repeat == r,
-                    )
-                ).first()
-            if row is None:
-                row = Evaluation(
-                    workflow_id=workflow_id,
-                    run_id=run_id,
-                    dataset=dataset,
-                    split=split,
-                    repeat=r,
-                    score=0.0,
-                    n=n,
-                    created_at=now,
-                )
-            row.score = _mean([d["score"] for d in ds])
-            row.cost_usd = cost
-            row.n = n
-            row.tokens = int(sum(int(d.get("tokens") or 0) for d in ds))
-            row.details_json = json.dumps(ds)
-            session.add(row)
-            session.flush()
-            assert row.id is not None  # assigned by the flush
-            ids.append(row.id)
-        return ids
-
-    return store.transact(txn)
