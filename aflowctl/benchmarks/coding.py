@@ -7,7 +7,7 @@ from typing import Any
 
 from aflowctl.benchmarks import data
 from aflowctl.benchmarks.base import Benchmark
-from aflowctl.benchmarks.scoring import CODE_PREAMBLE, sanitize
+from aflowctl.benchmarks.code_answers import CODE_PREAMBLE, sanitize
 from aflowctl.errors import BenchmarkError
 
 PUBLIC = "public_test"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import ast
 from typing import Optional
 
+from aflowctl.benchmarks.code_answers import CODE_PREAMBLE
 from aflowctl.benchmarks.coding import CodeBenchmark, top_level_functions
-from aflowctl.benchmarks.scoring import CODE_PREAMBLE
 
 # AFlow adds the helper the test needs for these problems (the test calls it, and a
 # solution may not define it). aflowctl takes the helper from the problem's prompt.
