@@ -115,11 +115,11 @@ def test_model_conversion_is_announced_just_before_it_starts(tmp_path, monkeypat
     it really starts (a bad command line never waits for it nor sees the line)."""
     from aflowctl.cli import _progress
     from aflowctl.errors import ProviderError
-    from aflowctl.llm import local_model
+    from aflowctl.llm import local_model, model_files
 
     lines = []
     monkeypatch.setattr(_progress, "notice", lambda text, json_out=False: lines.append(text))
-    monkeypatch.setattr(local_model, "_conversion_listeners", [])
+    monkeypatch.setattr(model_files, "_conversion_listeners", [])
     _progress.install_conversion_notice()
     _progress.install_conversion_notice()  # installed once
     monkeypatch.setenv("AFLOWCTL_MODELS_DIR", str(tmp_path / "models"))
