@@ -58,8 +58,8 @@ from aflowctl.sandbox.process import (
     DEFAULT_TIMEOUT_S,
     HARD_GRACE_S,
     SandboxResult,
-    check_limits,
     launch,
+    limits_spec,
     raise_if_unconfined,
 )
 
@@ -93,16 +93,11 @@ def check_solution(
     test ran and passed. Raises :class:`SandboxError` when the sandbox could not be
     set up or the harness itself failed: never a verdict.
     """
-    check_limits(timeout_s, memory_mb)
     spec = {
-        "mode": "check",
-        "memory_mb": memory_mb,
-        "cpu_s": int(timeout_s) + 2,
-        "timeout_s": timeout_s,
+        **limits_spec("check", timeout_s, memory_mb, allow_unsandboxed=allow_unsandboxed),
         "entry": entry_point or "",
         "solution": solution or "",
         "prelude": prelude,
-        "allow_unsandboxed": allow_unsandboxed,
     }
     fin = launch(
         spec,

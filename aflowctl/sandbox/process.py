@@ -85,6 +85,19 @@ def check_limits(timeout_s: float, memory_mb: int) -> None:
         raise SandboxError(f"sandbox memory limit {memory_mb} MB is too small to start Python", "pass memory_mb >= 64")
 
 
+def limits_spec(mode: str, timeout_s: float, memory_mb: int, *, allow_unsandboxed: bool) -> dict:
+    """The child's spec for these limits (checked first): wall clock, memory, and CPU
+    seconds (the wall clock plus 2)."""
+    check_limits(timeout_s, memory_mb)
+    return {
+        "mode": mode,
+        "memory_mb": memory_mb,
+        "cpu_s": int(timeout_s) + 2,
+        "timeout_s": timeout_s,
+        "allow_unsandboxed": allow_unsandboxed,
+    }
+
+
 def _minimal_env(scratch: str, extra: Optional[dict[str, str]]) -> dict[str, str]:
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -286,14 +299,7 @@ def run_python(
 ) -> SandboxResult:
     """Run ``code`` as ``__main__`` in a confined child; ok when it exits 0 in time
     with output under the cap."""
-    check_limits(timeout_s, memory_mb)
-    spec = {
-        "mode": "run",
-        "memory_mb": memory_mb,
-        "cpu_s": int(timeout_s) + 2,
-        "timeout_s": timeout_s,
-        "allow_unsandboxed": allow_unsandboxed,
-    }
+    spec = limits_spec("run", timeout_s, memory_mb, allow_unsandboxed=allow_unsandboxed)
     data = stdin.encode() if isinstance(stdin, str) else stdin
     fin = launch(
         spec, files={"main.py": code}, stdin=data, env=env, timeout_s=timeout_s, max_output_bytes=max_output_bytes
