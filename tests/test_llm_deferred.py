@@ -16,6 +16,7 @@ from sqlalchemy import event
 from aflowctl.config import LLMConfig, ModelConfig
 from aflowctl.errors import BudgetExceeded
 from aflowctl.llm import cache as cache_mod
+from aflowctl.llm import calllog
 from aflowctl.llm.client import make_llm
 from aflowctl.llm.router import deferred_logging, flush_logs
 from aflowctl.store import open_store
@@ -149,12 +150,12 @@ def test_unflushed_costs_count_against_the_budget(tmp_path):
                 await llm.generate("first", max_tokens=10)
                 # nothing is committed yet: only the unflushed ledger knows about the $0.06
                 assert rows(store.path) == []
-                assert cache_mod.unflushed(store, "run1") == pytest.approx(0.06, rel=0.01)
+                assert calllog.unflushed(store, "run1") == pytest.approx(0.06, rel=0.01)
                 with pytest.raises(BudgetExceeded, match=r"\$0\.06"):
                     await llm.generate("second", max_tokens=10_000)
             await flush_logs()
 
         asyncio.run(go())
         assert server.count == 1
-        assert cache_mod.unflushed(store, "run1") == 0.0
+        assert calllog.unflushed(store, "run1") == 0.0
     assert len(rows(store.path)) == 1

@@ -1,267 +1,26 @@
-"""The ``llm_calls`` table as call log, response cache and budget ledger.
+"""The ``llm_calls`` table as response cache and budget ledger (writing it is
+:mod:`aflowctl.llm.calllog`).
 
-* :class:`CallLog` appends rows with group commit: rows written while an insert is in
-  flight go into the next one, so hundreds of concurrent calls cost a few
-  transactions; ``await log.write(rows)`` returns once the rows are committed;
-  ``log.enqueue(rows)`` queues them without waiting (the insert runs in the
-  background) and ``await log.flush()`` waits until everything queued on the
-  current event loop is committed (and raises what an insert raised).
 * :func:`lookup` finds cached answers by (request hash, sample index); rows
   written with the cache off (``params_json.cache = false``), cached replays and
   failed calls are never served.
 * :class:`CacheIndex` keeps the (request hash, sample index) keys that
   :func:`lookup` could serve in memory, so that a miss (the common case) costs no
   database round trip; rows written by this process are added as they are queued.
-* :func:`spent` sums a run's known costs; :func:`unflushed` tells what this process
-  logged but has not committed yet (the budget check counts it too).
+* :func:`spent` sums a run's known costs (:func:`aflowctl.llm.calllog.unflushed` adds
+  what this process logged but has not committed yet).
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import json
 import threading
 import time
-import weakref
 from typing import Any, Optional
 
 from sqlalchemy import text
 
-from aflowctl.store import utcnow
-
 CACHE_MODES = ("readwrite", "read", "write", "off")
-
-_INSERT = text(
-    "INSERT INTO llm_calls (run_id, role, provider, model, request_hash, sample_index, messages_json, "
-    "params_json, response, finish_reason, prompt_tokens, completion_tokens, cost_usd, latency_s, cached, "
-    "error, created_at) VALUES (:run_id, :role, :provider, :model, :request_hash, :sample_index, "
-    ":messages_json, :params_json, :response, :finish_reason, :prompt_tokens, :completion_tokens, :cost_usd, "
-    ":latency_s, :cached, :error, :created_at)"
-)
-
-
-def make_row(
-    *,
-    run_id: Optional[str],
-    role: Optional[str],
-    provider: str,
-    model: str,
-    request_hash: str,
-    sample_index: int,
-    messages_json: str,
-    params: dict,
-    response: Optional[str] = None,
-    finish_reason: Optional[str] = None,
-    prompt_tokens: Optional[int] = None,
-    completion_tokens: Optional[int] = None,
-    cost_usd: Optional[float] = None,
-    latency_s: Optional[float] = None,
-    cached: bool = False,
-    error: Optional[str] = None,
-) -> dict:
-    return {
-        "run_id": run_id,
-        "role": role,
-        "provider": provider,
-        "model": model,
-        "request_hash": request_hash,
-        "sample_index": sample_index,
-        "messages_json": messages_json,
-        "params_json": json.dumps(params, sort_keys=True),
-        "response": response,
-        "finish_reason": finish_reason,
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "cost_usd": cost_usd,
-        "latency_s": latency_s,
-        "cached": 1 if cached else 0,
-        "error": error,
-        "created_at": utcnow(),
-    }
-
-
-def insert_rows(store, rows: list[dict]) -> None:
-    """Insert rows in one ``BEGIN IMMEDIATE`` transaction (retried on a stubborn lock)."""
-    if not rows:
-        return
-
-    def _do(session):
-        session.connection().execute(_INSERT, rows)
-
-    store.transact(_do)
-
-
-# --------------------------------------------------------------------------- unflushed costs
-# Per run id: USD of rows queued in this process but not committed yet, and the USD
-# committed so far by this process (a monotonic counter). A budget check reads the
-# counter before it reads the database and adds what was committed meanwhile, so a
-# row is never missed between "queued" and "visible in the database" (it may be
-# counted twice for an instant, which errs on the safe side).
-_ledger_lock = threading.Lock()
-_pending_cost: dict = collections.defaultdict(float)
-_committed_cost: dict = collections.defaultdict(float)
-
-
-def _row_costs(store, rows: list[dict]) -> dict:
-    out: dict = {}
-    path = str(store.path)
-    for r in rows:
-        c = r.get("cost_usd")
-        if c:
-            key = (path, r.get("run_id"))
-            out[key] = out.get(key, 0.0) + float(c)
-    return out
-
-
-def _ledger_add(costs: dict) -> None:
-    if costs:
-        with _ledger_lock:
-            for run, c in costs.items():
-                _pending_cost[run] += c
-
-
-def _ledger_commit(costs: dict) -> None:
-    if costs:
-        with _ledger_lock:
-            for run, c in costs.items():
-                _pending_cost[run] = max(0.0, _pending_cost[run] - c)
-                _committed_cost[run] += c
-
-
-def committed_counter(store, run_id: Optional[str]) -> float:
-    """USD this process has committed for ``run_id`` so far (read before :func:`spent`)."""
-    with _ledger_lock:
-        return _committed_cost[(str(store.path), run_id)]
-
-
-def unflushed(store, run_id: Optional[str], committed_before: Optional[float] = None) -> float:
-    """USD of this process's rows of ``run_id`` not committed yet, plus (when given) what
-    was committed since ``committed_counter()`` returned ``committed_before``."""
-    key = (str(store.path), run_id)
-    with _ledger_lock:
-        since = 0.0 if committed_before is None else max(0.0, _committed_cost[key] - committed_before)
-        return _pending_cost[key] + since
-
-
-class CallLog:
-    """Group-commit writer of ``llm_calls`` rows for one store, usable from any event loop."""
-
-    def __init__(self, store):
-        self.store = store
-        self._lock = threading.Lock()
-        self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopQueue] = weakref.WeakKeyDictionary()
-        self._indexes: weakref.WeakSet[CacheIndex] = weakref.WeakSet()
-
-    def _queue(self) -> _LoopQueue:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            q = self._per_loop.get(loop)
-            if q is None:
-                q = self._per_loop[loop] = _LoopQueue(self.store)
-        return q
-
-    def _note(self, rows: list[dict]) -> None:
-        if rows:
-            for index in list(self._indexes):
-                index.note(rows)
-
-    async def write(self, rows: list[dict]) -> None:
-        """Queue ``rows`` and return once they are committed."""
-        await asyncio.shield(self.submit(rows))
-
-    def submit(self, rows: list[dict]) -> asyncio.Future:
-        """Queue ``rows`` now; the returned future is done once they are committed."""
-        self._note(rows)
-        return self._queue().submit(rows)
-
-    def enqueue(self, rows: list[dict]) -> None:
-        """Queue ``rows`` for the background group commit and return at once (call from
-        a running event loop; :meth:`flush` waits for them)."""
-        self._note(rows)
-        self._queue().enqueue(rows)
-
-    async def flush(self) -> None:
-        """Wait until every row queued on this event loop is committed; raise the first
-        error a background insert met since the last flush."""
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            q = self._per_loop.get(loop)
-        if q is not None:
-            await q.flush()
-
-    def register(self, index: CacheIndex) -> None:
-        self._indexes.add(index)
-
-    def write_sync(self, rows: list[dict]) -> None:
-        self._note(rows)
-        costs = _row_costs(self.store, rows)
-        _ledger_add(costs)
-        insert_rows(self.store, rows)
-        _ledger_commit(costs)
-
-
-class _LoopQueue:
-    def __init__(self, store):
-        self.store = store
-        self.pending: list[tuple[list[dict], Optional[asyncio.Future]]] = []
-        self.flushing = False
-        self.idle: Optional[asyncio.Event] = None
-        self.error: Optional[BaseException] = None  # of a background insert, raised by flush()
-
-    def _push(self, rows: list[dict], fut: Optional[asyncio.Future]) -> None:
-        _ledger_add(_row_costs(self.store, rows))
-        self.pending.append((rows, fut))
-        if not self.flushing:
-            self.flushing = True
-            if self.idle is None:
-                self.idle = asyncio.Event()
-            self.idle.clear()
-            asyncio.ensure_future(self._flush())
-
-    def submit(self, rows: list[dict]) -> asyncio.Future:
-        fut = asyncio.get_running_loop().create_future()
-        self._push(rows, fut)
-        return fut
-
-    def enqueue(self, rows: list[dict]) -> None:
-        self._push(rows, None)
-
-    async def flush(self) -> None:
-        while self.flushing or self.pending:
-            if not self.flushing:  # rows queued without a flusher running: start one
-                self._push([], None)
-            assert self.idle is not None
-            await asyncio.shield(self.idle.wait())
-        if self.error is not None:
-            err, self.error = self.error, None
-            raise err
-
-    async def _flush(self) -> None:
-        try:
-            while self.pending:
-                batch, self.pending = self.pending, []
-                rows = [r for rs, _ in batch for r in rs]
-                try:
-                    await asyncio.to_thread(insert_rows, self.store, rows)
-                except BaseException as exc:  # noqa: BLE001 - hand the error to every waiter
-                    for _, f in batch:
-                        if f is not None and not f.done():
-                            f.set_exception(exc)
-                    if any(f is None for _, f in batch) and self.error is None:
-                        self.error = exc  # rows nobody waits for: flush() raises it
-                    if not isinstance(exc, Exception):
-                        raise
-                else:
-                    _ledger_commit(_row_costs(self.store, rows))
-                    for _, f in batch:
-                        if f is not None and not f.done():
-                            f.set_result(None)
-        finally:
-            self.flushing = False
-            if self.idle is not None:
-                self.idle.set()
-
 
 # --------------------------------------------------------------------------- cache index
 _index_generation = 0
@@ -447,7 +206,7 @@ def totals(store, run_id: str) -> list[dict]:
     sql = text(
         "SELECT role, provider, model, COUNT(*), SUM(cached), SUM(error IS NOT NULL), "
         "COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), SUM(cost_usd), "
-        "SUM(cost_usd IS NULL AND error IS NULL AND cached = 0) "
+        "SUM(cost_usd IS NULL AND (error IS NULL OR error LIKE 'interrupted%') AND cached = 0) "
         "FROM llm_calls WHERE run_id = :r GROUP BY role, provider, model ORDER BY role, provider, model"
     )
     out = []

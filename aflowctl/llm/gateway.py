@@ -215,7 +215,7 @@ class Gateway:
         _write(writer, reply)
 
     async def _handle(self, msg: dict) -> dict:
-        from aflowctl.llm.router import deferred_logging, flush_logs
+        from aflowctl.llm.calllog import deferred_logging, flush_logs
 
         op = msg.get("op")
         if op == "generate":
@@ -255,7 +255,7 @@ class Gateway:
         """Commit every queued ``llm_calls`` row (from any thread)."""
         if self.loop is None or not self.loop.is_running():
             return
-        from aflowctl.llm.router import flush_logs
+        from aflowctl.llm.calllog import flush_logs
 
         asyncio.run_coroutine_threadsafe(flush_logs(), self.loop).result(timeout_s)
 
@@ -266,7 +266,7 @@ class Gateway:
         if loop is not None and thread is not None and loop.is_running():
 
             async def shutdown() -> None:
-                from aflowctl.llm.router import flush_logs
+                from aflowctl.llm.calllog import flush_logs
 
                 if self._server is not None:
                     self._server.close()

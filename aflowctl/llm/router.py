@@ -10,18 +10,20 @@ attempt, success or failure, and every cache hit to ``llm_calls``.
 
 Per-call store round trips are kept off the common path: cache misses are decided
 from an in-memory index of the run's cached keys (:class:`~aflowctl.llm.cache.CacheIndex`),
-and inside :func:`deferred_logging` (what rollout workers use) rows are committed in
-the background instead of holding each call until its group commit ends; the task
-then awaits :func:`flush_logs` before its result counts as done. Costs logged but
-not committed yet still count against the budget.
+and inside :func:`~aflowctl.llm.calllog.deferred_logging` (what rollout workers and
+the gateway use) rows are committed in the background instead of holding each call
+until its group commit ends; the task then awaits :func:`~aflowctl.llm.calllog.flush_logs`
+before its result counts as done. Costs logged but not committed yet still count
+against the budget. Just before a request is sent, the row that would describe it if
+it never came back is appended to the store's write-ahead journal
+(:mod:`aflowctl.store.calljournal`), so a call in flight when the process is killed
+is still logged (as interrupted) when the store is next opened.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import contextvars
 import json
 import random
 import threading
@@ -43,8 +45,10 @@ from aflowctl.errors import (
     UnknownModelError,
 )
 from aflowctl.llm import cache as cache_mod
-from aflowctl.llm import pricing, registry
+from aflowctl.llm import calllog, pricing, registry
+from aflowctl.llm.calllog import call_log_for, call_row, deferred_logging, flush_logs
 from aflowctl.llm.types import LLMRequest, ProviderCallError, Sample
+from aflowctl.store.calljournal import journal_for
 
 # Per event loop: model -> semaphore / request timestamps (asyncio objects are per loop).
 _semaphores: weakref.WeakKeyDictionary[Any, dict[str, asyncio.Semaphore]] = weakref.WeakKeyDictionary()
@@ -57,8 +61,7 @@ _reserved_lock = threading.Lock()
 # Spend of calls without a run id, per process (the budget of one-off calls).
 _spent_no_run: dict[int, float] = collections.defaultdict(float)
 
-# One call log per store path, shared by all routers of the process.
-_call_logs: dict[str, cache_mod.CallLog] = {}
+__all__ = ["Router", "call_log_for", "classify", "deferred_logging", "flush_logs"]  # the last three: calllog's
 
 
 def _semaphore(model: str, limit: int) -> asyncio.Semaphore:
@@ -90,44 +93,6 @@ async def _rpm_wait(model: str, rpm: int, window_s: Optional[float] = None) -> N
         await asyncio.sleep(window_s - (now - window[0]) + 0.001)
 
 
-# Inside deferred_logging(): rows are queued and committed in the background.
-_deferred: contextvars.ContextVar[bool] = contextvars.ContextVar("aflowctl_llm_deferred_logging", default=False)
-
-
-@contextlib.contextmanager
-def deferred_logging(enabled: bool = True):
-    """Within this block (and the asyncio tasks started in it) the router does not wait
-    for its ``llm_calls`` rows to be committed: they are written in the background.
-    Await :func:`flush_logs` (or ``Router.flush``) before treating the work as done;
-    rows not flushed when the process is killed are lost."""
-    token = _deferred.set(enabled)
-    try:
-        yield
-    finally:
-        _deferred.reset(token)
-
-
-async def flush_logs() -> None:
-    """Wait until every ``llm_calls`` row queued on this event loop (any store) is
-    committed; raises the error of a background insert that failed."""
-    errors = []
-    for log in list(_call_logs.values()):
-        try:
-            await log.flush()
-        except Exception as exc:  # noqa: BLE001 - flush every store, then raise
-            errors.append(exc)
-    if errors:
-        raise errors[0]
-
-
-def call_log_for(store) -> cache_mod.CallLog:
-    key = str(store.path)
-    log = _call_logs.get(key)
-    if log is None or log.store is not store:
-        log = _call_logs[key] = cache_mod.CallLog(store)
-    return log
-
-
 class Router:
     """Routes requests to providers with cache, budget, limits, retries and logging.
 
@@ -151,7 +116,7 @@ class Router:
 
     async def _write(self, rows: list[dict]) -> None:
         assert self.log is not None, "only called with a store"
-        if _deferred.get():
+        if calllog.deferred():
             self.log.enqueue(rows)
         else:
             await self.log.write(rows)
@@ -212,7 +177,7 @@ class Router:
                         request_hash=rhash,
                         sample_index=idx,
                     )
-                    rows.append(self._row(request, run_id, role, rhash, idx, messages_json, mode, results[idx]))
+                    rows.append(call_row(request, run_id, role, rhash, idx, messages_json, mode, results[idx]))
                 await self._write(rows)
         missing = [i for i in range(request.n) if i not in results]
         if missing:
@@ -226,62 +191,6 @@ class Router:
         return [results[i] for i in range(request.n)]
 
     # ----------------------------------------------------------------- internals
-    def _params(self, request: LLMRequest, mode: str) -> dict:
-        p = request.sampling_params()
-        p["n"] = request.n
-        p["cache"] = mode in ("readwrite", "write")
-        if request.api_base:
-            p["api_base"] = request.api_base
-        return p
-
-    def _row(
-        self,
-        request,
-        run_id,
-        role,
-        rhash,
-        idx,
-        messages_json,
-        mode,
-        sample: Optional[Sample] = None,
-        error: Optional[str] = None,
-        latency: Optional[float] = None,
-        provider: Optional[str] = None,
-        model: Optional[str] = None,
-    ) -> dict:
-        from aflowctl.logging import redact
-
-        if sample is not None:
-            return cache_mod.make_row(
-                run_id=run_id,
-                role=role,
-                provider=sample.provider,
-                model=sample.model,
-                request_hash=rhash,
-                sample_index=idx,
-                messages_json=messages_json,
-                params=self._params(request, mode),
-                response=sample.text,
-                finish_reason=sample.finish_reason,
-                prompt_tokens=sample.prompt_tokens,
-                completion_tokens=sample.completion_tokens,
-                cost_usd=sample.cost_usd,
-                latency_s=sample.latency_s,
-                cached=sample.cached,
-            )
-        return cache_mod.make_row(
-            run_id=run_id,
-            role=role,
-            provider=provider or request.provider_name,
-            model=model or request.model_name,
-            request_hash=rhash,
-            sample_index=idx,
-            messages_json=messages_json,
-            params=self._params(request, mode),
-            latency_s=latency,
-            error=redact(error or "error"),
-        )
-
     async def _budget_check(self, request: LLMRequest, prefix: str, name: str, run_id: Optional[str]) -> float:
         """Raise BudgetExceeded if the worst case of this call would pass the cap; return the reservation."""
         cap = self.cfg.budget_usd
@@ -289,7 +198,7 @@ class Router:
         if self.store is not None and run_id is not None:
             if cap is None and self._run_caps.get(run_id, 1.0) is None:
                 return 0.0  # the run has no cap (looked up once per router)
-            committed_before = cache_mod.committed_counter(self.store, run_id)
+            committed_before = calllog.committed_counter(self.store, run_id)
             spent_db, run_cap = await asyncio.to_thread(cache_mod.spent, self.store, run_id)
             self._run_caps[run_id] = run_cap
             if cap is None:
@@ -309,7 +218,7 @@ class Router:
             if self.store is not None and run_id is not None:
                 # logged by this process but not committed yet (read after the reservations:
                 # a finished call is queued before its reservation is released)
-                spent_db += cache_mod.unflushed(self.store, run_id, committed_before)
+                spent_db += calllog.unflushed(self.store, run_id, committed_before)
             total = spent_db + in_flight
             if total >= cap or total + worst > cap:
                 where = f"run {run_id}" if run_id else "this session"
@@ -322,6 +231,26 @@ class Router:
                 )
             _reserved[run_id] += worst
         return worst
+
+    def _journal(self, request, run_id, role, rhash, idx, messages_json, prefix, name, reserved) -> Optional[str]:
+        """Append the row of this call, as interrupted, to the write-ahead journal before
+        it is sent (one ``os.write``); its real row settles it. None without a store."""
+        if self.store is None:
+            return None
+        row = call_row(
+            request,
+            run_id,
+            role,
+            rhash,
+            idx,
+            messages_json,
+            self.cfg.cache,
+            error="interrupted",
+            provider=prefix,
+            model=name,
+        )
+        row["worst_case_usd"] = reserved or None  # known only when the run has a budget
+        return journal_for(self.store).begin(row)
 
     def _release(self, run_id: Optional[str], amount: float) -> None:
         if amount:
@@ -349,11 +278,17 @@ class Router:
             reserved = await self._budget_check(request, prefix, name, run_id)
             wait_s = 0.0
             t0 = time.perf_counter()
+            jkey: Optional[str] = None
+            sent = False
             try:
                 async with sem:
                     if cfg.requests_per_minute:
                         await _rpm_wait(request.model, cfg.requests_per_minute)
+                    jkey = self._journal(
+                        request, run_id, role, rhash, indices[0], messages_json, prefix, name, reserved
+                    )
                     t0 = time.perf_counter()
+                    sent = True
                     if getattr(provider, "timeout_exempt", False):  # e.g. in-process models
                         samples = await provider.complete(request)
                     else:
@@ -384,11 +319,11 @@ class Router:
                 )
             except BaseException as exc:
                 self._release(run_id, reserved)
-                if isinstance(exc, asyncio.CancelledError) and self.log is not None:
+                if isinstance(exc, asyncio.CancelledError) and self.log is not None and sent:
                     # sent but never answered (Ctrl-C, the run stopped): it may be billed, so it is logged
                     self.log.enqueue(
                         [
-                            self._row(
+                            call_row(
                                 request,
                                 run_id,
                                 role,
@@ -400,6 +335,7 @@ class Router:
                                 latency=time.perf_counter() - t0,
                                 provider=prefix,
                                 model=name,
+                                journal_key=jkey,
                             )
                         ]
                     )
@@ -417,11 +353,11 @@ class Router:
                     self._release(run_id, reserved)
                     return samples
                 rows = [
-                    self._row(request, run_id, role, rhash, idx, messages_json, mode, s)
+                    call_row(request, run_id, role, rhash, idx, messages_json, mode, s, journal_key=jkey)
                     for idx, s in zip(indices, samples)
                 ]
                 # queue the rows (their cost now counts as unflushed) before the reservation goes
-                if _deferred.get():
+                if calllog.deferred():
                     self.log.enqueue(rows)
                     self._release(run_id, reserved)
                 else:
@@ -436,7 +372,7 @@ class Router:
             if self.log is not None:
                 await self._write(
                     [
-                        self._row(
+                        call_row(
                             request,
                             run_id,
                             role,
@@ -448,6 +384,7 @@ class Router:
                             latency=latency,
                             provider=prefix,
                             model=name,
+                            journal_key=jkey,
                         )
                     ]
                 )

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlmodel import Session
 
 from aflowctl.errors import StoreError
@@ -311,9 +311,30 @@ def open_store(path: str | os.PathLike | None = None, *, cached: bool = True) ->
             "restore it from a backup, or point --db/AFLOWCTL_HOME elsewhere; the file was left untouched",
         ) from None
     store = Store(p)
+    _reconcile_calls(store)
     if cached:
         _open_stores[key] = store
     return store
+
+
+def _reconcile_calls(store: Store) -> None:
+    """Record the LLM calls that a killed process had in flight (:mod:`aflowctl.store.calljournal`).
+    A store that cannot be written now keeps its journal for the next open."""
+    from aflowctl.store import calljournal
+
+    if not calljournal.journal_dir(store.path).is_dir():
+        return
+    try:
+        added = calljournal.reconcile(store)
+    except (StoreError, OSError, sqlite3.Error, SQLAlchemyError) as exc:
+        from loguru import logger
+
+        logger.warning("calls in flight of a killed process are not recorded yet: {}", exc)
+        return
+    if added:
+        from loguru import logger
+
+        logger.info("recorded {} LLM call(s) that a killed process had in flight, as interrupted", added)
 
 
 def close_all() -> None:

@@ -247,4 +247,17 @@ def m006_llm_calls_fts(conn: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m007_llm_calls_journal_key(conn: sqlite3.Connection) -> None:
+    """The key of a call's entry in the write-ahead journal (store/calljournal.py): the
+    rows of one call carry it, so a call is recorded once whether its row was committed
+    before its process died or is added from the journal afterwards."""
+    conn.executescript(
+        """
+        ALTER TABLE llm_calls ADD COLUMN journal_key TEXT;
+        CREATE INDEX ix_llm_calls_journal_key ON llm_calls(journal_key) WHERE journal_key IS NOT NULL;
+        """
+    )
+
+
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -119,6 +119,7 @@ class LLMCall(SQLModel, table=True):
     cached: bool = False
     error: Optional[str] = None
     created_at: str
+    journal_key: Optional[str] = None  # the call's write-ahead journal entry (migration 7)
 
 
 class Checkpoint(SQLModel, table=True):

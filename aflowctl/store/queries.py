@@ -32,8 +32,9 @@ def list_runs(store: Store, kind: str | None = None) -> list[dict[str, Any]]:
     """Runs with their status, rounds, best validation score and spend.
 
     ``rounds`` counts as the run does (its last completed round); ``updates`` is the
-    number of training updates; ``unpriced_calls`` the calls whose price is unknown
-    (``cost_usd`` sums only the known prices).
+    number of training updates; ``unpriced_calls`` the calls whose price is unknown,
+    interrupted calls included (they may have been billed; ``cost_usd`` sums only the
+    known prices).
     """
     rows = _rows(
         store,
@@ -48,8 +49,8 @@ def list_runs(store: Store, kind: str | None = None) -> list[dict[str, Any]]:
                     WHERE w.run_id = r.id AND e.split = 'validate' GROUP BY e.workflow_id)) AS best_score,
                (SELECT COALESCE(SUM(CASE WHEN c.cached = 0 THEN c.cost_usd END), 0)
                     FROM llm_calls c WHERE c.run_id = r.id) AS cost_usd,
-               (SELECT COUNT(*) FROM llm_calls c WHERE c.run_id = r.id AND c.cached = 0 AND c.error IS NULL
-                    AND c.cost_usd IS NULL) AS unpriced_calls,
+               (SELECT COUNT(*) FROM llm_calls c WHERE c.run_id = r.id AND c.cached = 0
+                    AND (c.error IS NULL OR c.error LIKE 'interrupted%') AND c.cost_usd IS NULL) AS unpriced_calls,
                (SELECT COUNT(*) FROM llm_calls c WHERE c.run_id = r.id AND c.cached = 0 AND c.error IS NULL
                     AND c.cost_usd IS NOT NULL) AS priced_calls
         FROM runs r
@@ -156,7 +157,8 @@ def call_totals(store: Store, run_id: str | None = None) -> list[dict[str, Any]]
                COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens,
                COALESCE(SUM(completion_tokens), 0) AS completion_tokens,
                COALESCE(SUM(CASE WHEN cached = 0 THEN cost_usd END), 0) AS cost_usd,
-               SUM(CASE WHEN cost_usd IS NULL AND error IS NULL AND cached = 0 THEN 1 ELSE 0 END) AS unpriced_calls,
+               SUM(CASE WHEN cost_usd IS NULL AND (error IS NULL OR error LIKE 'interrupted%') AND cached = 0
+                        THEN 1 ELSE 0 END) AS unpriced_calls,
                SUM(CASE WHEN cost_usd IS NOT NULL AND error IS NULL AND cached = 0 THEN 1 ELSE 0 END) AS priced_calls,
                AVG(latency_s) AS mean_latency_s
         FROM llm_calls
@@ -390,7 +392,8 @@ def call_activity(store: Store, run_id: Optional[str], since_id: int = 0) -> dic
         store,
         """SELECT COUNT(*) AS calls, COALESCE(SUM(prompt_tokens), 0) + COALESCE(SUM(completion_tokens), 0) AS tokens,
                   SUM(CASE WHEN cached = 0 THEN cost_usd END) AS cost_usd,
-                  SUM(CASE WHEN cost_usd IS NULL AND error IS NULL AND cached = 0 THEN 1 ELSE 0 END) AS unpriced,
+                  SUM(CASE WHEN cost_usd IS NULL AND (error IS NULL OR error LIKE 'interrupted%') AND cached = 0
+                           THEN 1 ELSE 0 END) AS unpriced,
                   MAX(id) AS last_id
            FROM llm_calls WHERE (:r IS NULL OR run_id = :r) AND id > :since""",
         r=run_id,
