@@ -1,6 +1,6 @@
 """The sandbox rows of ``aflowctl doctor``: which confinement layers this machine gives
 untrusted code (docs/sandbox.md), and a probe that runs a real sandboxed child trying
-three escapes. Rows as in :mod:`aflowctl.doctor`.
+four escapes. Rows as in :mod:`aflowctl.doctor`.
 """
 
 from __future__ import annotations
@@ -55,11 +55,12 @@ def check_sandbox(cfg: Config) -> list[dict]:
     return out
 
 
-_PROBE = """import os
+_PROBE = """import os, socket
 out = []
 for name, act in (("/proc/1/environ", lambda: open("/proc/1/environ", "rb").read()),
                   ("a file outside the scratch directory", lambda: open("/tmp/aflowctl-doctor-probe", "w")),
-                  ("a new process", os.fork)):
+                  ("a new process", os.fork),
+                  ("a new socket", lambda: socket.socket(socket.AF_UNIX))):
     try:
         act()
         out.append(name)
@@ -70,7 +71,7 @@ print("ESCAPED:" + ", ".join(out) if out else "CONTAINED")
 
 
 def _probe_sandbox(allow_unsandboxed: bool) -> dict:
-    """Run a real sandboxed child that tries three escapes."""
+    """Run a real sandboxed child that tries four escapes."""
     from aflowctl.errors import SandboxError
     from aflowctl.sandbox.process import run_python
 
@@ -83,7 +84,7 @@ def _probe_sandbox(allow_unsandboxed: bool) -> dict:
             "sandbox probe",
             "ok",
             "a sandboxed child could not read /proc/1/environ, write outside its "
-            f"scratch directory or start a process ({r.duration_s * 1000:.0f} ms)",
+            f"scratch directory, start a process or make a socket ({r.duration_s * 1000:.0f} ms)",
         )
     return _check(
         "sandbox probe",

@@ -89,7 +89,7 @@ def test_sandbox_capabilities_are_shown_with_a_fix():
         assert row["hint"] and "allow_unsandboxed" in row["hint"]
     if caps["ok"]:
         probe = next(c for c in checks if c["name"] == "sandbox probe")
-        assert probe["status"] == "ok" and "/proc/1/environ" in probe["detail"], probe
+        assert probe["status"] == "ok" and "/proc/1/environ" in probe["detail"] and "make a socket" in probe["detail"], probe
     interp = [c for c in checks if c["name"] == "sandbox interpreter"]
     if caps["needs_read_capability"]:
         assert interp[0]["status"] == "warn" and "world-readable" in interp[0]["hint"]

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.gateway_worker import escapes
 from helpers.openai_server import OpenAIServer
 
 from aflowctl.config import LLMConfig, ModelConfig, RolloutConfig
@@ -168,7 +169,8 @@ def test_kill_9_of_the_parent_leaves_no_worker_sending_calls(tmp_path):
 def test_hostile_code_in_a_confined_worker_touches_nothing(tmp_path, secret_env):
     """What graph.py code could try, run in a real confined worker: it reads no key,
     cannot read or write the store, delete a home file, allocate 10 GiB, start sh,
-    reach the network or write outside its scratch directory."""
+    reach the network, open a socket or connect to another unix socket, or write
+    outside its scratch directory."""
     import socket
 
     from aflowctl.sandbox.confine import capabilities
@@ -178,6 +180,12 @@ def test_hostile_code_in_a_confined_worker_touches_nothing(tmp_path, secret_env)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
+    other = socket.socket(socket.AF_UNIX)  # another service's socket, reachable by anyone
+    other_path = tmp_path / "other.sock"
+    other.bind(str(other_path))
+    other_path.chmod(0o777)
+    tmp_path.chmod(0o755)
+    other.listen(1)
     home_file = tmp_path / "home" / "precious.txt"
     home_file.parent.mkdir()
     home_file.write_text("keep me")
@@ -187,15 +195,17 @@ def test_hostile_code_in_a_confined_worker_touches_nothing(tmp_path, secret_env)
     before = db.read_bytes()
     with RolloutPool(store, RolloutConfig(workers=1), options=OPTIONS) as pool:
         out = pool.run([TaskSpec({"db": str(db), "home_file": str(home_file), "port": listener.getsockname()[1],
-                                  "outside": str(outside), "secret": SECRET}, worker="helpers.gateway_worker:hostile")])
+                                  "outside": str(outside), "secret": SECRET, "unix_socket": str(other_path)},
+                                 worker="helpers.gateway_worker:hostile")])
     listener.close()
+    other.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        other.accept()  # nobody connected
+    other.close()
     assert out[0].status == "done", out[0].error
     res = out[0].result
-    for name, outcome in res.items():
-        if name == "write_scratch":
-            assert outcome.startswith("ok"), outcome
-        else:
-            assert not outcome.startswith("ok"), (name, outcome)
+    assert {"connect_unix_socket", "new_socket", "socketpair_dgram", "repoint_gateway_connection"} <= set(res)
+    assert escapes(res) == [], res
     assert home_file.read_text() == "keep me" and not outside.exists()
     assert db.read_bytes()[:100] == before[:100]
     assert SECRET not in json.dumps(res)
@@ -284,3 +294,23 @@ def test_the_budget_is_not_overshot_by_calls_in_flight_in_several_workers(tmp_pa
     assert 1 <= srv.count <= 5
     spent = _rows(tmp_path / "s.db", "SELECT COALESCE(SUM(cost_usd), 0) FROM llm_calls")[0][0]
     assert spent <= 0.05 + 1e-9
+
+
+def test_a_worker_whose_gateway_connection_drops_is_replaced_and_its_task_retried(tmp_path):
+    """The connection drops under a task: an infrastructure failure (the task is retried
+    on a new worker, never scored), and the worker, which cannot reconnect, is replaced."""
+    with OpenAIServer(lambda m, b: "ok") as srv:
+        store = open_store(tmp_path / "s.db", cached=False)
+        with RolloutPool(store, RolloutConfig(workers=1, max_attempts=3), options=OPTIONS) as pool:
+            cid = pool.gateway.register(ModelConfig(model="openai/test-model", api_base=srv.url))
+            first = pool.backend.worker_pids()[0]
+            out = pool.run([TaskSpec({"tag": "d", "drop_in": first}, context={"gateway_client": cid},
+                                     worker="helpers.gateway_worker:drop_gateway")])
+            after = pool.run([TaskSpec({"tag": "e", "drop_in": first}, context={"gateway_client": cid},
+                                       worker="helpers.gateway_worker:drop_gateway")])
+        store.dispose()
+    assert out[0].status == "done" and out[0].attempts == 2, out[0].error
+    assert out[0].result["pid"] != first and out[0].result["texts"] == ["ok"]
+    assert after[0].status == "done" and after[0].attempts == 1  # the new worker serves the next task
+    with pytest.raises(ProcessLookupError):
+        os.kill(first, 0)

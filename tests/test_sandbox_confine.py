@@ -99,7 +99,8 @@ def _run_probe(world, *, argv_prefix=(), python=sys.executable, env_extra=None, 
 def _assert_contained(res: dict, world, children: bool = False) -> None:
     assert "sandbox_error" not in res, res
     escapes = ["parent_environ", "self_environ_other", "read_secret", "read_store", "delete_home_file",
-               "write_outside", "write_tmp", "spawn_sh", "tcp_connect", "udp", "raise_limit", "alloc_10g"]
+               "write_outside", "write_tmp", "spawn_sh", "tcp_connect", "udp", "raise_limit", "alloc_10g",
+               "unix_new_socket", "socketpair_dgram"]
     if not children:  # a worker allowed Python children may fork, and signal inside its own domain
         escapes += ["fork", "signal_parent"]
     for key in escapes:
@@ -164,10 +165,14 @@ def test_rollout_read_paths_give_the_data_but_not_the_store(world):
 
 
 @needs_sandbox
-def test_unix_socket_is_reachable_only_when_allowed(world):
+def test_only_a_unix_connection_opened_before_confinement_is_usable(world):
+    """As a rollout worker's connection to the LLM gateway: the one opened before
+    confinement works; no other socket can be made, connected or re-pointed."""
     res = _run_probe(world, unix_socket=world["unix_socket"])
     _assert_contained(res, world)
-    assert res["unix_socket"] == "ok:b'ok:hello'"
+    assert res["unix_preopened"] == "ok:b'ok:hello'"
+    assert res["unix_connect"] == "err:PermissionError"
+    assert res["unix_reconnect"].startswith("err:")
 
 
 @needs_sandbox

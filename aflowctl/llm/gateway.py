@@ -299,11 +299,14 @@ def _write(writer: asyncio.StreamWriter, reply: dict) -> None:
 
 
 _connection: Optional[socket.socket] = None
+_lost = False
 
 
 def connect(address: dict) -> socket.socket:
     """Connect to the gateway (blocking, in a worker's initializer, before it confines
-    itself) and say hello; the socket is kept for :class:`GatewayClient`."""
+    itself: a confined process can make no socket) and say hello; the socket is kept
+    for :class:`GatewayClient`. Call it once per process: a worker whose connection
+    drops is replaced, never reconnected."""
     global _connection
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -337,6 +340,13 @@ def connected() -> bool:
     return _connection is not None
 
 
+def lost() -> bool:
+    """True once this worker's connection to the gateway is gone: a confined worker
+    cannot open another (no sockets after confinement), so it must be replaced
+    (:func:`aflowctl.rollout.worker.run_task` then ends the process)."""
+    return _lost
+
+
 class _Channel:
     """The worker's connection on its event loop: requests multiplexed by id."""
 
@@ -355,6 +365,9 @@ class _Channel:
                 if fut is not None and not fut.done():
                     fut.set_result(msg)
         except BaseException as exc:  # noqa: BLE001 - every waiter learns the connection is gone
+            global _lost
+            if not isinstance(exc, asyncio.CancelledError):  # not just this event loop closing
+                _lost = True
             self.dead = InfrastructureError(
                 "the connection to the LLM gateway was lost", "the run's parent process stopped"
             )

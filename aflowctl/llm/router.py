@@ -237,17 +237,16 @@ class Router:
         it is sent (one ``os.write``); its real row settles it. None without a store."""
         if self.store is None:
             return None
-        row = call_row(
-            request,
-            run_id,
-            role,
-            rhash,
-            idx,
-            messages_json,
-            self.cfg.cache,
-            error="interrupted",
+        row = calllog.make_row(
+            run_id=run_id,
+            role=role,
             provider=prefix,
             model=name,
+            request_hash=rhash,
+            sample_index=idx,
+            messages_json=messages_json,
+            params=calllog.request_params(request, self.cfg.cache),
+            error="interrupted",  # the text is written when the entry is reconciled
         )
         row["worst_case_usd"] = reserved or None  # known only when the run has a budget
         return journal_for(self.store).begin(row)

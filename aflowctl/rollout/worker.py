@@ -125,7 +125,7 @@ def _init(options: dict) -> None:
         except Exception as exc:  # noqa: BLE001 - the task that needs it will report it
             logger.warning("worker could not preload {}: {}", modname, exc)
     if options.get("confine"):
-        confine(options["confine"], (options.get("gateway") or {}).get("socket"))
+        confine(options["confine"])
 
 
 #: address-space limit of a confined rollout worker (MB) unless the pool's options say otherwise
@@ -133,12 +133,14 @@ WORKER_MEMORY_MB = 4096
 confinement: Any = None  # the ConfineReport of this worker, once confined
 
 
-def confine(conf: dict, gateway_socket: Optional[str]) -> Any:
+def confine(conf: dict) -> Any:
     """Confine this worker for good, after its imports and before any workflow code
     (:func:`aflowctl.sandbox.confine.confine_current_process`): writes only in a
     fresh scratch directory, reads only the interpreter, the imported packages and the
-    benchmark data, no network but the gateway's socket, no processes, a memory
-    limit. Raises SandboxError when a layer is missing unless ``allow_unsandboxed``."""
+    benchmark data, no processes, a memory limit, and no socket but the connection to
+    the LLM gateway opened before (:func:`aflowctl.llm.gateway.connect`): none can be
+    made or connected afterwards. Raises SandboxError when a layer is missing unless
+    ``allow_unsandboxed``."""
     import tempfile
 
     from aflowctl.sandbox.confine import confine_current_process, rollout_read_paths
@@ -148,7 +150,6 @@ def confine(conf: dict, gateway_socket: Optional[str]) -> Any:
     confinement = confine_current_process(
         scratch_dir=scratch,
         memory_mb=int(conf.get("memory_mb") or WORKER_MEMORY_MB),
-        allow_unix_sockets=(gateway_socket,) if gateway_socket else (),
         read_paths=rollout_read_paths(),
         allow_unsandboxed=bool(conf.get("allow_unsandboxed")),
     )
@@ -214,12 +215,27 @@ def run_task(worker: str, key: str, payload: dict, options: Optional[dict] = Non
 
             fn = _worker_cache[worker] = resolve_worker(worker)
         result = fn(payload)
+        _exit_if_gateway_lost()  # a result made without the gateway's answers is not trusted either
         text = json.dumps({"ok": True, "result": result, "duration_s": time.perf_counter() - t0, "pid": os.getpid()})
         return text
     except BaseException as exc:  # noqa: BLE001 - everything becomes an envelope
         if isinstance(exc, KeyboardInterrupt):
             raise
+        _exit_if_gateway_lost()
         return json.dumps(error_envelope(exc, time.perf_counter() - t0))
+
+
+def _exit_if_gateway_lost() -> None:
+    """A worker whose connection to the LLM gateway dropped cannot open another (a
+    confined process makes no socket): it ends now, under its task, so that the pool
+    retries the task on a new worker (an infrastructure failure, never a score)."""
+    from aflowctl.llm import gateway
+
+    if gateway.lost():
+        from loguru import logger
+
+        logger.warning("the connection to the LLM gateway was lost: this worker exits and is replaced")
+        os._exit(75)
 
 
 # --------------------------------------------------------------------------- selftest

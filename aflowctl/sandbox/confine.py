@@ -23,8 +23,10 @@ that runs workflow code) *before* any untrusted code runs. In order, it applies:
    abstract unix sockets and signals scoped to the sandbox (ABI >= 6);
 5. **seccomp** (x86_64, aarch64): no new processes (fork, vfork, clone without
    CLONE_THREAD; clone3 answers ENOSYS so threads fall back to clone), no
-   execve/execveat, ``socket()`` only for AF_UNIX and only when
-   ``allow_unix_sockets`` is given (``socketpair(AF_UNIX)`` always), no ptrace or
+   execve/execveat, no sockets: ``socket``, ``connect``, ``bind``, ``listen`` and
+   ``accept`` refused (a connection the process needs, such as a rollout worker's to
+   the LLM gateway, is opened before confinement), ``socketpair`` for AF_UNIX
+   SOCK_STREAM only (asyncio's self-pipe), no ptrace or
    cross-process memory access, signals only to the process itself, no
    setrlimit and prlimit only to read, no namespaces, mounts, io_uring, bpf,
    keyrings, handle-based opens or module loading.
@@ -277,7 +279,7 @@ def prepare() -> None:
     """Do the slow parts of :func:`confine_current_process` now (probing, path lists),
     e.g. before a fork, so that each confined process only makes system calls."""
     capabilities()
-    _needs_read_cap(_read_list((), ()))
+    _needs_read_cap(_read_list(()))
 
 
 def _thread_count() -> int:
@@ -314,14 +316,13 @@ def _interpreter_executables() -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _read_list(read_paths: Iterable[str | os.PathLike], sockets: Iterable[str]) -> list[str]:
+def _read_list(read_paths: Iterable[str | os.PathLike]) -> list[str]:
     return list(
         dict.fromkeys(
             [
                 *(os.path.abspath(os.fspath(p)) for p in read_paths),
                 *interpreter_read_paths(),
                 *SYSTEM_READ_PATHS,
-                *sockets,
             ]
         )
     )
@@ -483,7 +484,6 @@ def confine_current_process(
     scratch_dir: str | os.PathLike,
     memory_mb: Optional[int],
     cpu_s: Optional[float] = None,
-    allow_unix_sockets: Iterable[str | os.PathLike] = (),
     read_paths: Iterable[str | os.PathLike] = (),
     nofile: Optional[int] = None,
     fsize_bytes: Optional[int] = None,
@@ -493,10 +493,9 @@ def confine_current_process(
     """Confine this process for good (see the module docstring for the layers).
 
     ``scratch_dir`` is the only place it may write (it is handed to the sandbox
-    user when the uid is dropped); ``read_paths`` are extra read-only paths;
-    ``allow_unix_sockets`` are the unix socket paths it must reach (the LLM
-    gateway): ``socket(AF_UNIX)`` is allowed only when some are given, and each is
-    handed to the sandbox user. Call it before any untrusted code runs, from the
+    user when the uid is dropped); ``read_paths`` are extra read-only paths. No
+    socket can be made or connected afterwards: open the connections the process
+    needs (a rollout worker's to the LLM gateway) before. Call it before any untrusted code runs, from the
     main thread, before other threads start (seccomp and Landlock apply to the
     calling thread and the threads it creates later). Afterwards ``TMPDIR`` (and
     :mod:`tempfile`) point into ``scratch_dir``, the only place files can be made.
@@ -510,7 +509,6 @@ def confine_current_process(
     scratch = os.path.abspath(os.fspath(scratch_dir))
     if not os.path.isdir(scratch):
         raise SandboxError(f"sandbox scratch directory {scratch} does not exist", "create it before confining")
-    sockets = [os.path.abspath(os.fspath(p)) for p in allow_unix_sockets]
     caps = capabilities()
     missing = [p["layer"] for p in caps["problems"]]
     if missing and not allow_unsandboxed:
@@ -535,7 +533,7 @@ def confine_current_process(
     tempfile_mod: Any = sys.modules.get("tempfile")
     if tempfile_mod is not None:
         tempfile_mod.tempdir = None  # recomputed from TMPDIR on next use
-    reads = _read_list(read_paths, sockets)
+    reads = _read_list(read_paths)
     user = sandbox_user() if "uid" not in missing else None
     kept: tuple[str, ...] = ()
     dropped = False
@@ -545,9 +543,6 @@ def confine_current_process(
         try:
             os.chown(scratch, uid, gid)
             os.chmod(scratch, 0o700)
-            for s in sockets:
-                if os.path.exists(s):
-                    os.chown(s, uid, gid)
         except OSError as exc:
             raise SandboxError(
                 f"could not hand {scratch} to the sandbox user: {exc.strerror}",
@@ -569,7 +564,7 @@ def confine_current_process(
         )
     sc = False
     if caps["seccomp"]:
-        seccomp.install(allow_socket=bool(sockets), allow_children=allow_python_children)
+        seccomp.install(allow_children=allow_python_children)
         sc = True
     return ConfineReport(
         uid=os.getuid(),

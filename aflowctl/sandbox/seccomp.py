@@ -50,6 +50,11 @@ _ARCH = {
             execveat=322,
             socket=41,
             socketpair=53,
+            connect=42,
+            accept=43,
+            bind=49,
+            listen=50,
+            accept4=288,
             kill=62,
             tkill=200,
             tgkill=234,
@@ -92,6 +97,11 @@ _ARCH = {
             execveat=281,
             socket=198,
             socketpair=199,
+            bind=200,
+            listen=201,
+            accept=202,
+            connect=203,
+            accept4=242,
             kill=129,
             tkill=130,
             tgkill=131,
@@ -127,6 +137,12 @@ _ARCH = {
     ),
 }
 _DENIED = (
+    "socket",
+    "connect",
+    "bind",
+    "listen",
+    "accept",
+    "accept4",
     "fork",
     "vfork",
     "execve",
@@ -171,6 +187,8 @@ _DENIED = (
 )
 _CLONE_THREAD = 0x00010000
 _AF_UNIX = 1
+_SOCK_STREAM = 1
+_SOCK_TYPE_MASK = 0xF  # the type without SOCK_NONBLOCK / SOCK_CLOEXEC
 
 
 def available() -> bool:
@@ -192,8 +210,14 @@ _CLONE_NEW_NS = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 |
 _CHILD_CALLS = ("fork", "vfork", "execve", "setsid", "setpgid", "setrlimit")
 
 
-def _seccomp_filter(allow_socket: bool, allow_children: bool = False) -> bytes:
+def _seccomp_filter(allow_children: bool = False) -> bytes:
     """The BPF program (struct sock_filter array) for this machine.
+
+    No socket can be made or reached: ``socket``, ``connect``, ``bind``, ``listen`` and
+    ``accept`` are refused; a connection the process needs (a rollout worker's to the
+    LLM gateway) is opened before it confines itself. ``socketpair`` stays, for
+    ``AF_UNIX`` ``SOCK_STREAM`` only (asyncio's self-pipe): a connected pair of its own
+    that cannot be pointed anywhere else (a datagram pair could ``sendto`` any path).
 
     ``allow_children``: fork/vfork/clone (without namespace flags), execve (Landlock
     decides which file: only the interpreter), setsid/setpgid, and signals to any
@@ -229,8 +253,7 @@ def _seccomp_filter(allow_socket: bool, allow_children: bool = False) -> bytes:
     jeq(nr["kill"], "kill")
     jeq(nr["tgkill"], "tgkill")
     jeq(nr["prlimit64"], "prlimit")
-    jeq(nr["socket"], "socket" if allow_socket else "deny")
-    jeq(nr["socketpair"], "socket")
+    jeq(nr["socketpair"], "socketpair")
     ret(allow)
     if allow_children:
         labels["clone"] = len(prog)
@@ -259,9 +282,13 @@ def _seccomp_filter(allow_socket: bool, allow_children: bool = False) -> bytes:
     jeq(0, None, "deny")
     ld(36)
     jeq(0, "allow", "deny")
-    labels["socket"] = len(prog)
+    # socketpair(domain, type, protocol, sv): AF_UNIX and SOCK_STREAM only
+    labels["socketpair"] = len(prog)
     ld(16)
-    jeq(_AF_UNIX, "allow", "deny")
+    jeq(_AF_UNIX, None, "deny")
+    ld(24)
+    prog.append((0x54, _SOCK_TYPE_MASK, None, None))  # A &= mask
+    jeq(_SOCK_STREAM, "allow", "deny")
     labels["allow"] = len(prog)
     ret(allow)
     labels["deny"] = len(prog)
@@ -282,8 +309,8 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def install(allow_socket: bool, allow_children: bool = False) -> None:
-    prog = _seccomp_filter(allow_socket, allow_children)
+def install(allow_children: bool = False) -> None:
+    prog = _seccomp_filter(allow_children)
     buf = ctypes.create_string_buffer(prog, len(prog))
     fprog = _SockFprog(len(prog) // 8, ctypes.addressof(buf))
     if libc().prctl(_PR_SET_SECCOMP, ctypes.c_ulong(_SECCOMP_MODE_FILTER), ctypes.byref(fprog), 0, 0) != 0:

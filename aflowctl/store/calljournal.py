@@ -73,10 +73,16 @@ class Journal:
         self.broken: Optional[str] = None  # why the journal could not be written (then calls go unjournaled)
 
     def _open_segment(self) -> _Segment:
-        self.dir.mkdir(mode=0o700, exist_ok=True)
         self._n += 1
         path = self.dir / f"{self.pid}-{self.token}-{self._n}{SUFFIX}"
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        for attempt in range(3):
+            self.dir.mkdir(mode=0o700, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                break
+            except FileNotFoundError:  # another process removed the empty folder meanwhile
+                if attempt == 2:
+                    raise
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a fresh file: nobody else holds it
         return _Segment(fd, path)
 
@@ -140,6 +146,10 @@ class Journal:
                     _remove(seg)
             self._current = None
             self._segments.clear()
+            try:
+                self.dir.rmdir()  # only when empty: no other process's file, nothing left to reconcile
+            except OSError:
+                pass
 
 
 def _write_all(fd: int, data: bytes) -> int:

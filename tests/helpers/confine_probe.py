@@ -3,8 +3,9 @@
     python confine_probe.py '<json config>'
 
 config: scratch, memory_mb, targets (paths to read / write / delete), port (a
-loopback TCP port to connect to), parent_pid, unix_socket (a path to connect to,
-also passed as allow_unix_sockets), allow_unsandboxed. Each probe records "ok:<value>"
+loopback TCP port to connect to), parent_pid, unix_socket (a listening path: one
+connection to it is opened before confinement, as a worker's to the LLM gateway, and
+the probe tries to open another after), allow_unsandboxed. Each probe records "ok:<value>"
 or "err:<ExceptionName>"; the test decides what must have failed.
 """
 
@@ -25,13 +26,19 @@ def main() -> None:
     from aflowctl.errors import SandboxError
     from aflowctl.sandbox.confine import confine_current_process
 
-    sockets = [cfg["unix_socket"]] if cfg.get("unix_socket") else []
     from aflowctl.sandbox.confine import rollout_read_paths
+
+    import socket
+
+    pre = None
+    if cfg.get("unix_socket"):  # opened before confinement, like a worker's gateway connection
+        pre = socket.socket(socket.AF_UNIX)
+        pre.connect(cfg["unix_socket"])
 
     reads = rollout_read_paths() if cfg.get("rollout_reads") else []
     try:
         rep = confine_current_process(scratch_dir=cfg["scratch"], memory_mb=cfg.get("memory_mb", 512), cpu_s=20,
-                                      allow_unix_sockets=sockets, nofile=cfg.get("nofile"), read_paths=reads,
+                                      nofile=cfg.get("nofile"), read_paths=reads,
                                       allow_unsandboxed=cfg.get("allow_unsandboxed", False),
                                       allow_python_children=cfg.get("children", False))
     except SandboxError as exc:
@@ -40,7 +47,6 @@ def main() -> None:
     out = {"report": {"uid": rep.uid, "dropped_uid": rep.dropped_uid, "kept_caps": list(rep.kept_caps),
                       "landlock_fs": rep.landlock_fs, "landlock_net": rep.landlock_net, "seccomp": rep.seccomp,
                       "missing": list(rep.missing), "summary": rep.summary()}}
-    import socket
     import subprocess
 
     t = cfg.get("targets", {})
@@ -59,19 +65,29 @@ def main() -> None:
     out["tcp_connect"] = probe(lambda: socket.create_connection(("127.0.0.1", cfg["port"]), timeout=2))
     out["udp"] = probe(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
     out["socketpair"] = probe(lambda: len(socket.socketpair()))
+    out["socketpair_dgram"] = probe(lambda: socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM))
+    out["unix_new_socket"] = probe(lambda: socket.socket(socket.AF_UNIX))
     out["signal_parent"] = probe(lambda: os.kill(cfg["parent_pid"], 0))
     out["raise_limit"] = probe(lambda: __import__("resource").setrlimit(__import__("resource").RLIMIT_AS, (-1, -1)))
     out["alloc_10g"] = probe(lambda: len(bytearray(10 * 1024 ** 3)))
     out["import_stdlib"] = probe(lambda: __import__("decimal").Decimal(1) / 4)
     out["thread"] = probe(lambda: __import__("threading").Thread(target=int).start())
     out["asyncio"] = probe(lambda: __import__("asyncio").run(__import__("asyncio").sleep(0, "done")))
-    if sockets:
+    if pre is not None:
         def talk():
+            pre.sendall(b"hello")
+            return pre.recv(16)
+
+        def connect_again():
             s = socket.socket(socket.AF_UNIX)
-            s.connect(sockets[0])
-            s.sendall(b"hello")
-            return s.recv(16)
-        out["unix_socket"] = probe(talk)
+            s.connect(cfg["unix_socket"])
+
+        def reconnect_preopened():  # point the connection it holds somewhere else
+            pre.connect(cfg["unix_socket"])
+
+        out["unix_preopened"] = probe(talk)
+        out["unix_connect"] = probe(connect_again)
+        out["unix_reconnect"] = probe(reconnect_preopened)
     if cfg.get("data_file"):
         out["read_data"] = probe(lambda: open(cfg["data_file"]).readline().strip())
     if cfg.get("children"):  # nested sandboxes work, and stay contained

@@ -84,4 +84,46 @@ def hostile(payload: dict) -> dict:
     attempt("connect_loopback", connect)
     attempt("write_outside_scratch", write_outside)
     attempt("write_scratch", lambda: open("inside.txt", "w").write("fine"))
+    if payload.get("unix_socket"):  # another service's socket on this machine
+
+        def connect_unix():
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(payload["unix_socket"])
+            s.sendall(b"hello")
+            return s.recv(16)
+
+        def repoint_gateway_connection():  # the one socket it holds, pointed elsewhere
+            from aflowctl.llm import gateway
+
+            assert gateway._connection is not None
+            gateway._connection.connect(payload["unix_socket"])
+
+        attempt("connect_unix_socket", connect_unix)
+        attempt("new_socket", lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM))
+        attempt("socketpair_dgram", lambda: socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM))
+        attempt("repoint_gateway_connection", repoint_gateway_connection)
     return out
+
+
+def escapes(res: dict) -> list:
+    """What :func:`hostile` managed to do that it must not: every attempt but the
+    scratch write must have failed, and the unix-socket ones with PermissionError."""
+    bad = [name for name, outcome in res.items() if name != "write_scratch" and outcome.startswith("ok")]
+    if not res.get("write_scratch", "").startswith("ok"):
+        bad.append("write_scratch failed: " + res.get("write_scratch", "missing"))
+    if "connect_unix_socket" in res and not res["connect_unix_socket"].startswith("PermissionError"):
+        bad.append("connect_unix_socket: " + res["connect_unix_socket"])
+    return bad
+
+
+def drop_gateway(payload: dict) -> dict:
+    """In the worker whose pid is ``payload["drop_in"]``: the connection to the gateway
+    drops (shut down from this side), then a call is tried. Elsewhere: one call."""
+    import socket
+
+    from aflowctl.llm import gateway
+
+    if os.getpid() == payload["drop_in"]:
+        assert gateway._connection is not None
+        gateway._connection.shutdown(socket.SHUT_RDWR)
+    return {**generate({**payload, "calls": 1}), "pid": os.getpid()}
