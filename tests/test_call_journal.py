@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from helpers.openai_server import OpenAIServer
 
+from aflowctl.errors import StoreError
 from aflowctl.store import calljournal, open_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,7 +157,14 @@ def test_a_live_writers_entries_are_left_alone_and_a_committed_row_is_not_counte
     assert calljournal.reconcile(store) == 0  # its writer (this process) is alive: nothing to do
     assert _rows(db, "SELECT COUNT(*) FROM llm_calls")[0][0] == 0
     journal.close()  # unsettled: the file stays, unlocked, as after a kill
-    assert calljournal.reconcile(store) == 1
+
+    def damaged() -> None:  # what open_store passes: the integrity check, before any write
+        raise StoreError("the store is damaged", "restore it")
+
+    with pytest.raises(StoreError):
+        calljournal.reconcile(store, before_write=damaged)
+    assert calljournal.has_entries(db) and _rows(db, "SELECT COUNT(*) FROM llm_calls")[0][0] == 0
+    assert calljournal.reconcile(store, before_write=store.check_integrity) == 1
     ((error, cost),) = _rows(db, "SELECT error, cost_usd FROM llm_calls WHERE journal_key = ?", key)
     assert error.endswith("its cost is unknown (at most $0.2500)") and cost is None
 

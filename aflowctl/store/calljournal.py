@@ -34,7 +34,7 @@ import json
 import os
 import secrets
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -48,6 +48,14 @@ KILLED = "interrupted: the call was in flight when its process was killed (recor
 
 def journal_dir(store_path: os.PathLike | str) -> Path:
     return Path(f"{os.fspath(store_path)}.inflight")
+
+
+def has_entries(store_path: os.PathLike | str) -> bool:
+    """True when a journal file exists for this store (a live or a dead writer's)."""
+    try:
+        return any(n.endswith(SUFFIX) for n in os.listdir(journal_dir(store_path)))
+    except OSError:
+        return False
 
 
 class _Segment:
@@ -194,10 +202,11 @@ def _close_all() -> None:
 # --------------------------------------------------------------------------- reconcile
 
 
-def reconcile(store: Any) -> int:
+def reconcile(store: Any, before_write: Optional[Callable[[], None]] = None) -> int:
     """Turn the unsettled entries of dead writers into ``llm_calls`` rows (status
     interrupted); returns how many rows were added. Files of live writers (this
-    process's included) are left alone."""
+    process's included) are left alone. ``before_write`` (e.g. an integrity check) is
+    called once before the first insert; what it raises leaves the files for later."""
     d = journal_dir(store.path)
     try:
         names = sorted(n for n in os.listdir(d) if n.endswith(SUFFIX))
@@ -219,6 +228,9 @@ def reconcile(store: Any) -> int:
                 continue  # another reconciler finished it while we waited
             pending = _unsettled(fd)
             if pending:
+                if before_write is not None:
+                    before_write()
+                    before_write = None
                 added += _insert_missing(store, pending)
             os.unlink(path)
         finally:

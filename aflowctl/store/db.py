@@ -322,10 +322,10 @@ def _reconcile_calls(store: Store) -> None:
     A store that cannot be written now keeps its journal for the next open."""
     from aflowctl.store import calljournal
 
-    if not calljournal.journal_dir(store.path).is_dir():
+    if not calljournal.has_entries(store.path):
         return
-    try:
-        added = calljournal.reconcile(store)
+    try:  # never write into a damaged store, not even these rows
+        added = calljournal.reconcile(store, before_write=store.check_integrity)
     except (StoreError, OSError, sqlite3.Error, SQLAlchemyError) as exc:
         from loguru import logger
 
