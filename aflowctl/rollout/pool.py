@@ -123,7 +123,7 @@ class RolloutPool:
     ``options`` go to every worker's initializer (``log_level``, ``hf_offline``,
     ``env``). Use as a context manager, or call :meth:`close`.
 
-    With the process backend the pool also runs the run's LLM gateway
+    The pool also runs the run's LLM gateway
     (:mod:`aflowctl.llm.gateway`, ``options["use_gateway"]``, default true): workers
     start without provider keys and make every LLM call and code run through it,
     and confine themselves after initialising (``options["confine"]``, default
@@ -144,7 +144,7 @@ class RolloutPool:
             elif getattr(sys, "_called_from_test", False):
                 self.options["load_plugins"] = ""
         self._backend: Any = None
-        self.gateway: Any = None  # the LLM gateway the workers call through (process backend)
+        self.gateway: Any = None  # the LLM gateway the workers call through (either backend)
         self.startup_s: Optional[float] = None
         self._lock = threading.Lock()
         self._start_lock = threading.Lock()
@@ -168,9 +168,10 @@ class RolloutPool:
         with self._start_lock:
             if self.startup_s is None:
                 t0 = time.perf_counter()
-                if self.cfg.executor != "ray" and self.options.get("use_gateway", True) and self.gateway is None:
+                if self.options.get("use_gateway", True) and self.gateway is None:
                     from aflowctl.llm.gateway import Gateway
 
+                    _import_gateway_modules()
                     self.gateway = Gateway(self.store).start()
                     self.options["gateway"] = self.gateway.address
                     if self.options.get("confine", True) is True:  # workflow code runs confined
@@ -424,6 +425,18 @@ class RolloutPool:
                 if env.get("retryable"):
                     err = f"{err}; gave up after {charged[key]} attempts"
                 fail(key, task_id, err, env.get("error_type"), env)
+
+
+def _import_gateway_modules() -> None:
+    """Import in this thread what the gateway's thread would import on its first call:
+    CPython 3.11 can corrupt its AST state when one thread compiles a module's source
+    while another parses an AST (a later ``ast.parse`` fails with "AST constructor
+    recursion depth mismatch"; seen with PYTHONDONTWRITEBYTECODE=1)."""
+    import aflowctl.llm.providers._http  # noqa: F401
+    import aflowctl.logging  # noqa: F401
+    from aflowctl.llm import registry
+
+    registry.providers()
 
 
 def _result_of(result_json: Optional[str]) -> Any:

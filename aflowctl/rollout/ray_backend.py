@@ -1,32 +1,46 @@
 """Ray backend of the rollout pool: the same tasks, the same worker function.
 
 ``RolloutConfig.executor = "ray"`` (``--executor ray --ray-address ADDR``) submits
-:func:`aflowctl.rollout.worker.run_task` as a Ray remote task. Ray pickles that
-function by reference (``aflowctl.rollout.worker.run_task``), so a Ray worker
-imports it from the aflowctl installed on its machine: no ``runtime_env`` and no
-``sys.path`` edits. Every node needs aflowctl installed (``pip install
-'aflowctl[ray]'``) and, for the executor's LLM calls to be logged, access to the
-store's file (a shared file system). The driver's ``AFLOWCTL_HOME``,
-``AFLOWCTL_DATA_PATH``, ``AFLOWCTL_MODELS_DIR`` and ``AFLOWCTL_LOAD_PLUGINS`` are set
-in each task's process (Ray workers are long-lived and shared between pools).
+:func:`aflowctl.rollout.ray_node.run_task` as a Ray remote task. Ray pickles that
+function by reference, so a Ray worker imports it from the aflowctl installed on its
+machine: no ``runtime_env`` code shipping and no ``sys.path`` edits. Every node needs
+aflowctl installed (``pip install 'aflowctl[ray]'``).
+
+With the run's LLM gateway (the pool's default, as on the process backend), Ray
+workers hold no provider key and never call a provider (docs/architecture.md,
+"Ray"): a :class:`~aflowctl.rollout.ray_gateway.GatewayProxy` actor on the driver's
+node forwards every request to the driver's gateway, and on each node the task runs
+the workflow code in a confined child (:mod:`aflowctl.rollout.ray_node`) that calls
+through a node-local relay. The tasks and the proxy run with a ``runtime_env`` that
+blanks the driver's key variables (a local Ray instance inherits the driver's
+environment). The driver must be on a node of the cluster (an address
+``HOST:6379`` or a local instance, not a ``ray://`` client): the proxy is pinned to
+its node and reaches the gateway's unix socket there.
+
+Without the gateway (``options["use_gateway"] = False``) tasks run in the Ray
+worker itself and log their calls to the store's file, which then needs a shared
+file system; the driver's ``AFLOWCTL_HOME`` is forwarded for that.
 
 The durable queue, the retries and the bookkeeping are the pool's
 (:class:`~aflowctl.rollout.pool.RolloutPool`); this module implements the backend
 protocol of :mod:`aflowctl.rollout.backend` (start, submit, wait, kill, close) and
-translates Ray's failures: a crashed worker is an attempt that is retried, a task
-past its timeout is cancelled (``force=True`` kills its process) and fails.
+translates Ray's failures: a crashed worker (or sandboxed child) is an attempt that
+is retried, a task past its timeout is cancelled (``force=True`` kills its process,
+and the child with it) and fails.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import threading
 import time
+import uuid
 from typing import Any, Optional
 
 from aflowctl.config import RolloutConfig
-from aflowctl.rollout.backend import Died, Handle, Result, RolloutError
+from aflowctl.rollout.backend import Died, Handle, Result, RolloutError, exit_text
 
 #: environment variables of the driver passed to every Ray task (paths and switches, never secrets)
 FORWARDED_ENV = (
@@ -37,6 +51,20 @@ FORWARDED_ENV = (
     "HF_HUB_OFFLINE",
     "TRANSFORMERS_OFFLINE",
 )
+#: what a variable's name says when it holds a secret (blanked in Ray workers when the gateway is used)
+SECRET_HINTS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CRED", "AUTH")
+
+
+def secret_names(extra: tuple = ()) -> list[str]:
+    """The driver's environment variables that may hold a provider key: every key
+    variable a built-in provider reads, every name with a :data:`SECRET_HINTS` word,
+    and ``extra`` (the models' ``api_key_env``)."""
+    from aflowctl.llm.providers._common import KEY_ENV
+
+    known = {n for names in KEY_ENV.values() for n in names} | set(extra)
+    return sorted(
+        n for n in os.environ if n in known or (any(h in n.upper() for h in SECRET_HINTS) and not n.startswith("RAY_"))
+    )
 
 
 def _import_ray() -> Any:
@@ -58,13 +86,24 @@ class RayBackend:
         self.options = dict(options)
         # Ray workers outlive pools and do not inherit this process's environment
         # (on a cluster): hand them aflowctl's own settings explicitly.
+        self.gateway = self.options.pop("gateway", None)  # the driver's gateway (reached through the proxy)
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
         if "load_plugins" in self.options:
             env["AFLOWCTL_LOAD_PLUGINS"] = self.options["load_plugins"]
+        self.runtime_env: dict = {}
+        if self.gateway:  # no store path, no key: the driver's data folders, key variables blanked
+            from aflowctl.paths import data_dir
+
+            env.pop("AFLOWCTL_HOME", None)
+            data = [str(data_dir()), *[p for p in env.get("AFLOWCTL_DATA_PATH", "").split(os.pathsep) if p]]
+            env["AFLOWCTL_DATA_PATH"] = os.pathsep.join(dict.fromkeys(data))
+            blank = secret_names(tuple(self.options.pop("secret_env", ())))
+            self.runtime_env = {"env_vars": {n: "" for n in blank}} if blank else {}
         self.options["env"] = {**env, **(self.options.get("env") or {})}
         self.ray = _import_ray()
         self.lock = threading.RLock()
         self.remote: Any = None
+        self.proxy: Any = None
         self.owns_ray = False
         self.killed: dict[str, str] = {}  # ticket -> reason
         self.tickets = itertools.count()
@@ -75,6 +114,11 @@ class RayBackend:
         ray = self.ray
         with self.lock:
             if self.remote is None:
+                if self.gateway and (self.cfg.ray_address or "").startswith("ray://"):
+                    raise RolloutError(
+                        f"the ray executor cannot reach the LLM gateway through a Ray client ({self.cfg.ray_address})",
+                        "run aflowctl on a node of the cluster with --ray-address HOST:6379 (the GCS address)",
+                    )
                 if not ray.is_initialized():
                     try:
                         ray.init(
@@ -91,9 +135,21 @@ class RayBackend:
                             "check --ray-address (ray://HOST:10001 or HOST:6379), or start one with `ray start --head`",
                         ) from None
                     self.owns_ray = True
-                from aflowctl.rollout.worker import run_task
+                from aflowctl.rollout.ray_node import run_task
 
-                self.remote = ray.remote(max_retries=0, num_cpus=1)(run_task)
+                if self.gateway:
+                    from aflowctl.rollout.ray_gateway import start_proxy
+
+                    try:
+                        self.proxy = start_proxy(ray, self.gateway, self.runtime_env, timeout_s)
+                    except Exception as exc:  # noqa: BLE001 - Ray's errors, the socket's
+                        raise RolloutError(
+                            f"the Ray gateway proxy did not start: {type(exc).__name__}: {str(exc)[:200]}",
+                            "check the cluster's resources (ray status); the driver must be on a Ray node",
+                        ) from None
+                    self.options.update(gateway_proxy=self.proxy, ray_pool=uuid.uuid4().hex)
+                remote = ray.remote(max_retries=0, num_cpus=1)(run_task)
+                self.remote = remote.options(runtime_env=self.runtime_env) if self.runtime_env else remote
         # Warm the workers: each imports aflowctl and initialises once.
         refs = [
             self.remote.remote("aflowctl.rollout.worker:selftest", f"warmup-{i}", {}, self.options)
@@ -104,13 +160,18 @@ class RayBackend:
             raise RolloutError(
                 f"Ray workers did not start within {timeout_s:g} s", "check the cluster's resources (ray status)"
             )
-        for env in ray.get(refs):
-            import json
-
+        try:
+            envs = ray.get(refs)
+        except ray.exceptions.RayError as exc:
+            raise RolloutError(
+                f"Ray workers failed to start: {type(exc).__name__}", "is aflowctl installed on every node?"
+            ) from None
+        for env in envs:
             e = json.loads(env)
             if not e.get("ok"):
                 raise RolloutError(
-                    f"Ray workers failed to start: {e.get('error')}", "is aflowctl installed on every node?"
+                    f"Ray workers failed to start: {e.get('error')}",
+                    e.get("hint") or "is aflowctl installed on every node?",
                 )
 
     def submit(self, worker: str, key: str, payload: dict, timeout_s: Optional[float] = None) -> Handle:
@@ -143,6 +204,13 @@ class RayBackend:
             reason = self.killed.pop(h.ticket, None)
             if reason:
                 return Died(reason, charge=True, final=True)
+            from aflowctl.rollout.ray_node import WorkerDied
+
+            cause = exc if isinstance(exc, WorkerDied) else getattr(exc, "cause", None)
+            if isinstance(cause, WorkerDied):  # the sandboxed child died; its Ray worker is fine
+                self.replaced += 1
+                code = cause.exitcode
+                return Died(f"worker process died ({exit_text(code)})", charge=True, exitcode=code)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             self.replaced += 1
             return Died(f"Ray worker died ({type(exc).__name__}{': ' + first[:200] if first else ''})", charge=True)
@@ -160,6 +228,13 @@ class RayBackend:
         """Shut down the Ray instance if this backend started it (``kill``: running
         tasks are cancelled with it; on a shared cluster they finish unrecorded)."""
         with self.lock:
+            proxy, self.proxy = self.proxy, None
+            self.options.pop("gateway_proxy", None)
+            if proxy is not None and self.ray.is_initialized():
+                try:
+                    self.ray.kill(proxy)  # the children's calls fail from now on
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
             if self.owns_ray and self.ray.is_initialized():
                 self.ray.shutdown()
             self.remote = None
