@@ -171,19 +171,14 @@ class Gateway:
         return self._clients[cid]
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if (me := asyncio.current_task()) is not None:  # close() cancels it: no request is read after
+            self._inflight.add(me)
+            me.add_done_callback(self._inflight.discard)
         try:
             hello = await read_frame(reader)
             if not isinstance(hello, dict) or not secrets.compare_digest(str(hello.get("hello", "")), self.token):
                 writer.write(
-                    encode(
-                        {
-                            "ok": False,
-                            "error": {
-                                "class": "aflowctl.errors:InfrastructureError",
-                                "message": "bad LLM gateway token",
-                            },
-                        }
-                    )
+                    encode({"ok": False, "error": error_payload(InfrastructureError("bad LLM gateway token"))})
                 )
                 return
             writer.write(encode({"ok": True}))

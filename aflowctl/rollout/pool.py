@@ -176,7 +176,11 @@ class RolloutPool:
                     self.options["gateway"] = self.gateway.address
                     if self.options.get("confine", True) is True:  # workflow code runs confined
                         self.options["confine"] = {"allow_unsandboxed": self.cfg.allow_unsandboxed}
-                self.backend.start()
+                try:
+                    self.backend.start()
+                except BaseException:
+                    self.close(kill=True)  # the gateway too: nothing of a failed start is left running
+                    raise
                 self.startup_s = time.perf_counter() - t0
             return self.startup_s
 
@@ -428,14 +432,17 @@ class RolloutPool:
 
 
 def _import_gateway_modules() -> None:
-    """Import in this thread what the gateway's thread would import on its first call:
-    CPython 3.11 can corrupt its AST state when one thread compiles a module's source
-    while another parses an AST (a later ``ast.parse`` fails with "AST constructor
-    recursion depth mismatch"; seen with PYTHONDONTWRITEBYTECODE=1)."""
-    import aflowctl.llm.providers._http  # noqa: F401
-    import aflowctl.logging  # noqa: F401
+    """Import here what the gateway's thread would import on its first calls: CPython 3.11
+    can corrupt its AST state when one thread compiles a module while another parses
+    (``ast.parse``: "AST constructor recursion depth mismatch"; no .pyc files)."""
+    import importlib
+
     from aflowctl.llm import registry
 
+    for name in ("logging", "llm.cache", "llm.client", "llm.pricing", "llm.router", "workflow.sandbox"):
+        importlib.import_module(f"aflowctl.{name}")
+    for name in ("_common", "_http"):
+        importlib.import_module(f"aflowctl.llm.providers.{name}")
     registry.providers()
 
 

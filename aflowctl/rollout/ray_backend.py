@@ -106,6 +106,7 @@ class RayBackend:
         self.proxy: Any = None
         self.owns_ray = False
         self.killed: dict[str, str] = {}  # ticket -> reason
+        self.running: dict[str, Any] = {}  # ticket -> ref of submissions not yet collected
         self.tickets = itertools.count()
         self.rebuilds = 0
         self.replaced = 0
@@ -179,6 +180,7 @@ class RayBackend:
             self.start()
         ticket = f"{key}#{next(self.tickets)}"
         ref = self.remote.remote(worker, ticket, payload, self.options)
+        self.running[ticket] = ref
         # Ray does not tell when a task starts: count it as started when submitted.
         return Handle(key, ticket, ref, time.monotonic(), timeout_s, started_at=time.time())
 
@@ -196,6 +198,7 @@ class RayBackend:
 
     def _result(self, h: Handle) -> Result:
         ray = self.ray
+        self.running.pop(h.ticket, None)
         try:
             return ray.get(h.future)
         except ray.exceptions.TaskCancelledError:
@@ -225,16 +228,40 @@ class RayBackend:
             pass
 
     def close(self, kill: bool = False) -> None:
-        """Shut down the Ray instance if this backend started it (``kill``: running
-        tasks are cancelled with it; on a shared cluster they finish unrecorded)."""
+        """Stop: with ``kill``, cancel the tasks still running (their children die with
+        them); stop the gateway proxy and wait until it is gone, so that no request
+        reaches the driver's gateway after this returns; shut down the Ray instance
+        if this backend started it."""
+        ray = self.ray
         with self.lock:
+            running, self.running = list(self.running.values()), {}
             proxy, self.proxy = self.proxy, None
             self.options.pop("gateway_proxy", None)
-            if proxy is not None and self.ray.is_initialized():
-                try:
-                    self.ray.kill(proxy)  # the children's calls fail from now on
-                except Exception:  # noqa: BLE001 - already gone
-                    pass
-            if self.owns_ray and self.ray.is_initialized():
-                self.ray.shutdown()
+            if ray.is_initialized():
+                for ref in running if kill else ():
+                    try:
+                        ray.cancel(ref, force=True)
+                    except Exception:  # noqa: BLE001 - already finished
+                        pass
+                if proxy is not None:
+                    _stop_actor(ray, proxy)
+            if self.owns_ray and ray.is_initialized():
+                ray.shutdown()
             self.remote = None
+
+
+def _stop_actor(ray: Any, actor: Any, timeout_s: float = 30.0) -> None:
+    """Kill ``actor`` and wait until it has died (its connections are closed then)."""
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception:  # noqa: BLE001 - already gone
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.ping.remote(), timeout=max(0.1, deadline - time.monotonic()))
+        except ray.exceptions.RayActorError:
+            return
+        except Exception:  # noqa: BLE001 - a timeout: Ray is overloaded, give up waiting
+            return
+        time.sleep(0.05)
