@@ -1,38 +1,34 @@
-"""The LLM gateway: every LLM call (and sandboxed code run) of workflow code goes
-through the run's parent process.
+"""The LLM gateway: every LLM call (and sandboxed code run) of workflow code goes through the run's
+parent process.
 
-Rollout workers run untrusted workflow code, so they hold no provider key and no
-store path. The parent runs one :class:`Gateway`: an asyncio server on a unix socket
-in a private (mode 0700) directory, on its own thread and event loop. It owns the
-keys (the parent's environment), one :class:`~aflowctl.llm.client.LLM` (router) per
-registered client, hence the cache, the budget, the retries and the per-model
-concurrency and requests-per-minute limits, once for all workers, and the call log:
-only the parent writes ``llm_calls``.
+Rollout workers run untrusted workflow code, so they hold no provider key and no store path. The
+parent runs one :class:`Gateway`: an asyncio server on a unix socket in a private (mode 0700)
+directory, on its own thread and event loop. It owns the keys (the parent's environment), one
+:class:`~aflowctl.llm.client.LLM` (router) per registered client, hence the cache, the budget, the
+retries and the per-model concurrency and requests-per-minute limits, once for all workers, and the
+call log: only the parent writes ``llm_calls``.
 
-Protocol: frames of a 4-byte big-endian length and a UTF-8 JSON object. The first
-frame of a connection is ``{"hello": TOKEN}`` (a random per-gateway token handed to
-the workers in their initializer options, never through the environment or the
-store); then any number of requests, answered out of order by ``id``:
+Protocol: frames of a 4-byte big-endian length and a UTF-8 JSON object. The first frame of a
+connection is ``{"hello": TOKEN}`` (a random per-gateway token handed to the workers in their
+initializer options, never through the environment or the store); then any number of requests,
+answered out of order by ``id``:
 
-* ``{"id", "op": "generate", "client": CID, "prompt": str | messages, "n": int,
-  "overrides": {...}}`` -> ``{"id", "ok": true, "samples": [Sample dicts]}``. The
-  client id names a model configuration registered by the parent
-  (:meth:`Gateway.register`): a worker cannot choose the model, ``api_base`` or
-  key variable, only the sampling overrides in :data:`WORKER_OVERRIDES`.
-* ``{"id", "op": "flush"}``: answered once every ``llm_calls`` row queued so far is
-  committed (a task's result counts as done only after its calls are stored).
-* ``{"id", "op": "run_python", "code", "limits"}`` and ``{"id", "op":
-  "check_solution", "solution", "test", "entry_point", "limits"}``: code the
-  operators (Programmer, Test) run, executed by the parent in the sandbox
-  (:mod:`aflowctl.sandbox`), since a confined worker cannot start processes.
+* ``{"id", "op": "generate", "client": CID, "prompt": str | messages, "n": int, "overrides":
+  {...}}`` -> ``{"id", "ok": true, "samples": [Sample dicts]}``. The client id names a model
+  configuration registered by the parent (:meth:`Gateway.register`): a worker cannot choose the
+  model, ``api_base`` or key variable, only the sampling overrides in :data:`WORKER_OVERRIDES`.
+* ``{"id", "op": "flush"}``: answered once every ``llm_calls`` row queued so far is committed (a
+  task's result counts as done only after its calls are stored).
+* ``{"id", "op": "run_python", "code", "limits"}`` and ``{"id", "op": "check_solution", "solution",
+  "test", "entry_point", "limits"}``: code the operators (Programmer, Test) run, executed by the
+  parent in the sandbox (:mod:`aflowctl.sandbox`), since a confined worker cannot start processes.
 
-Errors come back as ``{"id", "ok": false, "error": {"class": "module:QualName",
-"message", "hint"}}`` and are raised in the worker as their own class
+Errors come back as ``{"id", "ok": false, "error": {"class": "module:QualName", "message",
+"hint"}}`` and are raised in the worker as their own class
 (:func:`aflowctl.rollout.backend.rebuild_error`).
 
-Calls in flight when the gateway closes (Ctrl-C, an error) are cancelled and logged
-as failed calls ("interrupted"), so the call log counts every call that was sent.
-"""
+Calls in flight when the gateway closes (Ctrl-C, an error) are cancelled and logged as failed calls
+("interrupted"), so the call log counts every call that was sent."""
 
 from __future__ import annotations
 
@@ -198,12 +194,8 @@ class Gateway:
             out = await self._handle(msg)
             reply = {"id": rid, "ok": True, **out}
         except asyncio.CancelledError:
-            reply = {
-                "id": rid,
-                "ok": False,
-                "error": error_payload(InfrastructureError("the LLM gateway stopped (the run was interrupted)")),
-            }
-            _write(writer, reply)
+            stopped = InfrastructureError("the LLM gateway stopped (the run was interrupted)")
+            _write(writer, {"id": rid, "ok": False, "error": error_payload(stopped)})
             raise
         except Exception as exc:  # noqa: BLE001 - every error goes back to the worker
             reply = {"id": rid, "ok": False, "error": error_payload(exc)}
