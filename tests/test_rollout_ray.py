@@ -197,3 +197,23 @@ def test_a_node_that_cannot_confine_refuses_unless_allow_unsandboxed(local_ray, 
         out = pool.run([TaskSpec({"echo": "unsandboxed"}, worker=SELFTEST)])
     assert out[0].status == "done" and out[0].result["echo"] == "unsandboxed"
     store.dispose()
+
+
+def test_a_task_past_its_timeout_takes_its_sandboxed_child_with_it(local_ray, tmp_path):
+    """ray.cancel(force=True) kills the Ray worker; the kernel kills the child running the
+    workflow code with it (PR_SET_PDEATHSIG): nothing of the task goes on."""
+    import time
+
+    store = open_store(tmp_path / "s.db", cached=False)
+    log = tmp_path / "log.txt"
+    cfg = RolloutConfig(executor="ray", workers=1, max_attempts=1, task_timeout_s=8)
+    with RolloutPool(store, cfg, options={"load_plugins": "", "confine": False}) as pool:  # writes tmp_path
+        out = pool.run([TaskSpec({"sleep": 120, "log": str(log), "tag": "slow"}, worker=SELFTEST)])
+    store.dispose()
+    assert out[0].status == "failed" and "timed out after 8 s" in (out[0].error or "")
+    child = int(log.read_text().split()[0])
+    assert child != os.getpid()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{child}"):
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{child}")  # not even a zombie: its parent died too

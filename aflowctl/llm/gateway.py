@@ -183,8 +183,8 @@ class Gateway:
                 task = asyncio.ensure_future(self._answer(msg, writer))
                 self._inflight.add(task)
                 task.add_done_callback(self._inflight.discard)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass  # cancelled by close(): ends quietly (asyncio logs a handler task that ends cancelled)
         finally:
             writer.close()
 
