@@ -217,3 +217,17 @@ def test_a_task_past_its_timeout_takes_its_sandboxed_child_with_it(local_ray, tm
     while time.monotonic() < deadline and os.path.exists(f"/proc/{child}"):
         time.sleep(0.1)
     assert not os.path.exists(f"/proc/{child}")  # not even a zombie: its parent died too
+
+
+def test_a_ray_client_address_is_refused_in_one_line(tmp_path):
+    """The gateway proxy must run on the driver's node: a ray:// client has none."""
+    from aflowctl.rollout.backend import RolloutError
+
+    store = open_store(tmp_path / "s.db", cached=False)
+    pool = RolloutPool(store, RolloutConfig(executor="ray", ray_address="ray://127.0.0.1:1"), options={"load_plugins": ""})
+    with pytest.raises(RolloutError) as err:
+        pool.start()
+    assert "ray://127.0.0.1:1" in str(err.value) and "\n" not in str(err.value)
+    assert "HOST:6379" in (err.value.hint or "")
+    assert pool.gateway is None  # the failed start closed the gateway it had started
+    store.dispose()

@@ -187,6 +187,10 @@ class NodeRelay:
 
     def close(self) -> None:
         if self.loop.is_running():
+            if self._server is not None:
+                self.loop.call_soon_threadsafe(self._server.close)
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(5)
+        if not self._thread.is_alive():
+            self.loop.close()
         shutil.rmtree(self.dir, ignore_errors=True)
