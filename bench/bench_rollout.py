@@ -11,6 +11,11 @@ cached answers, no reused tasks).
     python bench/bench_rollout.py                      # C in {8, 32}, 200 problems
     python bench/bench_rollout.py --concurrency 32 --workers 2 --problems 200 --json
 
+``--journal-ab N``: N rounds alternating the same evaluation with the write-ahead call
+journal (store/calljournal.py) on and off (``Router._journal`` returning None in the
+parent, where the gateway's routers run), so that the machine's load hits both alike;
+medians and the on/off ratio of the wall-time ratios.
+
 With ``--workers W`` the C problems in flight are spread over W processes (C/W each).
 With ``--limit-calls``, C is instead the number of LLM calls in flight (the router's
 per-model limit, C/W per process) and every problem may start at once.
@@ -163,6 +168,27 @@ def worker_overhead(*, problems: int, latency: float) -> dict:
     return out
 
 
+def journal_ab(rounds: int, *, problems: int, concurrency: int, workers: int, latency: float) -> dict:
+    """Wall-time ratios with and without the call journal, alternated ``rounds`` times."""
+    import statistics
+
+    from aflowctl.llm import router
+
+    real = router.Router._journal
+    ratios: dict = {"on": [], "off": []}
+    try:
+        for r in range(rounds):
+            for mode in ("on", "off") if r % 2 == 0 else ("off", "on"):
+                router.Router._journal = real if mode == "on" else (lambda self, *a: None)  # type: ignore[method-assign]
+                ratios[mode].append(run_one(problems=problems, concurrency=concurrency, workers=workers,
+                                            latency=latency)["ratio"])
+    finally:
+        router.Router._journal = real  # type: ignore[method-assign]
+    med = {k: statistics.median(v) for k, v in ratios.items()}
+    return {"concurrency": concurrency, "workers": workers, "ratios": ratios, "median_ratio": med,
+            "on_vs_off": round(med["on"] / med["off"], 4)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--problems", type=int, default=200)
@@ -172,6 +198,8 @@ def main() -> None:
     ap.add_argument("--limit-calls", action="store_true",
                     help="C limits LLM calls in flight (router concurrency) instead of problems in flight")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--journal-ab", type=int, default=0, metavar="N",
+                    help="instead: N rounds with and without the call journal, alternated")
     ap.add_argument("--overhead", action="store_true",
                     help="instead: worker CPU ms per problem, confined vs unconfined (the sandbox's cost)")
     args = ap.parse_args()
@@ -183,6 +211,11 @@ def main() -> None:
         print(json.dumps(r) if args.json else
               f"worker CPU per problem: unconfined {r['unconfined']:.2f} ms, confined {r['confined']:.2f} ms, "
               f"sandbox overhead {r['overhead_ms_per_problem']:.2f} ms")
+        return
+    if args.journal_ab:
+        out = [journal_ab(args.journal_ab, problems=args.problems, concurrency=c, workers=w, latency=args.latency)
+               for c in args.concurrency or [8, 32] for w in args.workers or [2]]
+        print(json.dumps(out, indent=2))
         return
     rows = []
     for c in args.concurrency or [8, 32]:

@@ -234,7 +234,7 @@ class Router:
 
     def _journal(self, request, run_id, role, rhash, idx, messages_json, prefix, name, reserved) -> Optional[str]:
         """Append the row of this call, as interrupted, to the write-ahead journal before
-        it is sent (one ``os.write``); its real row settles it. None without a store."""
+        it is sent (a copy into a shared mapping); its real row settles it. None without a store."""
         if self.store is None:
             return None
         row = calllog.make_row(
