@@ -1,5 +1,7 @@
-"""Ray gateway benchmark: what the Ray path (confined child -> node relay -> proxy actor ->
-the driver's gateway) costs per LLM call, next to the process backend (worker -> gateway).
+"""Ray gateway benchmark: what the Ray paths cost per LLM call, next to the process backend
+(worker -> gateway): ``ray`` (a task on the driver's node: confined child -> the gateway)
+and ``ray-relay`` (the path of every other node: child -> node relay -> proxy actor ->
+the gateway, forced here with the pool option ``ray_relay``).
 
 An OpenAI-compatible server on 127.0.0.1 (tests/helpers/openai_server.py) answers after a
 fixed latency. On each backend, a pool of W workers (through the gateway, confined) runs
@@ -24,6 +26,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+KINDS = ("process", "ray", "ray-relay")
 
 
 def run_calls(pool, srv, *, workers: int, calls: int, limit: int) -> float:
@@ -69,19 +72,20 @@ def main() -> None:
     try:
         for latency in args.latency or [0.0, 0.1]:
             with OpenAIServer(lambda m, b: "ok", latency_s=latency) as srv:
-                walls: dict = {"process": [], "ray": []}
-                startup: dict = {"process": [], "ray": []}
+                walls: dict = {k: [] for k in KINDS}
+                startup: dict = {k: [] for k in KINDS}
                 for r in range(args.rounds):
-                    for kind in ("process", "ray") if r % 2 == 0 else ("ray", "process"):
+                    for kind in KINDS if r % 2 == 0 else KINDS[::-1]:
                         store = open_store(Path(os.environ["AFLOWCTL_HOME"]) / f"{kind}-{latency}-{r}.db", cached=False)
-                        with RolloutPool(store, RolloutConfig(executor=kind, workers=args.workers), options=opts) as pool:
+                        cfg = RolloutConfig(executor="process" if kind == "process" else "ray", workers=args.workers)
+                        with RolloutPool(store, cfg, options={**opts, "ray_relay": kind == "ray-relay"}) as pool:
                             startup[kind].append(pool.startup_s)
                             walls[kind].append(run_calls(pool, srv, workers=args.workers, calls=args.calls,
                                                          limit=args.limit))
                         store.dispose()
             n = args.workers * args.calls
             ideal = n * latency / args.limit
-            for kind in ("process", "ray"):
+            for kind in KINDS:
                 wall = statistics.median(walls[kind])
                 rows.append({"backend": kind, "latency_s": latency, "calls": n, "wall_s": round(wall, 3),
                              "calls_per_s": round(n / wall, 1), "ideal_s": round(ideal, 3),
@@ -94,7 +98,7 @@ def main() -> None:
         return
     for r in rows:
         ratio = f", ratio to ideal {r['ratio']:.3f}" if r["ratio"] else ""
-        print(f"{r['backend']:>7} latency {r['latency_s']:.2f} s: {r['calls']} calls in {r['wall_s']:.3f} s "
+        print(f"{r['backend']:>9} latency {r['latency_s']:.2f} s: {r['calls']} calls in {r['wall_s']:.3f} s "
               f"({r['calls_per_s']:.0f} calls/s{ratio}); pool start-up {r['startup_s']:.2f} s")
 
 

@@ -94,11 +94,13 @@ def test_evaluate_on_ray(local_ray, tmp_path):
 
     store = open_store(tmp_path / "ray_eval.db", cached=False)
     cfg = RolloutConfig(executor="ray", workers=2, concurrency=2)
-    opts = {"load_plugins": ""}  # AFLOWCTL_DATA_PATH and AFLOWCTL_HOME are forwarded to the Ray workers
+    # the path of a node other than the driver's: relay -> proxy actor -> gateway (forced on this one node)
+    opts = {"load_plugins": "", "ray_relay": True}
     with OpenAIServer(responder) as srv, RolloutPool(store, cfg, options=opts) as pool:
         res = evaluate_workflow(store, seed_workflow("gsm8k"), dataset="gsm8k", split="validate",
                                 executor=ModelConfig(model="openai/m", api_base=srv.url), limit=4, repeats=2, pool=pool)
         assert srv.count == 8
+        assert ray.get(pool.backend.proxy.count.remote()) >= 8  # every call went through the proxy actor
     assert res.scores == [1.0, 1.0] and res.tasks == 2
     rows = _rows(store.path, "SELECT model, error FROM llm_calls")
     assert len(rows) == srv.count and all(e is None for _, e in rows)  # each call logged once, by the driver
@@ -116,11 +118,12 @@ def test_ray_workers_share_the_drivers_budget(local_ray, tmp_path):
         store = open_store(tmp_path / "s.db", cached=False)
         prices = {"openai/priced-model": {"input_cost_per_token": 0.0, "output_cost_per_token": 0.001}}
         cfg = RolloutConfig(executor="ray", workers=2, max_attempts=1)
-        with RolloutPool(store, cfg, options=OPTIONS) as pool:
+        with RolloutPool(store, cfg, options={**OPTIONS, "ray_relay": True}) as pool:  # through the proxy actor
             cid = pool.gateway.register(ModelConfig(model="openai/priced-model", api_base=srv.url, max_tokens=10),
                                         llm_cfg=LLMConfig(budget_usd=0.05, prices=prices, concurrency_per_model=32))
             out = pool.run([TaskSpec({"tag": f"b{k}", "calls": 10}, context={"gateway_client": cid},
                                      worker="helpers.gateway_worker:generate") for k in range(2)])
+            assert ray.get(pool.backend.proxy.count.remote()) >= srv.count
         store.dispose()
     assert all(o.status == "failed" for o in out), [o.error for o in out]
     assert all(isinstance(o.exception(), BudgetExceeded) for o in out)
@@ -156,6 +159,7 @@ def test_workflow_code_on_ray_reads_no_key_and_is_confined(local_ray, tmp_path):
                                        "secret": SECRET}, worker="helpers.gateway_worker:hostile"))
             out = pool.run(specs)
             runtime_env = pool.backend.runtime_env
+            assert ray.get(pool.backend.proxy.count.remote()) == 0  # the driver's node: straight to the gateway
         assert srv.count == 2 and all(h == f"Bearer {SECRET}" for h in srv.auth_headers)
     store.dispose()
     assert [o.status for o in out] == ["done"] * len(specs), [o.error for o in out]

@@ -11,7 +11,7 @@ workers hold no provider key and never call a provider (docs/architecture.md,
 "Ray"): a :class:`~aflowctl.rollout.ray_gateway.GatewayProxy` actor on the driver's
 node forwards every request to the driver's gateway, and on each node the task runs
 the workflow code in a confined child (:mod:`aflowctl.rollout.ray_node`) that calls
-through a node-local relay. The tasks and the proxy run with a ``runtime_env`` that
+through a node-local relay (on the driver's own node, straight to the gateway's socket). The tasks and the proxy run with a ``runtime_env`` that
 blanks the driver's key variables (a local Ray instance inherits the driver's
 environment). The driver must be on a node of the cluster (an address
 ``HOST:6379`` or a local instance, not a ``ray://`` client): the proxy is pinned to
@@ -148,7 +148,12 @@ class RayBackend:
                             f"the Ray gateway proxy did not start: {type(exc).__name__}: {str(exc)[:200]}",
                             "check the cluster's resources (ray status); the driver must be on a Ray node",
                         ) from None
-                    self.options.update(gateway_proxy=self.proxy, ray_pool=uuid.uuid4().hex)
+                    self.options.update(
+                        gateway_proxy=self.proxy,
+                        gateway_direct=self.gateway,  # for tasks on this node (ray_node._direct_gateway)
+                        driver_node=ray.get_runtime_context().get_node_id(),
+                        ray_pool=uuid.uuid4().hex,
+                    )
                 remote = ray.remote(max_retries=0, num_cpus=1)(run_task)
                 self.remote = remote.options(runtime_env=self.runtime_env) if self.runtime_env else remote
         # Warm the workers: each imports aflowctl and initialises once.

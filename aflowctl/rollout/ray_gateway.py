@@ -49,6 +49,10 @@ class GatewayProxy:
         self.ids = itertools.count(1)
         self.lost: Optional[str] = None
         self._connecting: Optional[asyncio.Future] = None
+        self.forwarded = 0  # requests forwarded (for tests and benches)
+
+    async def count(self) -> int:
+        return self.forwarded
 
     async def ping(self) -> int:
         import os
@@ -93,6 +97,7 @@ class GatewayProxy:
         if self.lost or self.writer is None:
             return _failed(rid, self.lost or "the run's LLM gateway is gone")
         own = next(self.ids)
+        self.forwarded += 1
         fut = asyncio.get_running_loop().create_future()
         self.pending[own] = fut
         self.writer.write(encode({**msg, "id": own}))

@@ -12,7 +12,8 @@ submits) therefore does not run workflow code itself when the pool has a gateway
   a private empty home), dying with this process (``PR_SET_PDEATHSIG``), running
   :func:`aflowctl.rollout.worker.init_worker` with the pool's options: it connects
   to this process's :class:`~aflowctl.rollout.ray_gateway.NodeRelay` (the run's
-  gateway, through the proxy actor), imports what it needs, then confines itself
+  gateway, through the proxy actor; on the driver's own node to the gateway's socket
+  directly), imports what it needs, then confines itself
   (``rollout.allow_unsandboxed`` decides what happens where it cannot);
 * it sends the task to the child over a pipe (4-byte length + JSON frames) and
   returns the child's envelope unchanged. A child that dies under a task raises
@@ -78,12 +79,17 @@ class _Child:
         from aflowctl.rollout.ray_gateway import NodeRelay
 
         self.pool = options.get("ray_pool")
-        self.relay = NodeRelay(options["gateway_proxy"])
+        address = _direct_gateway(options)
+        self.relay: Optional[NodeRelay] = None
+        if address is None:
+            self.relay = NodeRelay(options["gateway_proxy"])
+            address = self.relay.address
         env = worker_environ(options.get("env") or {})
         self.home = env["HOME"]
-        opts = {k: v for k, v in options.items() if k not in ("gateway_proxy", "env")}
+        skip = ("gateway_proxy", "gateway_direct", "driver_node", "ray_relay", "env")
+        opts = {k: v for k, v in options.items() if k not in skip}
         # the child's own environment already holds the variables of options["env"] (never the store's home)
-        opts.update(gateway=self.relay.address, parent_pid=os.getpid())
+        opts.update(gateway=address, parent_pid=os.getpid())
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "aflowctl.rollout.ray_node"],
@@ -124,8 +130,23 @@ class _Child:
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
-        self.relay.close()
+        if self.relay is not None:
+            self.relay.close()
         shutil.rmtree(self.home, ignore_errors=True)
+
+
+def _direct_gateway(options: dict) -> Optional[dict]:
+    """The driver's own gateway address when this task runs on the driver's node and can
+    reach its socket (a local Ray instance): the child then calls it as a process backend
+    worker does, without the relay and the actor. ``ray_relay`` forces the relay."""
+    address = options.get("gateway_direct")
+    if not address or options.get("ray_relay"):
+        return None
+    import ray
+
+    if ray.get_runtime_context().get_node_id() != options.get("driver_node"):
+        return None
+    return address if os.access(address["socket"], os.R_OK | os.W_OK) else None
 
 
 _child: Optional[_Child] = None
