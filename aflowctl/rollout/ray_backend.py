@@ -11,8 +11,9 @@ workers hold no provider key and never call a provider (docs/architecture.md,
 "Ray"): a :class:`~aflowctl.rollout.ray_gateway.GatewayProxy` actor on the driver's
 node forwards every request to the driver's gateway, and on each node the task runs
 the workflow code in a confined child (:mod:`aflowctl.rollout.ray_node`) that calls
-through a node-local relay (on the driver's own node, straight to the gateway's socket). The tasks and the proxy run with a ``runtime_env`` that
-blanks the driver's key variables (a local Ray instance inherits the driver's
+through a node-local relay (on the driver's own node, straight to the gateway's
+socket). The tasks and the proxy run with a ``runtime_env`` that blanks the driver's
+key variables (a local Ray instance inherits the driver's
 environment). The driver must be on a node of the cluster (an address
 ``HOST:6379`` or a local instance, not a ``ray://`` client): the proxy is pinned to
 its node and reaches the gateway's unix socket there.

@@ -132,10 +132,10 @@ class NodeRelay:
     """The unix socket a task's confined child calls, in the Ray worker process that
     runs the task; a thread with its own event loop, forwarding to the proxy actor."""
 
-    def __init__(self, actor: Any):
+    def __init__(self, actor: Any, parent: Optional[str] = None):
         self.actor = actor
         self.token = secrets.token_hex(16)
-        self.dir = Path(tempfile.mkdtemp(prefix="aflowctl-relay-"))  # mode 0700
+        self.dir = Path(tempfile.mkdtemp(prefix="aflowctl-relay-", dir=parent))  # mode 0700
         self.loop = asyncio.new_event_loop()
         self._server: Any = None
         ready = threading.Event()

@@ -35,6 +35,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 from typing import IO, Any, Optional
 
 HEADER = struct.Struct(">I")
@@ -82,10 +83,14 @@ class _Child:
         address = _direct_gateway(options)
         self.relay: Optional[NodeRelay] = None
         if address is None:
-            self.relay = NodeRelay(options["gateway_proxy"])
+            self.relay = NodeRelay(options["gateway_proxy"], _node_dir())
             address = self.relay.address
         env = worker_environ(options.get("env") or {})
-        self.home = env["HOME"]
+        # its private home moves into this process's folder, which the next Ray worker removes if this one is killed
+        self.home = tempfile.mkdtemp(prefix="home-", dir=_node_dir())
+        os.chmod(self.home, 0o755)
+        shutil.rmtree(env["HOME"], ignore_errors=True)
+        env = {k: self.home if v == env["HOME"] else v for k, v in env.items()}
         skip = ("gateway_proxy", "gateway_direct", "driver_node", "ray_relay", "env")
         opts = {k: v for k, v in options.items() if k not in skip}
         # the child's own environment already holds the variables of options["env"] (never the store's home)
@@ -150,6 +155,25 @@ def _direct_gateway(options: dict) -> Optional[dict]:
 
 
 _child: Optional[_Child] = None
+_folder: Optional[str] = None
+NODE_DIR_PREFIX = "aflowctl-ray-"
+
+
+def _node_dir() -> str:
+    """This Ray worker process's folder for its children's homes and relay sockets
+    (``aflowctl-ray-PID-*`` in the temporary directory). Ray kills its workers without
+    notice, so the first call also removes the folders of processes that are gone."""
+    global _folder
+    if _folder is None:
+        import glob
+
+        for old in glob.glob(os.path.join(tempfile.gettempdir(), NODE_DIR_PREFIX + "*-*")):
+            pid = os.path.basename(old)[len(NODE_DIR_PREFIX) :].split("-")[0]
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                shutil.rmtree(old, ignore_errors=True)
+        _folder = tempfile.mkdtemp(prefix=f"{NODE_DIR_PREFIX}{os.getpid()}-")
+        os.chmod(_folder, 0o711)  # the sandbox user reaches its home inside, and lists nothing
+    return _folder
 
 
 def run_task(worker: str, key: str, payload: dict, options: Optional[dict] = None) -> str:
