@@ -235,3 +235,36 @@ def test_a_ray_client_address_is_refused_in_one_line(tmp_path):
     assert "HOST:6379" in (err.value.hint or "")
     assert pool.gateway is None  # the failed start closed the gateway it had started
     store.dispose()
+
+
+BUSY_GRAPH = """
+class Workflow:
+    def __init__(self, name, llm_config, dataset):
+        self.name = name
+
+    async def __call__(self, problem):
+        if len(problem) % 2:
+            while True:  # synchronous: only the child's SIGALRM watchdog can end it
+                pass
+        return "no idea"
+"""
+
+
+def test_problem_timeout_s_ends_a_busy_loop_in_the_ray_child(local_ray, tmp_path):
+    import time
+
+    from aflowctl.workflow.loader import WorkflowSource
+
+    questions = [p["question"] for p in benchmarks.get("gsm8k").load("validate")[:6]]
+    looping = {i for i, q in enumerate(questions) if len(q) % 2}
+    assert looping and len(looping) < 6
+    store = open_store(tmp_path / "s.db", cached=False)
+    t0 = time.monotonic()
+    res = evaluate_workflow(store, WorkflowSource(graph=BUSY_GRAPH, prompt=""), dataset="gsm8k", split="validate",
+                            executor="openai/unused", limit=6, scope=None,
+                            rollout_cfg=RolloutConfig(executor="ray", workers=1, concurrency=6, problem_timeout_s=1.0))
+    assert time.monotonic() - t0 < 60
+    store.dispose()
+    for d in res.details:
+        assert d["score"] == 0.0
+        assert d["error"] == ("problem timed out after 1 s" if d["index"] in looping else None), d
