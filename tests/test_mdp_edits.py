@@ -188,3 +188,29 @@ def test_seed_instruction_is_read_from_prompt():
     sp = spec.read_spec(SEED_GRAPH, SEED_PROMPT, "math")
     assert sp.instruction == "Solve it." and sp.answer_op == "Custom" and sp.ensemble == 1
     assert spec.spec_literal(SEED_GRAPH) is None
+
+
+def test_menu_order_is_fixed_per_observation_but_no_position_is_a_shortcut():
+    """The same state renders the same prompt; across states the first menu line varies (a policy
+    cannot earn validity by always copying one position)."""
+    from aflowctl.mdp.experience import Tried
+    from aflowctl.mdp.observe import render_edit_prompt
+
+    sp = spec.read_spec(SEED_GRAPH, SEED_PROMPT, "math")
+    menu = edits.available(sp, ALL_OPS)
+
+    def user(score, tried=()):
+        msgs = render_edit_prompt(kind="math", spec=sp, score=score, tried=tried, failed_cases=[], edits=menu)
+        return msgs[1]["content"]
+
+    first = user(0.4)
+    assert first == user(0.4)
+    lines = first.splitlines()
+    start = lines.index("Edits (pick one):") + 1
+    assert sorted(lines[start : start + len(menu)]) == sorted(menu)
+    firsts = set()
+    for i in range(20):
+        tried = [Tried(modification=f"edit {j}", score_before=None, score_after=None, valid=False, error="x") for j in range(i % 3)]
+        ls = user(i / 20, tried).splitlines()
+        firsts.add(ls[ls.index("Edits (pick one):") + 1])
+    assert len(firsts) >= 3, firsts

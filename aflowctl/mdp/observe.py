@@ -9,7 +9,9 @@ a 135M model: under ~600 tokens).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
 from collections.abc import Sequence
 
 from aflowctl.mdp.experience import Tried, render_experience
@@ -136,30 +138,31 @@ def render_edit_prompt(
     """Chat messages asking for one edit (see docs/edits.md) of the pipeline ``spec``."""
     task = {"math": "math problems", "qa": "questions about a text", "code": "Python coding tasks"}.get(kind, kind)
     sc = "not evaluated" if score is None else f"{100 * score:.0f}%"
-    lines = [
+    head = [
         f"Workflow (score {sc}): {_spec_line(spec)}",
         f"Answer instruction: {_short(spec.instruction, 160)}",
         "",
         "Edits (pick one):",
     ]
-    lines += edits
+    rest: list[str] = []
     shown = list(tried)[-max_tried:]
     if shown:
-        lines += ["", "Tried on this workflow:"]
+        rest += ["", "Tried on this workflow:"]
         for t in shown:
             if not t.valid:
-                lines.append(f"{_short(t.modification, 90)} -> invalid: {_short(t.error or '', 80)}")
+                rest.append(f"{_short(t.modification, 90)} -> invalid: {_short(t.error or '', 80)}")
             else:
-                lines.append(f"{_short(t.modification, 90)} -> {_pct(t.score_after)}")
+                rest.append(f"{_short(t.modification, 90)} -> {_pct(t.score_after)}")
     for c in list(failed_cases)[:1]:
-        lines += [
+        rest += [
             "",
             (
                 f"Failed: {_short(c.get('question', ''), 100)} expected {_short(c.get('expected', ''), 20)}, "
                 f"got {_short(c.get('prediction', ''), 60)}"
             ),
         ]
-    lines += ["", "Reply with one JSON edit."]
+    rest += ["", "Reply with one JSON edit."]
+    lines = head + menu_order(edits, "\n".join(head + rest)) + rest
     messages = [
         {"role": "system", "content": EDIT_SYSTEM.format(task=task)},
         {"role": "user", "content": "\n".join(lines)},
@@ -172,6 +175,20 @@ def render_edit_prompt(
             }
         )
     return messages
+
+
+def menu_order(edits: Sequence[str], context: str) -> list[str]:
+    """The menu in an order drawn from the rest of the observation.
+
+    A fixed order lets a policy earn validity by copying the first line (the trained
+    135M policy did exactly that, always answering the first edit); an order drawn from
+    a digest of the observation's other lines carries no such shortcut, yet the same
+    state always renders the same prompt.
+    """
+    seed = int.from_bytes(hashlib.sha256(context.encode()).digest()[:8], "big")
+    out = list(edits)
+    random.Random(seed).shuffle(out)
+    return out
 
 
 def _pct(x: float | None) -> str:
