@@ -210,7 +210,10 @@ def test_menu_order_is_fixed_per_observation_but_no_position_is_a_shortcut():
     assert sorted(lines[start : start + len(menu)]) == sorted(menu)
     firsts = set()
     for i in range(20):
-        tried = [Tried(modification=f"edit {j}", score_before=None, score_after=None, valid=False, error="x") for j in range(i % 3)]
+        tried = [
+            Tried(modification=f"edit {j}", score_before=None, score_after=None, valid=False, error="x")
+            for j in range(i % 3)
+        ]
         ls = user(i / 20, tried).splitlines()
         firsts.add(ls[ls.index("Edits (pick one):") + 1])
     assert len(firsts) >= 3, firsts
