@@ -34,11 +34,9 @@ import itertools
 import json
 import multiprocessing as mp
 import os
-import shlex
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
@@ -47,6 +45,7 @@ from typing import Any, Optional, Protocol, Union
 
 from aflowctl.config import RolloutConfig
 from aflowctl.errors import AflowctlError
+from aflowctl.rollout.launcher import drop_launcher, use_launcher, worker_environ, write_launcher
 
 
 class RolloutError(AflowctlError):
@@ -193,7 +192,7 @@ class ProcessBackend:
             env = worker_environ(options.get("env") or {})
             self._home = env["HOME"]
             self._launcher = write_launcher(env)
-            _use_launcher(self.ctx, self._launcher)
+            use_launcher(self.ctx, self._launcher)
         queue = self.ctx.SimpleQueue()
         pool = ProcessPool(
             max_workers=self.cfg.workers, initializer=init_worker, initargs=(options, queue), context=self.ctx
@@ -340,83 +339,9 @@ class ProcessBackend:
             self._closing = True
             self._wake.notify_all()
         if self._launcher is not None:
-            _drop_launcher(self.ctx, self._launcher)
+            drop_launcher(self.ctx, self._launcher)
             shutil.rmtree(self._home or "", ignore_errors=True)
             self._launcher = self._home = None
-
-
-#: variables a worker keeps from the parent's environment (never a key: workers call through the gateway)
-WORKER_ENV_KEEP = (
-    "PATH",
-    "LANG",
-    "LC_ALL",
-    "LC_CTYPE",
-    "TZ",
-    "TMPDIR",
-    "PYTHONPATH",
-    "PYTHONHASHSEED",
-    "PYTHONDONTWRITEBYTECODE",
-    "PYTHONUTF8",
-    "VIRTUAL_ENV",
-    "AFLOWCTL_LOAD_PLUGINS",
-    "AFLOWCTL_DEBUG",
-    "AFLOWCTL_DATA_PATH",
-    "AFLOWCTL_SANDBOX_USER",
-    "HF_HUB_OFFLINE",
-    "TRANSFORMERS_OFFLINE",
-    "COVERAGE_PROCESS_START",
-)
-
-
-def worker_environ(extra: dict) -> dict:
-    """The whole environment of a rollout worker, built from an allow-list: no
-    provider key, no store path (``AFLOWCTL_HOME`` and ``HOME`` point at an empty
-    private directory; the benchmark data directory is passed in
-    ``AFLOWCTL_DATA_PATH``). ``extra`` (the pool's ``env`` option) is added."""
-    from aflowctl.paths import data_dir
-
-    env = {k: os.environ[k] for k in WORKER_ENV_KEEP if k in os.environ}
-    home = tempfile.mkdtemp(prefix="aflowctl-worker-home-")
-    os.chmod(home, 0o755)
-    env["AFLOWCTL_HOME"] = env["HOME"] = env["TMPDIR"] = home  # scratch dirs too: removed with the pool
-    env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
-    data = [str(data_dir())] + [p for p in os.environ.get("AFLOWCTL_DATA_PATH", "").split(os.pathsep) if p]
-    env["AFLOWCTL_DATA_PATH"] = os.pathsep.join(dict.fromkeys(data))
-    env.update({str(k): str(v) for k, v in extra.items()})
-    return env
-
-
-def write_launcher(env: dict) -> str:
-    """A tiny executable, in a private directory, that starts this Python with exactly
-    ``env`` (``env -i``): what the ``spawn`` start method runs instead of the
-    interpreter (``multiprocessing`` passes the worker's descriptors through exec)."""
-    folder = tempfile.mkdtemp(prefix="aflowctl-launch-")
-    path = os.path.join(folder, "python")
-    assigns = " ".join(shlex.quote(f"{k}={v}") for k, v in sorted(env.items()))
-    with open(path, "w") as fh:
-        fh.write(f'#!/bin/sh\nexec /usr/bin/env -i {assigns} {shlex.quote(sys.executable)} "$@"\n')
-    os.chmod(path, 0o700)
-    return path
-
-
-# The spawn start method runs one executable per process (multiprocessing.spawn's
-# setting): the newest live backend's launcher; the interpreter again when none is left.
-_launchers: list[str] = []
-_launchers_lock = threading.Lock()
-
-
-def _use_launcher(ctx: Any, path: str) -> None:
-    with _launchers_lock:
-        _launchers.append(path)
-        ctx.set_executable(path)
-
-
-def _drop_launcher(ctx: Any, path: str) -> None:
-    with _launchers_lock:
-        if path in _launchers:
-            _launchers.remove(path)
-        ctx.set_executable(_launchers[-1] if _launchers else sys.executable)
-        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
 def _noop() -> None:
@@ -437,7 +362,6 @@ def rebuild_error(env: dict, text: str) -> Exception:
     plugin's own error. It is rebuilt from the envelope's ``message`` and ``hint``.
     Anything else becomes a :class:`RolloutError` with the worker's text.
     """
-    import sys
 
     from aflowctl import errors
 

@@ -8,7 +8,7 @@ submits) therefore does not run workflow code itself when the pool has a gateway
 
 * it keeps one *child* per Ray worker process and pool, started like a process
   backend worker: from an allow-listed environment
-  (:func:`aflowctl.rollout.backend.worker_environ`: no provider key, no store path,
+  (:func:`aflowctl.rollout.launcher.worker_environ`: no provider key, no store path,
   a private empty home), dying with this process (``PR_SET_PDEATHSIG``), running
   :func:`aflowctl.rollout.worker.init_worker` with the pool's options: it connects
   to this process's :class:`~aflowctl.rollout.ray_gateway.NodeRelay` (the run's
@@ -76,7 +76,7 @@ class _Child:
     """One confined child of this Ray worker process, for one pool."""
 
     def __init__(self, options: dict):
-        from aflowctl.rollout.backend import worker_environ
+        from aflowctl.rollout.launcher import worker_environ
         from aflowctl.rollout.ray_gateway import NodeRelay
 
         self.pool = options.get("ray_pool")
