@@ -112,19 +112,33 @@ def _status(db: Path, run_id: str) -> str | None:
 
 
 def experiment(
-    out: Path, config: Path, seeds: list[int], arms_wanted: tuple[str, ...] = ("mutate", "base", "trained")
+    out: Path,
+    config: Path,
+    seeds: list[int],
+    arms_wanted: tuple[str, ...] = ("mutate", "base", "trained"),
+    *,
+    tag: str = "",
+    epochs: int | None = None,
+    train_seed: int | None = None,
 ) -> dict:
+    """The recipe above; ``tag`` names a variant of the training (its own training run
+    ``arith-edit-train-TAG`` and trained arm ``arith-trained-TAG-sN``, compared with the
+    same mutate and base runs), ``epochs`` overrides ``train.epochs`` and ``train_seed`` the
+    training run's seed."""
     out.mkdir(parents=True, exist_ok=True)
     db, log = out / "exp.db", out / "log.txt"
     env = dict(os.environ)
     env.setdefault("AFLOWCTL_HOME", str(out / "home"))
     common = ["--config", str(config), "--db", str(db)]
-    train_id = "arith-edit-train"
+    suffix = f"-{tag}" if tag else ""
+    train_id = f"arith-edit-train{suffix}"
     st = _status(db, train_id)
     if "trained" in arms_wanted and st != "completed":
         args = ["train", *common, "--json"] + (["--resume", train_id] if st else ["--run-id", train_id])
+        args += ["--epochs", str(epochs)] if epochs else []
+        args += ["--seed", str(train_seed)] if train_seed is not None else []
         p = _cli(args, log, env)
-        (out / "train.json").write_text(p.stdout)
+        (out / f"train{suffix}.json").write_text(p.stdout)
         if p.returncode != 0:
             return {"stage": "train", "exit": p.returncode}
     sys.path.insert(0, str(REPO))
@@ -136,7 +150,7 @@ def experiment(
     runs: dict[str, list[str]] = {a: [] for a in ("mutate", "base", "trained")}
     for seed in seeds:
         for arm, extra in arms.items():
-            rid = f"arith-{arm}-s{seed}"
+            rid = f"arith-{arm}{suffix if arm == 'trained' else ''}-s{seed}"
             st = _status(db, rid)
             if st not in ("completed", "converged"):
                 args = ["optimize", *common, "--seed", str(seed), "--test", "--json", *extra]
@@ -149,14 +163,14 @@ def experiment(
     result: dict = {"runs": runs}
     for arm in ("mutate", "base", "trained"):  # runs another invocation finished (--arms in parallel streams)
         for seed in seeds:
-            rid = f"arith-{arm}-s{seed}"
+            rid = f"arith-{arm}{suffix if arm == 'trained' else ''}-s{seed}"
             if rid not in runs[arm] and _status(db, rid) in ("completed", "converged"):
                 runs[arm].append(rid)
     for other in ("base", "mutate"):
         if runs["trained"] and runs[other]:
             p = _cli(["compare", *runs["trained"], *runs[other], "--db", str(db), "--json", "--no-plot"], log, env)
-            (out / f"compare-trained-vs-{other}.json").write_text(p.stdout)
-            result[f"compare_vs_{other}"] = f"compare-trained-vs-{other}.json"
+            (out / f"compare-trained{suffix}-vs-{other}.json").write_text(p.stdout)
+            result[f"compare_vs_{other}"] = f"compare-trained{suffix}-vs-{other}.json"
     return result
 
 
@@ -171,6 +185,9 @@ def main() -> None:
     ap.add_argument("--experiment", type=Path, default=None, help="run the full experiment into this folder")
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--arms", default="mutate,base,trained", help="arms to run (the trained arm trains first)")
+    ap.add_argument("--tag", default="", help="experiment: a variant of the training (own run ids, same other arms)")
+    ap.add_argument("--epochs", type=int, default=None, help="experiment: override train.epochs of the training")
+    ap.add_argument("--train-seed", type=int, default=None, help="experiment: the training run's seed")
     ap.add_argument("--json", action="store_true", help="print only the JSON summary")
     a = ap.parse_args()
     os.environ.setdefault("AFLOWCTL_LOAD_PLUGINS", "aflowctl-arith")
@@ -178,7 +195,10 @@ def main() -> None:
 
     os.environ.setdefault("AFLOWCTL_MODELS_DIR", str(paths.models_dir()))  # converted models are reused, not redone
     if a.experiment is not None:
-        out = experiment(a.experiment, a.config, [int(s) for s in a.seeds.split(",")], tuple(a.arms.split(",")))
+        seeds = [int(s) for s in a.seeds.split(",")]
+        out = experiment(
+            a.experiment, a.config, seeds, tuple(a.arms.split(",")), tag=a.tag, epochs=a.epochs, train_seed=a.train_seed
+        )
     else:
         import tempfile
 
