@@ -233,6 +233,11 @@ class TrainConfig(_Strict):
         role=E,
         description="what the policy answers: code (graph.py/prompt.py), edit (one JSON edit, docs/edits.md), auto",
     )
+    carry_experience: bool = _f(
+        False,
+        role=E,
+        description="a group's start state shows what earlier groups tried on it (as optimize shows a parent's)",
+    )
     # episodes and batches
     epochs: int = _f(1, role=R, description="passes over the start states", ge=1)
     groups_per_epoch: Optional[int] = _f(None, role=E, description="default: one group per start state", ge=1)

@@ -273,6 +273,66 @@ def test_common_random_numbers_within_a_group(tmp_path, monkeypatch):
         server.stop()
 
 
+def test_carried_experience_shows_earlier_tries_and_refuses_repeats(tmp_path, monkeypatch):
+    """train.carry_experience: a group's start state lists what earlier updates tried from it (read
+    back from the run's experiences, latest outcome per modification) and a repeat is invalid."""
+    import copy
+    from types import SimpleNamespace
+
+    from aflowctl.store import Experience, open_store, runs, utcnow
+    from aflowctl.trainer.env import WorkflowEnv
+    from aflowctl.trainer.episodes import carried_tries
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key-123456")
+    server = _server([])
+    try:
+        cfg = load_config(_config(tmp_path, server, "edit", 1))
+        store = open_store(tmp_path / "x.db")
+        runs.create_run(store, kind="train", cfg=cfg, run_id="t1").lease.release()
+        env = WorkflowEnv(cfg, store=store, run_id="t1")
+        (start,) = env.start_states()
+        ens = '{"edit": "ensemble", "k": 3}'
+        rows = [  # (update, step, anchor, modification, valid, score_after, error)
+            (0, 0, start.anchor, ens, True, 0.5, None),
+            (0, 0, start.anchor, None, False, None, "the answer is not JSON"),
+            (0, 1, "child", '{"edit": "ensemble", "k": 5}', True, 0.5, None),
+            (1, 0, start.anchor, '{"edit": "add", "step": "review"}', True, 0.25, None),
+            (1, 0, start.anchor, ens, False, None, "already tried"),
+            (2, 0, start.anchor, '{"edit": "remove", "step": "review"}', True, 0.5, None),
+        ]
+
+        def add(session):
+            for u, step, anc, mod, valid, after, err in rows:
+                session.add(
+                    Experience(
+                        run_id="t1", round=u, group_id=f"g{u}", episode_id="e", step=step, anchor=anc,
+                        modification=mod, valid=valid, score_before=0.4, score_after=after, error=err,
+                        created_at=utcnow(),
+                    )
+                )  # fmt: skip
+
+        store.transact(add)
+        trainer = SimpleNamespace(store=store, run_id="t1")
+        assert carried_tries(trainer, start.anchor, 0) == []
+        assert [t.modification for t in carried_tries(trainer, start.anchor, 1)] == [ens]
+        tried = carried_tries(trainer, start.anchor, 2)  # update 2's own rows are not read
+        assert [(t.modification, t.valid) for t in tried] == [('{"edit": "add", "step": "review"}', True), (ens, False)]
+        try:
+            state = env.with_tried(start, tried)
+            assert start.data["search"].tried == []  # the trainer's start state is not changed
+            states = [state, copy.deepcopy(state)]
+            env.prepare(states, random.Random(0), groups=["u2/g0"] * 2)
+            text = env.observe(state)[1]["content"]
+            assert "Tried on this workflow:" in text and '{"edit": "add", "step": "review"} -> 25%' in text
+            trans = env.step_batch(states, [ens, '{"edit": "ensemble", "k": 5}'], rng=random.Random(0))
+        finally:
+            env.close()
+        assert not trans[0].valid and "already tried" in (trans[0].error or "")
+        assert trans[1].valid
+    finally:
+        server.stop()
+
+
 class _Chat:
     """A benchmark of a kind the edit language has no catalogue for."""
 

@@ -179,6 +179,19 @@ def train_metrics(store: Store, run_id: str) -> list[dict[str, Any]]:
     return [{"update": r["update"], **json.loads(r["metrics_json"]), "created_at": r["created_at"]} for r in rows]
 
 
+def start_state_tries(store: Store, run_id: str, anchor: str, before_update: int) -> list[dict[str, Any]]:
+    """The first-step actions a training run took from the start state ``anchor`` in its
+    updates before ``before_update`` (oldest first; only answers that named a modification)."""
+    return _rows(
+        store,
+        "SELECT modification, valid, error, score_before, score_after FROM experiences "
+        "WHERE run_id = :r AND anchor = :a AND step = 0 AND round < :u AND modification IS NOT NULL ORDER BY id",
+        r=run_id,
+        a=anchor,
+        u=before_update,
+    )
+
+
 # --------------------------------------------------------------------------
 # report / compare / export (added by the report-compare-export feature)
 

@@ -189,6 +189,16 @@ class WorkflowEnv:
             out.append(State(anchor=loader.canonical_hash(src), start=ds, data=data))
         return out
 
+    @staticmethod
+    def with_tried(state: State, tried: Sequence) -> State:
+        """A copy of start state ``state`` whose search state lists ``tried`` (its experience):
+        the observation shows it, and a repeat of one of them is invalid, as in ``optimize``."""
+        import copy
+
+        out = copy.deepcopy(state)
+        out.data["search"].tried = list(tried)
+        return out
+
     def plan_for(self, ds: str, group_key: str):
         """The group's problems and executor seed, drawn from the run seed (same key, same plan)."""
         from aflowctl.mdp.core import EvalPlan

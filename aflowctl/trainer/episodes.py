@@ -48,6 +48,8 @@ def collect(trainer, update: int) -> list[StepRecord]:
     base = trainer.counters["groups_consumed"]
     for gi in range(t.groups_per_batch):
         start = starts[(base + gi) % len(starts)]
+        if t.carry_experience and hasattr(trainer.env, "with_tried"):
+            start = trainer.env.with_tried(start, carried_tries(trainer, start.anchor, update))
         gid = f"{trainer.run_id}/u{update}/g{gi}"
         for e in range(t.episodes_per_group):
             states.append(copy.deepcopy(start))
@@ -93,6 +95,28 @@ def collect(trainer, update: int) -> list[StepRecord]:
         states = [tr.next_state for tr in trans]
     trainer.last_timing = timing
     return records
+
+
+def carried_tries(trainer, anchor: str, update: int, keep: int = 12) -> list:
+    """What earlier updates tried from the start state ``anchor`` (``train.carry_experience``),
+    read back from the run's experiences (so a resumed run sees what an uninterrupted one
+    would): one entry per distinct modification, its latest outcome, the ``keep`` latest."""
+    from aflowctl.mdp.experience import Tried
+    from aflowctl.mdp.parse import normalise_modification
+    from aflowctl.store import queries
+
+    latest: dict[str, Tried] = {}
+    for r in queries.start_state_tries(trainer.store, trainer.run_id, anchor, update):
+        key = normalise_modification(r["modification"])
+        latest.pop(key, None)  # re-inserted last: the order is that of each one's latest try
+        latest[key] = Tried(
+            modification=r["modification"],
+            score_before=r["score_before"],
+            score_after=r["score_after"],
+            valid=bool(r["valid"]),
+            error=r["error"],
+        )
+    return list(latest.values())[-keep:]
 
 
 def record_experiences(trainer, update: int, records: list[StepRecord]) -> None:
