@@ -217,3 +217,16 @@ def test_menu_order_is_fixed_per_observation_but_no_position_is_a_shortcut():
         ls = user(i / 20, tried).splitlines()
         firsts.add(ls[ls.index("Edits (pick one):") + 1])
     assert len(firsts) >= 3, firsts
+
+
+def test_menu_leaves_out_what_was_already_tried():
+    sp = spec.read_spec(SEED_GRAPH, SEED_PROMPT, "math")
+    full = edits.available(sp, ALL_OPS)
+    assert full[0].startswith('{"edit": "ensemble", "k": 3}') and '{"edit": "add", "step": "programmer"}' in full
+    tried = ['{"edit": "ensemble", "k": 3}', '{"edit":"add","step":"programmer"}', '{"edit": "ensemble", "k": 5}']
+    menu = edits.available(sp, ALL_OPS, tried)
+    assert menu[0].startswith('{"edit": "ensemble", "k": 2}')  # the example takes an untried k
+    assert '{"edit": "add", "step": "programmer"}' not in menu and len(menu) == len(full) - 1
+    for line in menu:  # every example in the menu is a valid, untried edit
+        e = parse_edit(line.split("  (")[0].replace('"..."', '"Solve it step by step."'))
+        apply_edit(sp, e, ALL_OPS)

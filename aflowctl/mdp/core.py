@@ -258,7 +258,7 @@ class SearchMDP:
                 score=state.score,
                 tried=state.tried,
                 failed_cases=state.failed_cases,
-                edits=edits_mod.available(sp, self.operators),
+                edits=edits_mod.available(sp, self.operators, [t.modification for t in state.tried]),
                 error_feedback=error_feedback,
             )
         from aflowctl.workflow.registry import operator_descriptions

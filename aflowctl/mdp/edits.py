@@ -251,21 +251,28 @@ def catalogue(spec: Spec, allowed_ops: Sequence[str] | None = None) -> list[Edit
     return out
 
 
-def available(spec: Spec, allowed_ops: Sequence[str] | None = None) -> list[str]:
-    """Example lines of the edits that apply to ``spec`` (the edit observation's menu)."""
+def available(spec: Spec, allowed_ops: Sequence[str] | None = None, tried: Sequence[str] = ()) -> list[str]:
+    """Example lines of the edits that apply to ``spec`` (the edit observation's menu).
+
+    ``tried``: modifications already tried on this workflow; an example that repeats
+    one would be refused, so it is left out (the ensemble example takes an untried k).
+    """
+    from aflowctl.mdp.parse import normalise_modification
+
+    done = {normalise_modification(t) for t in tried}
+
+    def fresh(e: Edit) -> bool:
+        return normalise_modification(e.canonical()) not in done and _ok(spec, e, allowed_ops)
+
     lines = []
-    k = 3 if spec.ensemble != 3 else 5
-    if _ok(spec, Edit("ensemble", k=k), allowed_ops):
-        lines.append(f'{{"edit": "ensemble", "k": {k}}}  (answer k times and vote, k {MIN_K}-{MAX_K})')
-    lines += [f'{{"edit": "add", "step": "{s}"}}' for s in ADDABLE if _ok(spec, Edit("add", step=s), allowed_ops)]
-    lines += [
-        f'{{"edit": "remove", "step": "{s}"}}' for s in REMOVABLE if _ok(spec, Edit("remove", step=s), allowed_ops)
-    ]
+    ks = [k for k in (3, 5, 2, 4, 7, 9, 6, 8) if fresh(Edit("ensemble", k=k))]
+    if ks:
+        lines.append(f'{{"edit": "ensemble", "k": {ks[0]}}}  (answer k times and vote, k {MIN_K}-{MAX_K})')
+    lines += [f'{{"edit": "add", "step": "{s}"}}' for s in ADDABLE if fresh(Edit("add", step=s))]
+    lines += [f'{{"edit": "remove", "step": "{s}"}}' for s in REMOVABLE if fresh(Edit("remove", step=s))]
     lines.append('{"edit": "instruction", "step": "answer", "text": "..."}  (new instruction)')
     lines += [
-        f'{{"edit": "answer_op", "op": "{o}"}}'
-        for o in ANSWER_OPS.get(spec.kind, ())
-        if _ok(spec, Edit("answer_op", op=o), allowed_ops)
+        f'{{"edit": "answer_op", "op": "{o}"}}' for o in ANSWER_OPS.get(spec.kind, ()) if fresh(Edit("answer_op", op=o))
     ]
     return lines
 
