@@ -121,10 +121,10 @@ def experiment(
     epochs: int | None = None,
     train_seed: int | None = None,
 ) -> dict:
-    """The recipe above; ``tag`` names a variant of the training (its own training run
-    ``arith-edit-train-TAG`` and trained arm ``arith-trained-TAG-sN``, compared with the
-    same mutate and base runs), ``epochs`` overrides ``train.epochs`` and ``train_seed`` the
-    training run's seed."""
+    """The recipe above; ``tag`` names a variant (its own training run ``arith-edit-train-TAG``
+    and its own runs of the arms whose policy reads the observation, ``arith-trained-TAG-sN``
+    and ``arith-base-TAG-sN``; the ``mutate`` runs, which do not read it, are shared),
+    ``epochs`` overrides ``train.epochs`` and ``train_seed`` the training run's seed."""
     out.mkdir(parents=True, exist_ok=True)
     db, log = out / "exp.db", out / "log.txt"
     env = dict(os.environ)
@@ -150,7 +150,7 @@ def experiment(
     runs: dict[str, list[str]] = {a: [] for a in ("mutate", "base", "trained")}
     for seed in seeds:
         for arm, extra in arms.items():
-            rid = f"arith-{arm}{suffix if arm == 'trained' else ''}-s{seed}"
+            rid = f"arith-{arm}{suffix if arm != 'mutate' else ''}-s{seed}"
             st = _status(db, rid)
             if st not in ("completed", "converged"):
                 args = ["optimize", *common, "--seed", str(seed), "--test", "--json", *extra]
@@ -163,7 +163,7 @@ def experiment(
     result: dict = {"runs": runs}
     for arm in ("mutate", "base", "trained"):  # runs another invocation finished (--arms in parallel streams)
         for seed in seeds:
-            rid = f"arith-{arm}{suffix if arm == 'trained' else ''}-s{seed}"
+            rid = f"arith-{arm}{suffix if arm != 'mutate' else ''}-s{seed}"
             if rid not in runs[arm] and _status(db, rid) in ("completed", "converged"):
                 runs[arm].append(rid)
     for other in ("base", "mutate"):
@@ -185,7 +185,9 @@ def main() -> None:
     ap.add_argument("--experiment", type=Path, default=None, help="run the full experiment into this folder")
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--arms", default="mutate,base,trained", help="arms to run (the trained arm trains first)")
-    ap.add_argument("--tag", default="", help="experiment: a variant of the training (own run ids, same other arms)")
+    ap.add_argument(
+        "--tag", default="", help="experiment: a variant (own training and policy-arm runs, shared mutate runs)"
+    )
     ap.add_argument("--epochs", type=int, default=None, help="experiment: override train.epochs of the training")
     ap.add_argument("--train-seed", type=int, default=None, help="experiment: the training run's seed")
     ap.add_argument("--json", action="store_true", help="print only the JSON summary")
