@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -16,6 +17,12 @@ SHARED_DATA = REPO.parent / "shared" / "data" / "aflow"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+
+# A suite started as a background job of a script (`pytest &`) inherits SIGINT ignored, and
+# so would every CLI process it starts (an ignored signal stays ignored across exec); the
+# Ctrl-C tests need what a terminal gives, so the suite handles SIGINT as Python does.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
