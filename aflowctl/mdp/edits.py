@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from aflowctl.mdp.parse import ProposalError
+from aflowctl.mdp.parse import ProposalError, normalise_modification
 from aflowctl.mdp.spec import ENSEMBLE_SIZES, INSTRUCTIONS, Spec
 
 EDITS: dict[str, tuple[str, ...]] = {  # edit -> its parameters
@@ -257,17 +257,15 @@ def available(spec: Spec, allowed_ops: Sequence[str] | None = None, tried: Seque
     ``tried``: modifications already tried on this workflow; an example that repeats
     one would be refused, so it is left out (the ensemble example takes an untried k).
     """
-    from aflowctl.mdp.parse import normalise_modification
-
     done = {normalise_modification(t) for t in tried}
 
     def fresh(e: Edit) -> bool:
         return normalise_modification(e.canonical()) not in done and _ok(spec, e, allowed_ops)
 
     lines = []
-    ks = [k for k in (3, 5, 2, 4, 7, 9, 6, 8) if fresh(Edit("ensemble", k=k))]
-    if ks:
-        lines.append(f'{{"edit": "ensemble", "k": {ks[0]}}}  (answer k times and vote, k {MIN_K}-{MAX_K})')
+    k = next((k for k in (3, 5, 2, 4, 7, 9, 6, 8) if fresh(Edit("ensemble", k=k))), None)
+    if k is not None:
+        lines.append(f'{{"edit": "ensemble", "k": {k}}}  (answer k times and vote, k {MIN_K}-{MAX_K})')
     lines += [f'{{"edit": "add", "step": "{s}"}}' for s in ADDABLE if fresh(Edit("add", step=s))]
     lines += [f'{{"edit": "remove", "step": "{s}"}}' for s in REMOVABLE if fresh(Edit("remove", step=s))]
     lines.append('{"edit": "instruction", "step": "answer", "text": "..."}  (new instruction)')
