@@ -151,17 +151,45 @@ def test_root_with_a_world_readable_interpreter_keeps_no_capability(world):
 
 
 @needs_sandbox
-def test_rollout_read_paths_give_the_data_but_not_the_store(world):
-    """A worker reads benchmark splits from AFLOWCTL_HOME/data; the store next to it stays unreadable."""
+def test_packages_code_is_readable_and_their_data_is_not(world):
+    """A confined process imports the code of what it imported, and of the packages it
+    is told about, but reads no data file: not those a package ships (AFlow's samples
+    inside aflowctl, with their answers; a benchmark plugin's splits), not the fetched
+    splits under AFLOWCTL_HOME/data, not the site directory's other packages."""
+    import importlib.util
+    import sysconfig
+
     home = world["base"] / "home"
     (home / "data").mkdir()
-    (home / "data" / "gsm8k_validate.jsonl").write_text('{"question": "q"}\n')
-    for p in (home / "data", home / "data" / "gsm8k_validate.jsonl"):
+    fetched = home / "data" / "gsm8k_validate.jsonl"
+    fetched.write_text('{"question": "q", "answer": "42"}\n')
+    for p in (home / "data", fetched):
         os.chown(p, *(_nobody() or (os.getuid(), os.getgid())))
-    res = _run_probe(world, rollout_reads=True, data_file=str(home / "data" / "gsm8k_validate.jsonl"),
-                     env_extra={"AFLOWCTL_HOME": str(home)})
+    pkg = REPO / "aflowctl"
+    site_dir = sysconfig.get_paths()["purelib"]
+    dist_info = next(str(p) for p in sorted(Path(site_dir).glob("*.dist-info/METADATA")))
+    reads = [str(pkg / "benchmarks" / "sample" / "gsm8k_sample.jsonl"), str(pkg / "benchmarks" / "sample" / "SOURCE.md"),
+             str(pkg / "benchmarks" / "gsm8k.py"), str(fetched), dist_info]
+    arith = importlib.util.find_spec("aflowctl_arith")  # a benchmark plugin, imported before confinement
+    if arith is not None and arith.origin:
+        reads += [str(p) for p in sorted((Path(arith.origin).parent / "data").glob("*.jsonl"))[:1]]
+    res = _run_probe(world, reads=reads, lists=[str(pkg / "benchmarks" / "sample")],
+                     preimport=["aflowctl.benchmarks", *(["aflowctl_arith"] if arith is not None else [])],
+                     imports=["aflowctl.benchmarks.gsm8k", "mpmath", "json.tool", "hypothesis"], read_packages=["mpmath"],
+                     workers=["evaluate", "hypothesis.strategies:integers"])
     _assert_contained(res, world)  # the store (home/aflowctl.db) and home/id_rsa included
-    assert res["read_data"] == "ok:'{\"question\": \"q\"}'"
+    assert res[f"read:{pkg / 'benchmarks' / 'gsm8k.py'}"].startswith("ok:")  # code
+    for data in (*reads[:2], str(fetched), dist_info, *reads[5:]):
+        assert res[f"read:{data}"] == "err:PermissionError", data
+    assert res[f"list:{pkg / 'benchmarks' / 'sample'}"].startswith("ok:")  # names only
+    assert res["import:aflowctl.benchmarks.gsm8k"] == "ok:'aflowctl'"  # a module not imported yet, of a package that is
+    assert res["import:mpmath"] == "ok:'mpmath'"  # named in read_packages
+    assert res["import:json.tool"] == "ok:'json'"  # the standard library
+    assert res["import:hypothesis"].startswith("err:"), "a package neither imported nor named"
+    # rollout workers: an entry point imported before confinement resolves; an unreadable module says what to do
+    assert res["worker:evaluate"] == "ok:evaluate"
+    assert "cannot be read in a confined rollout worker" in res["worker:hypothesis.strategies:integers"]
+    assert "preload" in res["worker:hypothesis.strategies:integers"]
 
 
 @needs_sandbox

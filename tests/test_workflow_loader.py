@@ -327,6 +327,12 @@ HOSTILE_GRAPHS = {
                         "attribute '.open_connection'"),
     "getattr computed": ("x = getattr(object, '__sub' + 'classes__')", "getattr() with a computed"),
     "getattr dunder": ("x = getattr(object, '__subclasses__')", "getattr() with a computed or special"),
+    "attrgetter": ("import operator as op\nimport dataclasses\nx = op.attrgetter('sys.modules')(dataclasses)",
+                   "attribute '.attrgetter'"),
+    "from operator import attrgetter": ("from operator import attrgetter", "import of 'attrgetter' from 'operator'"),
+    "methodcaller": ("import operator\nx = operator.methodcaller('x')", "attribute '.methodcaller'"),
+    "format fields": ("import random\nx = '{0._os.environ}'.format(random)", "a format string that reads"),
+    "format items": ("x = '{0[k]}'.format({'k': 1})", "a format string that reads"),
 }
 
 

@@ -19,7 +19,9 @@ def evaluate(payload: dict) -> dict:
     """Evaluate a workflow on a batch of items; see :mod:`aflowctl.rollout.evaluate`.
 
     Payload keys: ``graph``, ``prompt`` (the workflow sources), ``name``, ``dataset``,
-    ``split``, ``items`` (a list of ``[repeat, index]``), ``executor`` (a ModelConfig
+    ``split``, ``items`` (a list of ``[repeat, index]``), ``problems`` (one
+    :func:`~aflowctl.workflow.problem.worker_view` per index: the inputs, never the
+    answer; the worker reads no benchmark file), ``executor`` (a ModelConfig
     dict), ``seed``, ``code_timeout_s``, ``code_memory_mb``, and the context
     ``llm`` (an LLMConfig dict), ``run_id``, ``db_path`` (where the executor's calls
     are logged), ``concurrency`` (problems at once), ``problem_timeout_s``.
@@ -51,34 +53,21 @@ def run_async(coro: Any) -> Any:
     return _loop.run_until_complete(coro)
 
 
-_problem_cache: dict[tuple[str, str], list] = {}
-
-
-def _load_problems(bench: Any, dataset: str, split: str) -> list:
-    key = (dataset, split)
-    if key not in _problem_cache:
-        _problem_cache[key] = bench.load(split)
-    return _problem_cache[key]
-
-
 def _repeat_seed(seed: int, repeat: int) -> int:
     """The executor's sampling seed for one repeat (repeats must not share cached answers)."""
     return int(seed) * 1000 + int(repeat)
 
 
 async def _evaluate_async(payload: dict) -> dict:
-    from aflowctl import benchmarks
     from aflowctl.errors import BenchmarkError
 
-    bench = benchmarks.get(payload["dataset"])
-    problems = _load_problems(bench, payload["dataset"], payload["split"])
+    problems = {int(v["index"]): v for v in payload.get("problems") or ()}
     items = [(int(r), int(i)) for r, i in payload["items"]]
     for _, idx in items:
-        if not 0 <= idx < len(problems):
+        if idx not in problems:
             raise BenchmarkError(
-                f"problem index {idx} is out of range for {payload['dataset']}/{payload['split']} "
-                f"({len(problems)} problems)",
-                "use indices from 0 to n-1",
+                f"problem {idx} of {payload['dataset']}/{payload['split']} was not sent with the task",
+                "evaluate through aflowctl.rollout.evaluate.evaluate_workflow, which sends each problem's inputs",
             )
     factory = _WorkflowFactory(payload)  # compiles once: bad code fails the task here
     sem = asyncio.Semaphore(max(1, int(payload.get("concurrency") or 1)))
@@ -88,7 +77,7 @@ async def _evaluate_async(payload: dict) -> dict:
 
     async def one(repeat: int, idx: int) -> dict:
         async with sem:
-            return await _run_problem(bench, factory, problems[idx], repeat, idx, timeout)
+            return await _run_problem(factory, problems[idx], repeat, timeout)
 
     # The executor's calls are logged in the background; the task's result counts as
     # done only after they are committed (flush below), so a kill loses only calls of
@@ -232,16 +221,15 @@ def answer_text(prediction: Any) -> Optional[str]:
     return text[:ANSWER_MAX_CHARS]
 
 
-async def _run_problem(
-    bench: Any, factory: _WorkflowFactory, problem: dict, repeat: int, idx: int, timeout: Optional[float]
-) -> dict:
+async def _run_problem(factory: _WorkflowFactory, view: dict, repeat: int, timeout: Optional[float]) -> dict:
+    """One problem of the task, from its :func:`~aflowctl.workflow.problem.worker_view`."""
     from aflowctl.workflow.api import problem_context
 
     t0 = time.perf_counter()
     out: dict = {
         "repeat": repeat,
-        "index": idx,
-        "id": _problem_id(bench, problem, idx),
+        "index": int(view["index"]),
+        "id": view["id"],
         "score": 0.0,
         "prediction": None,
         "answer": None,
@@ -255,11 +243,12 @@ async def _run_problem(
     if timeout:  # awaiting code: the task is cancelled at the deadline; busy code: the SIGALRM watchdog
         _deadlines[task] = time.monotonic() + float(timeout)
         timer = asyncio.get_running_loop().call_later(float(timeout), _expire, task, expired)
-    with problem_context(problem, benchmark=bench, dataset=factory.payload["dataset"]) as scope:
+    seen = {"id": view["id"], "inputs": list(view["inputs"])}
+    with problem_context(seen, public_tests=list(view["public_tests"]), dataset=factory.payload["dataset"]) as scope:
         try:
             wf = factory.build(repeat)
             try:  # the workflow runs in this very task, so both mechanisms can find it
-                answer = await wf(*tuple(bench.inputs(problem)))
+                answer = await wf(*tuple(view["inputs"]))
             except asyncio.CancelledError:
                 if not expired:
                     raise
@@ -294,13 +283,6 @@ async def _run_problem(
     out["calls"] = scope.calls
     out["duration_s"] = round(time.perf_counter() - t0, 4)
     return out
-
-
-def _problem_id(bench: Any, problem: dict, idx: int) -> Any:
-    try:
-        return bench.problem_id(problem, idx)
-    except Exception:  # noqa: BLE001
-        return idx
 
 
 def _truncate(prediction: Any) -> Any:

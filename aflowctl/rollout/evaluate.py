@@ -128,6 +128,7 @@ def evaluate_workflow(
     """
     from aflowctl import benchmarks
     from aflowctl.workflow.loader import check_source
+    from aflowctl.workflow.problem import worker_view
 
     t0 = time.perf_counter()
     if repeats < 1:
@@ -181,12 +182,14 @@ def evaluate_workflow(
             "problem_timeout_s": rollout_cfg.problem_timeout_s,
         }
     # executor in the context carries timeout_s/api_key_env to the worker (context wins).
+    views = {i: worker_view(bench, problems[i], i) for i in idx}  # the worker gets inputs, never answers
     specs = [
         TaskSpec(
             {**base, "items": [list(it) for it in chunk]},
             context=context,
             worker=WORKER,
             label=f"{dataset}/{split} items {k}",
+            attached={"problems": [views[i] for i in dict.fromkeys(i for _, i in chunk)]},
         )
         for k, chunk in enumerate(chunks)
     ]

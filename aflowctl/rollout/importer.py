@@ -35,6 +35,12 @@ def import_from_string(target: str) -> Any:
         )
     try:
         module = importlib.import_module(module_str)
+    except PermissionError:  # a confined worker reads only code imported before it confined itself
+        raise ImportFromStringError(
+            f"module {module_str!r} cannot be read in a confined rollout worker",
+            "import it before confinement: add it to the pool's preload option, "
+            "or register the worker as an aflowctl_workers entry point",
+        ) from None
     except ModuleNotFoundError as exc:
         # Only "this module does not exist" becomes our error; a missing import
         # inside an existing module is the module's own bug and is re-raised.
@@ -61,13 +67,34 @@ def _is_prefix(name: str, module_str: str) -> bool:
     return module_str == name or module_str.startswith(name + ".")
 
 
+_registered: dict[str, str] = {}  # entry-point name -> import string, read by preload_workers()
+
+
+def preload_workers() -> dict[str, str]:
+    """Import every ``aflowctl_workers`` entry point now and remember the names: a rollout
+    worker calls it before confining itself, after which neither the packages' metadata
+    nor the code of packages not yet imported can be read. Returns name -> import string;
+    a worker that fails to import is left to the task that names it to report."""
+    for ep in entry_points(group=WORKER_GROUP):
+        _registered[ep.name] = ep.value
+        try:
+            import_from_string(ep.value)
+        except Exception:  # noqa: BLE001 - reported when a task uses it
+            pass
+    return dict(_registered)
+
+
+def _worker_names() -> dict[str, str]:
+    return dict(_registered) or {ep.name: ep.value for ep in entry_points(group=WORKER_GROUP)}
+
+
 def resolve_worker(name: str) -> Callable[[dict], dict]:
     """A worker function from an import string or an ``aflowctl_workers`` entry-point name."""
     if ":" not in name:
-        for ep in entry_points(group=WORKER_GROUP):
-            if ep.name == name:
-                return import_from_string(ep.value)
-        known = sorted({ep.name for ep in entry_points(group=WORKER_GROUP)})
+        names = _worker_names()
+        if name in names:
+            return import_from_string(names[name])
+        known = sorted(names)
         raise ImportFromStringError(
             f"unknown rollout worker {name!r} (known: {', '.join(known) or 'none'})",
             "give an entry-point name of group aflowctl_workers or an import string module:function",

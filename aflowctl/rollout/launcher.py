@@ -33,7 +33,6 @@ WORKER_ENV_KEEP = (
     "VIRTUAL_ENV",
     "AFLOWCTL_LOAD_PLUGINS",
     "AFLOWCTL_DEBUG",
-    "AFLOWCTL_DATA_PATH",
     "AFLOWCTL_SANDBOX_USER",
     "HF_HUB_OFFLINE",
     "TRANSFORMERS_OFFLINE",
@@ -43,18 +42,14 @@ WORKER_ENV_KEEP = (
 
 def worker_environ(extra: dict) -> dict:
     """The whole environment of a rollout worker, built from an allow-list: no
-    provider key, no store path (``AFLOWCTL_HOME`` and ``HOME`` point at an empty
-    private directory; the benchmark data directory is passed in
-    ``AFLOWCTL_DATA_PATH``). ``extra`` (the pool's ``env`` option) is added."""
-    from aflowctl.paths import data_dir
-
+    provider key, no store path, no benchmark data (``AFLOWCTL_HOME`` and ``HOME``
+    point at an empty private directory; the parent sends each problem's inputs).
+    ``extra`` (the pool's ``env`` option) is added."""
     env = {k: os.environ[k] for k in WORKER_ENV_KEEP if k in os.environ}
     home = tempfile.mkdtemp(prefix="aflowctl-worker-home-")
     os.chmod(home, 0o755)
     env["AFLOWCTL_HOME"] = env["HOME"] = env["TMPDIR"] = home  # scratch dirs too: removed with the pool
     env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
-    data = [str(data_dir())] + [p for p in os.environ.get("AFLOWCTL_DATA_PATH", "").split(os.pathsep) if p]
-    env["AFLOWCTL_DATA_PATH"] = os.pathsep.join(dict.fromkeys(data))
     env.update({str(k): str(v) for k, v in extra.items()})
     return env
 

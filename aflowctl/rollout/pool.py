@@ -62,12 +62,14 @@ PRELOAD = (
 @dataclass
 class TaskSpec:
     """One unit of work. ``payload`` defines it (and its key); ``context`` says where
-    to log and how fast to go (run id, db path, concurrency) and is not hashed."""
+    to log and how fast to go (run id, db path, concurrency) and is not hashed;
+    ``attached`` (the problems' inputs) is sent with them, neither hashed nor stored."""
 
     payload: dict
     context: dict = field(default_factory=dict)
     worker: str = DEFAULT_WORKER
     label: str = ""
+    attached: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -370,7 +372,9 @@ class RolloutPool:
 
         def submit(key: str) -> None:
             spec = todo[key]
-            handles[key] = backend.submit(spec.worker, key, {**spec.payload, **spec.context}, timeout_s)
+            handles[key] = backend.submit(
+                spec.worker, key, {**spec.payload, **spec.context, **spec.attached}, timeout_s
+            )
 
         def fail(
             key: str, task_id: int, err: str, error_type: Optional[str] = None, env: Optional[dict] = None

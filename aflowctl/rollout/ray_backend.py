@@ -92,12 +92,9 @@ class RayBackend:
         if "load_plugins" in self.options:
             env["AFLOWCTL_LOAD_PLUGINS"] = self.options["load_plugins"]
         self.runtime_env: dict = {}
-        if self.gateway:  # no store path, no key: the driver's data folders, key variables blanked
-            from aflowctl.paths import data_dir
-
+        if self.gateway:  # no store path, no data (the driver sends inputs), key variables blanked
             env.pop("AFLOWCTL_HOME", None)
-            data = [str(data_dir()), *[p for p in env.get("AFLOWCTL_DATA_PATH", "").split(os.pathsep) if p]]
-            env["AFLOWCTL_DATA_PATH"] = os.pathsep.join(dict.fromkeys(data))
+            env.pop("AFLOWCTL_DATA_PATH", None)
             blank = secret_names(tuple(self.options.pop("secret_env", ())))
             self.runtime_env = {"env_vars": {n: "" for n in blank}} if blank else {}
         self.options["env"] = {**env, **(self.options.get("env") or {})}

@@ -65,7 +65,9 @@ def init_worker(options: Optional[dict] = None, start_queue: Any = None) -> None
     (set HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE), ``load_plugins`` (value for
     AFLOWCTL_LOAD_PLUGINS, so a worker loads the same plugins as its parent),
     ``env`` (extra environment variables, names and values without secrets),
-    ``preload`` (modules to import now, so that the first task does not pay for it),
+    ``preload`` (modules to import now, so that the first task does not pay for it; a
+    confined worker can import afterwards only the code of packages imported by then,
+    and the ``aflowctl_workers`` entry points, imported here too),
     ``parent_pid`` (die with that process: ``PR_SET_PDEATHSIG``).
 
     ``start_queue`` (optional) receives ``("ready", pid)`` once initialised, or
@@ -119,6 +121,9 @@ def _init(options: dict) -> None:
     from aflowctl.plugins import get_plugin_manager
 
     get_plugin_manager()  # providers, benchmarks and operators registered in this process
+    from aflowctl.rollout.importer import preload_workers
+
+    preload_workers()  # entry-point workers: their code is not readable once confined
     for modname in options.get("preload") or ():  # pay import costs at start-up, not in the first task
         try:
             importlib.import_module(modname)
@@ -136,21 +141,21 @@ confinement: Any = None  # the ConfineReport of this worker, once confined
 def confine(conf: dict) -> Any:
     """Confine this worker for good, after its imports and before any workflow code
     (:func:`aflowctl.sandbox.confine.confine_current_process`): writes only in a
-    fresh scratch directory, reads only the interpreter, the imported packages and the
-    benchmark data, no processes, a memory limit, and no socket but the connection to
+    fresh scratch directory, reads only the standard library and the code of the
+    imported packages (never a benchmark's data: the parent sends each problem's
+    inputs, see :mod:`aflowctl.rollout.eval_worker`), no processes, a memory limit, and no socket but the connection to
     the LLM gateway opened before (:func:`aflowctl.llm.gateway.connect`): none can be
     made or connected afterwards. Raises SandboxError when a layer is missing unless
     ``allow_unsandboxed``."""
     import tempfile
 
-    from aflowctl.sandbox.confine import confine_current_process, rollout_read_paths
+    from aflowctl.sandbox.confine import confine_current_process
 
     global confinement
     scratch = tempfile.mkdtemp(prefix="aflowctl-scratch-")
     confinement = confine_current_process(
         scratch_dir=scratch,
         memory_mb=int(conf.get("memory_mb") or WORKER_MEMORY_MB),
-        read_paths=rollout_read_paths(),
         allow_unsandboxed=bool(conf.get("allow_unsandboxed")),
     )
     os.chdir(scratch)

@@ -44,6 +44,7 @@ def _confine(spec: dict, scratch: str):
         cpu_s=spec["cpu_s"],
         fsize_bytes=spec["fsize"],
         nofile=spec.get("nofile"),
+        read_packages=spec.get("packages") or (),
         allow_unsandboxed=spec.get("allow_unsandboxed", False),
     )
 

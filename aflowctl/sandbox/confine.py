@@ -17,8 +17,9 @@ that runs workflow code) *before* any untrusted code runs. In order, it applies:
    change, which clears it; a parent that already died kills the process at once);
 4. **Landlock** (as far as the kernel's ABI goes): files may be written, created
    and removed only under ``scratch_dir``; read only under ``scratch_dir``,
-   ``read_paths``, the interpreter's prefixes and import paths and a few system
-   library paths (so no ``/proc`` at all: no ``/proc/<pid>/environ``, no
+   ``read_paths``, the standard library, the *code* of the packages imported (or
+   named in ``read_packages``), never the data they ship (a benchmark's answers),
+   and a few system library paths (so no ``/proc`` at all: no ``/proc/<pid>/environ``, no
    ``/proc/<pid>/mem``); nothing executed; TCP bind/connect denied (ABI >= 4);
    abstract unix sockets and signals scoped to the sandbox (ABI >= 6);
 5. **seccomp** (x86_64, aarch64): no new processes (fork, vfork, clone without
@@ -60,13 +61,12 @@ from aflowctl.sandbox.host import (  # re-exported: this module is the sandbox's
     SYSTEM_READ_PATHS,
     _interpreter_executables,
     _needs_read_cap,
-    _read_list,
     _thread_count,
     capabilities,
     interpreter_read_paths,
     prepare,
     reachable_by_others,
-    rollout_read_paths,
+    read_rules,
     sandbox_user,
 )
 from aflowctl.sandbox.privileges import PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG, drop_uid, prctl, set_rlimits
@@ -86,7 +86,7 @@ __all__ = [
     "interpreter_read_paths",
     "prepare",
     "reachable_by_others",
-    "rollout_read_paths",
+    "read_rules",
     "sandbox_user",
 ]
 
@@ -173,6 +173,7 @@ def confine_current_process(
     memory_mb: Optional[int],
     cpu_s: Optional[float] = None,
     read_paths: Iterable[str | os.PathLike] = (),
+    read_packages: Iterable[str] = (),
     nofile: Optional[int] = None,
     fsize_bytes: Optional[int] = None,
     allow_unsandboxed: bool = False,
@@ -181,7 +182,9 @@ def confine_current_process(
     """Confine this process for good (see the module docstring for the layers).
 
     ``scratch_dir`` is the only place it may write (it is handed to the sandbox
-    user when the uid is dropped); ``read_paths`` are extra read-only paths. No
+    user when the uid is dropped); ``read_paths`` are extra read-only paths, given
+    whole; ``read_packages`` names packages, not imported yet, whose code (never
+    their data) the process may import (see :mod:`aflowctl.sandbox.readable`). No
     socket can be made or connected afterwards: open the connections the process
     needs (a rollout worker's to the LLM gateway) before. Call it before any untrusted code runs, from the
     main thread, before other threads start (seccomp and Landlock apply to the
@@ -221,7 +224,7 @@ def confine_current_process(
     tempfile_mod: Any = sys.modules.get("tempfile")
     if tempfile_mod is not None:
         tempfile_mod.tempdir = None  # recomputed from TMPDIR on next use
-    reads = _read_list(read_paths)
+    reads = read_rules(read_paths, read_packages)
     user = sandbox_user() if "uid" not in missing else None
     kept: tuple[str, ...] = ()
     dropped = False
@@ -248,7 +251,13 @@ def confine_current_process(
     fs = net = scoped = False
     if abi > 0:
         fs, net, scoped = landlock.restrict(
-            abi, scratch, reads, ["/dev/null"], executables=_interpreter_executables() if allow_python_children else ()
+            abi,
+            scratch,
+            reads.trees,
+            ["/dev/null"],
+            executables=_interpreter_executables() if allow_python_children else (),
+            listable=reads.listable,
+            read_files=reads.files,
         )
     sc = False
     if caps["seccomp"]:

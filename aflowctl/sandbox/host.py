@@ -14,6 +14,7 @@ import sys
 
 from aflowctl.sandbox import landlock, seccomp
 from aflowctl.sandbox._sys import machine
+from aflowctl.sandbox.readable import SYSTEM_READ_PATHS, ReadRules, interpreter_rules
 
 TYPE_CHECKING = False  # typing is not imported at run time: sandboxed children start faster
 if TYPE_CHECKING:
@@ -22,19 +23,6 @@ if TYPE_CHECKING:
 
 SANDBOX_USER_ENV = "AFLOWCTL_SANDBOX_USER"
 DEFAULT_SANDBOX_USER = "nobody"
-
-#: read-only system paths every Python needs (shared libraries, time zones)
-SYSTEM_READ_PATHS = (
-    "/usr/lib",
-    "/usr/lib64",
-    "/lib",
-    "/lib64",
-    "/usr/share/zoneinfo",
-    "/etc/ld.so.cache",
-    "/etc/localtime",
-    "/etc/ssl/certs",
-    "/usr/share/ca-certificates",
-)
 
 
 def sandbox_user() -> Optional[tuple[int, int, str]]:
@@ -88,49 +76,19 @@ def _cached(key: tuple, make):
     return _cache[key]
 
 
+def read_rules(read_paths: Iterable[str | os.PathLike] = (), packages: Iterable[str] = ()) -> ReadRules:
+    """What a process confined now may read (:mod:`aflowctl.sandbox.readable`): the
+    interpreter and the code of what it imported, the code of ``packages``, the system
+    paths, and ``read_paths`` whole. Cached until imports or ``sys.path`` change."""
+    packages = tuple(packages)
+    own = _cached(("reads", len(sys.modules), tuple(sys.path), packages), lambda: interpreter_rules(packages))
+    return own + ReadRules(trees=[*(os.path.abspath(os.fspath(p)) for p in read_paths), *SYSTEM_READ_PATHS])
+
+
 def interpreter_read_paths() -> list[str]:
-    """Cached :func:`_interpreter_read_paths` (recomputed when imports or ``sys.path`` change)."""
-    return list(_cached(("reads", len(sys.modules), tuple(sys.path)), _interpreter_read_paths))
-
-
-def _interpreter_read_paths() -> list[str]:
-    """What Python needs to keep importing: its prefixes' library directories, the
-    import path entries inside them (site-packages), and the top directory of every
-    package already imported from elsewhere (an editable install)."""
-    import sysconfig
-
-    roots: list[str] = []
-    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
-        try:
-            roots.append(sysconfig.get_paths()[key])
-        except KeyError:
-            pass
-    for pfx in {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}:
-        roots.append(os.path.join(pfx, "lib"))
-        roots.append(os.path.join(pfx, "pyvenv.cfg"))  # read by a venv interpreter at start-up
-    for entry in sys.path:
-        if entry and (
-            "site-packages" in entry
-            or "dist-packages" in entry
-            or entry.endswith(".zip")
-            or any(entry.startswith(p) for p in (sys.prefix, sys.base_prefix))
-        ):
-            roots.append(entry)
-    for name, mod in list(sys.modules.items()):
-        if "." in name:
-            continue
-        f = getattr(mod, "__file__", None)
-        if not f:
-            continue
-        f = os.path.abspath(f)
-        roots.append(os.path.dirname(f) if os.path.basename(f) == "__init__.py" else f)
-    out: list[str] = []
-    for r in roots:  # one rule per tree: a path inside one already listed adds nothing
-        r = os.path.abspath(r)
-        if r in out or not os.path.exists(r) or any(r.startswith(o + os.sep) for o in out):
-            continue
-        out = [o for o in out if not o.startswith(r + os.sep)] + [r]
-    return out
+    """The folders of :func:`read_rules` (given whole or listable), for reachability checks."""
+    rules = read_rules()
+    return [*rules.trees, *rules.listable]
 
 
 def capabilities() -> dict:
@@ -153,7 +111,7 @@ def prepare() -> None:
     """Do the slow parts of :func:`confine_current_process` now (probing, path lists),
     e.g. before a fork, so that each confined process only makes system calls."""
     capabilities()
-    _needs_read_cap(_read_list(()))
+    _needs_read_cap(read_rules())
 
 
 def _thread_count() -> int:
@@ -163,15 +121,6 @@ def _thread_count() -> int:
         import threading
 
         return threading.active_count()
-
-
-def rollout_read_paths() -> list[str]:
-    """Extra read-only paths a rollout worker needs: the benchmark data folders
-    (:func:`aflowctl.paths.data_dir` and each ``AFLOWCTL_DATA_PATH`` entry) that exist.
-    Never the store: it lives next to ``data/``, not in it, and only the parent writes it."""
-    from aflowctl.benchmarks.data import search_dirs
-
-    return [str(d) for d, _ in search_dirs() if d.is_dir()]
 
 
 def _interpreter_executables() -> list[str]:
@@ -190,20 +139,9 @@ def _interpreter_executables() -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _read_list(read_paths: Iterable[str | os.PathLike]) -> list[str]:
-    return list(
-        dict.fromkeys(
-            [
-                *(os.path.abspath(os.fspath(p)) for p in read_paths),
-                *interpreter_read_paths(),
-                *SYSTEM_READ_PATHS,
-            ]
-        )
-    )
-
-
-def _needs_read_cap(reads: list[str]) -> bool:
-    return _cached(("needcap", tuple(reads)), lambda: not all(reachable_by_others(p) for p in reads[:64]))
+def _needs_read_cap(rules: ReadRules) -> bool:
+    folders = (*rules.trees, *rules.listable)[:64]
+    return _cached(("needcap", folders), lambda: not all(reachable_by_others(p) for p in folders))
 
 
 def _capabilities() -> dict:

@@ -64,9 +64,13 @@ def restrict(
     read_paths: Iterable[str],
     extra_rw_files: Iterable[str],
     executables: Iterable[str] = (),
+    listable: Iterable[str] = (),
+    read_files: Iterable[str] = (),
 ) -> tuple[bool, bool, bool]:
-    """Build and enforce the ruleset; returns (fs, net, scoped). ``executables`` are
-    files that may be executed (and read); nothing else may."""
+    """Build and enforce the ruleset; returns (fs, net, scoped). ``read_paths`` may be
+    read whole (a folder's tree), ``listable`` folders only listed (their files stay
+    unreadable unless a rule gives them), ``read_files`` read one by one;
+    ``executables`` are files that may be executed (and read); nothing else may."""
     lib = libc()
     fs_all = _FS_BY_ABI[min(version, 5)]
     attr = _RulesetAttr(
@@ -107,6 +111,10 @@ def restrict(
 
         for p in read_paths:
             add(p, READ)
+        for p in listable:
+            add(p, FS_READ_DIR)
+        for p in read_files:
+            add(p, FS_READ_FILE)
         for p in extra_rw_files:
             add(p, FS_READ_FILE | FS_WRITE_FILE)
         for p in executables:

@@ -85,6 +85,12 @@ def check_limits(timeout_s: float, memory_mb: int) -> None:
         raise SandboxError(f"sandbox memory limit {memory_mb} MB is too small to start Python", "pass memory_mb >= 64")
 
 
+#: third-party packages generated code may import (the Programmer's prompt offers sympy),
+#: when installed: their code is readable in the sandbox, never anything else of
+#: site-packages (see :mod:`aflowctl.sandbox.readable`)
+GENERATED_CODE_PACKAGES = ("sympy", "mpmath", "numpy")
+
+
 def limits_spec(mode: str, timeout_s: float, memory_mb: int, *, allow_unsandboxed: bool) -> dict:
     """The child's spec for these limits (checked first): wall clock, memory, and CPU
     seconds (the wall clock plus 2)."""
@@ -95,6 +101,7 @@ def limits_spec(mode: str, timeout_s: float, memory_mb: int, *, allow_unsandboxe
         "cpu_s": int(timeout_s) + 2,
         "timeout_s": timeout_s,
         "allow_unsandboxed": allow_unsandboxed,
+        "packages": list(GENERATED_CODE_PACKAGES),
     }
 
 

@@ -1,6 +1,7 @@
 """The problem being solved in the current asyncio task (a ``ContextVar``): what operators
 may see of it (answers and evaluation tests removed), its public tests, and the calls,
-tokens and cost spent on it."""
+tokens and cost spent on it; and :func:`worker_view`, all that a rollout worker is
+given of a problem."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ HIDDEN_FIELDS = frozenset(
 class ProblemScope:
     """The problem being solved in the current asyncio task (see :func:`problem_context`).
 
-    ``problem`` has the answer and evaluation-test fields removed; ``public_tests``
+    ``problem`` has the answer and evaluation-test fields removed (in a rollout
+    worker it is ``{"id", "inputs"}`` only, see :func:`worker_view`); ``public_tests``
     are the assert lines the Test operator may run. LLM calls made inside the scope
     add to its counters, whatever workflow instance makes them.
     """
@@ -93,3 +95,22 @@ def problem_context(
 
 def current_problem() -> Optional[ProblemScope]:
     return _scope.get()
+
+
+def worker_view(benchmark: Any, problem: dict, index: int) -> dict:
+    """All that a rollout worker, and the workflow code in it, is given of a problem;
+    computed by the parent, which keeps the row and scores the answer.
+
+    ``{"index", "id", "inputs", "public_tests"}``: the arguments the workflow is called
+    with (``benchmark.inputs``), and the asserts the Test operator may run (none but
+    for code benchmarks). Never the row itself: a benchmark's row may hold its answer
+    in a field aflowctl cannot know (the arith plugin's ``expression``), and the
+    worker cannot read the split's file either (:mod:`aflowctl.sandbox.readable`).
+    """
+    try:
+        pid = str(benchmark.problem_id(problem, index))
+    except Exception:  # noqa: BLE001 - a plugin's id function failing is no reason to stop
+        pid = str(index)
+    getter = getattr(benchmark, "public_tests", None)
+    tests = [str(t) for t in (getter(problem) or [])] if callable(getter) else []
+    return {"index": int(index), "id": pid, "inputs": list(benchmark.inputs(problem)), "public_tests": tests}

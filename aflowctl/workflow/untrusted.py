@@ -106,6 +106,9 @@ FORBIDDEN_ATTRS = frozenset(
         "create_server",
         "sock_connect",
         "connect_accepted_socket",
+        # helpers that read attributes by a dotted name given as a string
+        "attrgetter",
+        "methodcaller",
     }
 )
 _ALLOWED_DUNDERS = frozenset({"__init__", "__call__", "__name__", "__doc__"})
@@ -114,6 +117,24 @@ _ATTR_FUNCS = frozenset({"getattr", "setattr", "delattr", "hasattr"})
 
 def _dunder(name: str) -> bool:
     return len(name) > 4 and name.startswith("__") and name.endswith("__")
+
+
+def _reads_fields(func: ast.AST) -> bool:
+    """``"{0._os.environ}".format(m)``: a constant format string whose fields walk attributes or items."""
+    if not (
+        isinstance(func, ast.Attribute)
+        and func.attr in ("format", "format_map")
+        and isinstance(func.value, ast.Constant)
+        and isinstance(func.value.value, str)
+    ):
+        return False
+    import string
+
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(func.value.value) if f]
+    except ValueError:
+        return False
+    return any("." in f or "[" in f for f in fields)
 
 
 def _refuse(filename: str, node: ast.AST, what: str) -> WorkflowError:
@@ -149,6 +170,9 @@ def check_untrusted(tree: ast.AST, filename: str) -> None:
                 raise _refuse(filename, node, f"relative import 'from {'.' * node.level}{mod}'")
             if mod != API_MODULE and mod.split(".", 1)[0] not in ALLOWED_IMPORTS:
                 raise _refuse(filename, node, f"import from '{mod}'")
+            for a in node.names:
+                if a.name in FORBIDDEN_ATTRS or a.name in FORBIDDEN_NAMES:
+                    raise _refuse(filename, node, f"import of '{a.name}' from '{mod}'")
         elif isinstance(node, ast.Name):
             if node.id in FORBIDDEN_NAMES or (_dunder(node.id) and node.id not in _ALLOWED_DUNDERS):
                 raise _refuse(filename, node, f"'{node.id}'")
@@ -159,6 +183,8 @@ def check_untrusted(tree: ast.AST, filename: str) -> None:
                 or (node.attr.startswith("_") and isinstance(node.value, ast.Name) and node.value.id in modules)
             ):
                 raise _refuse(filename, node, f"attribute '.{node.attr}'")
+        elif isinstance(node, ast.Call) and _reads_fields(node.func):
+            raise _refuse(filename, node, "a format string that reads attributes or items ('{0.x}', '{0[k]}')")
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _ATTR_FUNCS:
             name = node.args[1] if len(node.args) > 1 else None
             if (

@@ -5,7 +5,9 @@
 config: scratch, memory_mb, targets (paths to read / write / delete), port (a
 loopback TCP port to connect to), parent_pid, unix_socket (a listening path: one
 connection to it is opened before confinement, as a worker's to the LLM gateway, and
-the probe tries to open another after), allow_unsandboxed. Each probe records "ok:<value>"
+the probe tries to open another after), allow_unsandboxed, read_packages (names whose
+code may be imported), reads (paths to try reading after confinement),
+imports (modules to try importing after confinement). Each probe records "ok:<value>"
 or "err:<ExceptionName>"; the test decides what must have failed.
 """
 
@@ -26,19 +28,22 @@ def main() -> None:
     from aflowctl.errors import SandboxError
     from aflowctl.sandbox.confine import confine_current_process
 
-    from aflowctl.sandbox.confine import rollout_read_paths
-
     import socket
 
+    for name in cfg.get("preimport", ()):  # as a worker imports its plugins before confinement
+        __import__(name)
+    if cfg.get("workers"):  # as a rollout worker does before confinement
+        from aflowctl.rollout.importer import preload_workers
+
+        preload_workers()
     pre = None
     if cfg.get("unix_socket"):  # opened before confinement, like a worker's gateway connection
         pre = socket.socket(socket.AF_UNIX)
         pre.connect(cfg["unix_socket"])
 
-    reads = rollout_read_paths() if cfg.get("rollout_reads") else []
     try:
         rep = confine_current_process(scratch_dir=cfg["scratch"], memory_mb=cfg.get("memory_mb", 512), cpu_s=20,
-                                      nofile=cfg.get("nofile"), read_paths=reads,
+                                      nofile=cfg.get("nofile"), read_packages=cfg.get("read_packages", ()),
                                       allow_unsandboxed=cfg.get("allow_unsandboxed", False),
                                       allow_python_children=cfg.get("children", False))
     except SandboxError as exc:
@@ -88,8 +93,19 @@ def main() -> None:
         out["unix_preopened"] = probe(talk)
         out["unix_connect"] = probe(connect_again)
         out["unix_reconnect"] = probe(reconnect_preopened)
-    if cfg.get("data_file"):
-        out["read_data"] = probe(lambda: open(cfg["data_file"]).readline().strip())
+    for path in cfg.get("reads", ()):
+        out["read:" + path] = probe(lambda: open(path, "rb").read(12))
+    for path in cfg.get("lists", ()):
+        out["list:" + path] = probe(lambda: sorted(os.listdir(path))[:3])
+    for name in cfg.get("imports", ()):
+        out["import:" + name] = probe(lambda: __import__(name).__name__)
+    for name in cfg.get("workers", ()):
+        from aflowctl.rollout.importer import ImportFromStringError, resolve_worker
+
+        try:
+            out["worker:" + name] = "ok:" + resolve_worker(name).__name__
+        except ImportFromStringError as exc:
+            out["worker:" + name] = "err:" + str(exc)
     if cfg.get("children"):  # nested sandboxes work, and stay contained
         from aflowctl.sandbox.harness import check_solution
         from aflowctl.sandbox.process import run_python

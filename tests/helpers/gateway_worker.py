@@ -127,3 +127,13 @@ def drop_gateway(payload: dict) -> dict:
         assert gateway._connection is not None
         gateway._connection.shutdown(socket.SHUT_RDWR)
     return {**generate({**payload, "calls": 1}), "pid": os.getpid()}
+
+
+def evaluate_unchecked(payload: dict) -> dict:
+    """The evaluate worker with the static check of workflow code switched off: what a
+    graph that slipped past that first line can do is left to the sandbox alone."""
+    from aflowctl.rollout import eval_worker
+    from aflowctl.workflow import loader
+
+    loader.check_source = lambda src, **kw: None
+    return eval_worker.evaluate(payload)
