@@ -14,7 +14,8 @@ import sys
 
 from aflowctl.sandbox import landlock, seccomp
 from aflowctl.sandbox._sys import machine
-from aflowctl.sandbox.readable import SYSTEM_READ_PATHS, ReadRules, interpreter_rules
+from aflowctl.sandbox.readable import SYSTEM_READ_PATHS as SYSTEM_READ_PATHS  # re-exported (confine)
+from aflowctl.sandbox.readable import ReadRules, interpreter_rules, system_rules
 
 TYPE_CHECKING = False  # typing is not imported at run time: sandboxed children start faster
 if TYPE_CHECKING:
@@ -82,7 +83,8 @@ def read_rules(read_paths: Iterable[str | os.PathLike] = (), packages: Iterable[
     paths, and ``read_paths`` whole. Cached until imports or ``sys.path`` change."""
     packages = tuple(packages)
     own = _cached(("reads", len(sys.modules), tuple(sys.path), packages), lambda: interpreter_rules(packages))
-    return own + ReadRules(trees=[*(os.path.abspath(os.fspath(p)) for p in read_paths), *SYSTEM_READ_PATHS])
+    system = _cached(("system",), system_rules)
+    return own + system + ReadRules(trees=[os.path.abspath(os.fspath(p)) for p in read_paths])
 
 
 def interpreter_read_paths() -> list[str]:

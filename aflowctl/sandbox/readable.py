@@ -190,6 +190,24 @@ def interpreter_rules(packages: Iterable[str] = ()) -> ReadRules:
     return rules
 
 
+def system_rules() -> ReadRules:
+    """:data:`SYSTEM_READ_PATHS` (by their real paths: ``/lib`` is often ``/usr/lib``),
+    less the system Python's package folders in them (``/usr/lib/python3/dist-packages``)."""
+    import glob
+
+    sites = [os.path.realpath(p) for p in site_dirs()]
+    for pattern in (
+        "/usr/lib/python3*/dist-packages",
+        "/usr/lib/python3*/site-packages",
+        "/usr/lib64/python3*/*-packages",
+    ):
+        sites += [os.path.realpath(p) for p in glob.glob(pattern)]
+    rules = ReadRules()
+    for p in dict.fromkeys(os.path.realpath(p) for p in SYSTEM_READ_PATHS):
+        rules += _without_sites(p, sites) if os.path.isdir(p) else ReadRules(trees=[p])
+    return rules
+
+
 def _without_sites(root: str, sites: list[str]) -> ReadRules:
     """``root`` whole, unless a site directory lies inside it: then every entry of
     ``root`` but the one that leads to it, recursively."""
