@@ -37,6 +37,7 @@ def _status(fd: int, msg: dict) -> None:
 
 def _confine(spec: dict, scratch: str):
     from aflowctl.sandbox.confine import confine_current_process
+    from aflowctl.sandbox.readable import ReadRules
 
     return confine_current_process(
         scratch_dir=scratch,
@@ -45,6 +46,7 @@ def _confine(spec: dict, scratch: str):
         fsize_bytes=spec["fsize"],
         nofile=spec.get("nofile"),
         read_packages=spec.get("packages") or (),
+        rules=ReadRules.from_dict(spec["reads"]) if spec.get("reads") else None,
         allow_unsandboxed=spec.get("allow_unsandboxed", False),
     )
 
@@ -57,7 +59,9 @@ def main(spec_fd: int, payload_fd: int, status_fd: int) -> None:
         from aflowctl.sandbox import candidate, judge, wire  # noqa: F401
 
         _preimport(spec.get("prelude", ""))
-    confine.prepare()
+    from aflowctl.sandbox.readable import ReadRules
+
+    confine.prepare(ReadRules.from_dict(spec["reads"]) if spec.get("reads") else None)
     if spec["mode"] == "run":
         _run(spec, status_fd)
     else:

@@ -70,6 +70,7 @@ from aflowctl.sandbox.host import (  # re-exported: this module is the sandbox's
     sandbox_user,
 )
 from aflowctl.sandbox.privileges import PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG, drop_uid, prctl, set_rlimits
+from aflowctl.sandbox.readable import ReadRules
 
 TYPE_CHECKING = False  # typing is not imported at run time: sandboxed children start faster
 if TYPE_CHECKING:
@@ -174,6 +175,7 @@ def confine_current_process(
     cpu_s: Optional[float] = None,
     read_paths: Iterable[str | os.PathLike] = (),
     read_packages: Iterable[str] = (),
+    rules: Optional[ReadRules] = None,
     nofile: Optional[int] = None,
     fsize_bytes: Optional[int] = None,
     allow_unsandboxed: bool = False,
@@ -184,7 +186,9 @@ def confine_current_process(
     ``scratch_dir`` is the only place it may write (it is handed to the sandbox
     user when the uid is dropped); ``read_paths`` are extra read-only paths, given
     whole; ``read_packages`` names packages, not imported yet, whose code (never
-    their data) the process may import (see :mod:`aflowctl.sandbox.readable`). No
+    their data) the process may import (see :mod:`aflowctl.sandbox.readable`);
+    ``rules``, when given, are used instead of computing them here (a sandboxed
+    child gets them from its parent: :func:`~aflowctl.sandbox.host.child_read_rules`). No
     socket can be made or connected afterwards: open the connections the process
     needs (a rollout worker's to the LLM gateway) before. Call it before any untrusted code runs, from the
     main thread, before other threads start (seccomp and Landlock apply to the
@@ -224,7 +228,10 @@ def confine_current_process(
     tempfile_mod: Any = sys.modules.get("tempfile")
     if tempfile_mod is not None:
         tempfile_mod.tempdir = None  # recomputed from TMPDIR on next use
-    reads = read_rules(read_paths, read_packages)
+    if rules is not None:
+        reads = rules + ReadRules(trees=[os.path.abspath(os.fspath(p)) for p in read_paths])
+    else:
+        reads = read_rules(read_paths, read_packages)
     user = sandbox_user() if "uid" not in missing else None
     kept: tuple[str, ...] = ()
     dropped = False

@@ -15,7 +15,7 @@ import sys
 from aflowctl.sandbox import landlock, seccomp
 from aflowctl.sandbox._sys import machine
 from aflowctl.sandbox.readable import SYSTEM_READ_PATHS as SYSTEM_READ_PATHS  # re-exported (confine)
-from aflowctl.sandbox.readable import ReadRules, interpreter_rules, system_rules
+from aflowctl.sandbox.readable import ReadRules, child_rules, interpreter_rules, system_rules
 
 TYPE_CHECKING = False  # typing is not imported at run time: sandboxed children start faster
 if TYPE_CHECKING:
@@ -87,6 +87,12 @@ def read_rules(read_paths: Iterable[str | os.PathLike] = (), packages: Iterable[
     return own + system + ReadRules(trees=[os.path.abspath(os.fspath(p)) for p in read_paths])
 
 
+def child_read_rules(packages: Iterable[str] = ()) -> dict:
+    """:func:`aflowctl.sandbox.readable.child_rules` as a dict for a child's spec, cached."""
+    packages = tuple(packages)
+    return _cached(("child", tuple(sys.path), packages), lambda: child_rules(packages).to_dict())
+
+
 def interpreter_read_paths() -> list[str]:
     """The folders of :func:`read_rules` (given whole or listable), for reachability checks."""
     rules = read_rules()
@@ -109,11 +115,12 @@ def capabilities() -> dict:
     return {**caps, "problems": [dict(p) for p in caps["problems"]]}
 
 
-def prepare() -> None:
+def prepare(rules: Optional[ReadRules] = None) -> None:
     """Do the slow parts of :func:`confine_current_process` now (probing, path lists),
-    e.g. before a fork, so that each confined process only makes system calls."""
+    e.g. before a fork, so that each confined process only makes system calls.
+    ``rules``: those the process will be confined with, when given to it."""
     capabilities()
-    _needs_read_cap(read_rules())
+    _needs_read_cap(rules if rules is not None else read_rules())
 
 
 def _thread_count() -> int:

@@ -34,6 +34,7 @@ from typing import Any, BinaryIO, Optional
 
 from aflowctl.errors import SandboxError
 from aflowctl.sandbox.confine import SANDBOX_USER_ENV
+from aflowctl.sandbox.host import child_read_rules
 
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_MEMORY_MB = 1024
@@ -202,7 +203,13 @@ def launch(
         os.chmod(scratch, 0o711)
         for name, text in files.items():
             Path(scratch, name).write_text(text, encoding="utf-8")
-        full = {**spec, "work": scratch, "judge_dir": judge_dir, "fsize": max(2 * max_output_bytes + 65536, 1 << 20)}
+        full = {
+            **spec,
+            "work": scratch,
+            "judge_dir": judge_dir,
+            "fsize": max(2 * max_output_bytes + 65536, 1 << 20),
+            "reads": child_read_rules(spec.get("packages") or ()),  # computed once here, not in every child
+        }
         spec_f = _temp_with(json.dumps(full).encode())
         opened.append(spec_f)
         payload_f = _temp_with(json.dumps(payload or {}).encode())

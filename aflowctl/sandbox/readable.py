@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 #: file names a confined process may read inside a package: code, never data
 #: (and shared libraries with a version after ``.so``, see :func:`is_code`)
-CODE_SUFFIXES = (".py", ".pyc", ".so", ".pyd", ".pth")
+CODE_SUFFIXES = (".py", ".pyc", ".so", ".pyd", ".pth", ".pyi", ".pxd", ".typed")
 
 #: read-only system paths every Python needs (shared libraries, time zones, certificates)
 SYSTEM_READ_PATHS = (
@@ -55,6 +55,13 @@ class ReadRules:
 
     def __add__(self, other: ReadRules) -> ReadRules:
         return ReadRules(self.trees + other.trees, self.listable + other.listable, self.files + other.files)
+
+    def to_dict(self) -> dict:
+        return {"trees": list(self.trees), "listable": list(self.listable), "files": list(self.files)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ReadRules:
+        return cls(d.get("trees") or (), d.get("listable") or (), d.get("files") or ())
 
     def __len__(self) -> int:
         return len(self.trees) + len(self.listable) + len(self.files)
@@ -141,11 +148,12 @@ def site_dirs() -> list[str]:
     return [p for p in dict.fromkeys(os.path.abspath(p) for p in found) if os.path.isdir(p)]
 
 
-def interpreter_rules(packages: Iterable[str] = ()) -> ReadRules:
+def interpreter_rules(packages: Iterable[str] = (), imported: bool = True) -> ReadRules:
     """What Python needs to keep running and importing: the standard library (less any
     site directory inside it), ``libpython``, ``pyvenv.cfg``, the site directories'
     own start-up files, and the code of every module already imported from outside
-    the standard library, plus that of ``packages`` (names, found without importing)."""
+    the standard library (unless ``imported`` is false), plus that of ``packages``
+    (names, found without importing)."""
     import sysconfig
 
     sites = site_dirs()
@@ -179,7 +187,7 @@ def interpreter_rules(packages: Iterable[str] = ()) -> ReadRules:
                 os.path.join(site_dir, n) for n in names if is_code(n) and os.path.isfile(os.path.join(site_dir, n))
             ],
         )
-    roots = [r for m in list(sys.modules.values()) for r in _module_roots(m)]
+    roots = [r for m in list(sys.modules.values()) for r in _module_roots(m)] if imported else []
     roots += [r for r in (_package_root(name) for name in packages) if r]
     roots += [r + ".libs" for r in roots if os.path.isdir(r + ".libs")]  # a wheel's vendored libraries
     std_trees = rules.trees
@@ -188,6 +196,14 @@ def interpreter_rules(packages: Iterable[str] = ()) -> ReadRules:
             continue  # the standard library is given whole already
         rules += code_rules(root)
     return rules
+
+
+def child_rules(packages: Iterable[str] = ()) -> ReadRules:
+    """Everything a sandboxed child of this interpreter may read (it imports only the
+    standard library and ``aflowctl`` before it confines itself, and generated code
+    may import ``packages``), computed by the parent once so that each child only adds
+    the rules."""
+    return interpreter_rules(("aflowctl", *packages), imported=False) + system_rules()
 
 
 def system_rules() -> ReadRules:
