@@ -35,9 +35,17 @@ def _status(fd: int, msg: dict) -> None:
         data = data[os.write(fd, data) :]
 
 
-def _confine(spec: dict, scratch: str):
+def _confine(spec: dict, scratch: str, generated: bool = True):
+    """Confine this process; ``generated``: it will run generated code, which may import
+    the spec's ``packages`` (the judge runs only the trusted test: it gets none)."""
     from aflowctl.sandbox.confine import confine_current_process
     from aflowctl.sandbox.readable import ReadRules
+
+    rules = None
+    if spec.get("reads"):
+        rules = ReadRules.from_dict(spec["reads"])
+        if generated and spec.get("package_reads"):
+            rules += ReadRules.from_dict(spec["package_reads"])
 
     return confine_current_process(
         scratch_dir=scratch,
@@ -45,8 +53,8 @@ def _confine(spec: dict, scratch: str):
         cpu_s=spec["cpu_s"],
         fsize_bytes=spec["fsize"],
         nofile=spec.get("nofile"),
-        read_packages=spec.get("packages") or (),
-        rules=ReadRules.from_dict(spec["reads"]) if spec.get("reads") else None,
+        read_packages=(spec.get("packages") or ()) if generated else (),
+        rules=rules,
         allow_unsandboxed=spec.get("allow_unsandboxed", False),
     )
 
@@ -179,7 +187,7 @@ def _judge(spec: dict, cand_pid: int, req_fd: int, resp_fd: int, payload_fd: int
     os.chdir(spec["judge_dir"])
     deadline = time.monotonic() + spec["timeout_s"]
     try:
-        _confine(spec, spec["judge_dir"])
+        _confine(spec, spec["judge_dir"], generated=False)
     except SandboxError as exc:
         return {"sandbox_error": str(exc)}
     ch = judge.Channel(cand_pid, req_fd, resp_fd, deadline, spec["timeout_s"])

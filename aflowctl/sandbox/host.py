@@ -15,7 +15,7 @@ import sys
 from aflowctl.sandbox import landlock, seccomp
 from aflowctl.sandbox._sys import machine
 from aflowctl.sandbox.readable import SYSTEM_READ_PATHS as SYSTEM_READ_PATHS  # re-exported (confine)
-from aflowctl.sandbox.readable import ReadRules, child_rules, interpreter_rules, system_rules
+from aflowctl.sandbox.readable import ReadRules, child_rules, interpreter_rules, package_rules, system_rules
 
 TYPE_CHECKING = False  # typing is not imported at run time: sandboxed children start faster
 if TYPE_CHECKING:
@@ -87,10 +87,15 @@ def read_rules(read_paths: Iterable[str | os.PathLike] = (), packages: Iterable[
     return own + system + ReadRules(trees=[os.path.abspath(os.fspath(p)) for p in read_paths])
 
 
-def child_read_rules(packages: Iterable[str] = ()) -> dict:
+def child_read_rules() -> dict:
     """:func:`aflowctl.sandbox.readable.child_rules` as a dict for a child's spec, cached."""
+    return _cached(("child", tuple(sys.path)), lambda: child_rules().to_dict())
+
+
+def package_read_rules(packages: Iterable[str]) -> dict:
+    """The code of ``packages`` (:func:`aflowctl.sandbox.readable.package_rules`) as a dict, cached."""
     packages = tuple(packages)
-    return _cached(("child", tuple(sys.path), packages), lambda: child_rules(packages).to_dict())
+    return _cached(("packages", tuple(sys.path), packages), lambda: package_rules(packages).to_dict())
 
 
 def interpreter_read_paths() -> list[str]:

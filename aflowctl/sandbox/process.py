@@ -34,7 +34,7 @@ from typing import Any, BinaryIO, Optional
 
 from aflowctl.errors import SandboxError
 from aflowctl.sandbox.confine import SANDBOX_USER_ENV
-from aflowctl.sandbox.host import child_read_rules
+from aflowctl.sandbox.host import child_read_rules, package_read_rules
 
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_MEMORY_MB = 1024
@@ -208,7 +208,9 @@ def launch(
             "work": scratch,
             "judge_dir": judge_dir,
             "fsize": max(2 * max_output_bytes + 65536, 1 << 20),
-            "reads": child_read_rules(spec.get("packages") or ()),  # computed once here, not in every child
+            # computed once here, not in every child
+            "reads": child_read_rules(),
+            "package_reads": package_read_rules(spec.get("packages") or ()),
         }
         spec_f = _temp_with(json.dumps(full).encode())
         opened.append(spec_f)

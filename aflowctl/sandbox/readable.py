@@ -198,12 +198,22 @@ def interpreter_rules(packages: Iterable[str] = (), imported: bool = True) -> Re
     return rules
 
 
-def child_rules(packages: Iterable[str] = ()) -> ReadRules:
-    """Everything a sandboxed child of this interpreter may read (it imports only the
-    standard library and ``aflowctl`` before it confines itself, and generated code
-    may import ``packages``), computed by the parent once so that each child only adds
-    the rules."""
-    return interpreter_rules(("aflowctl", *packages), imported=False) + system_rules()
+def child_rules() -> ReadRules:
+    """What a sandboxed child of this interpreter may read (it imports only the standard
+    library and ``aflowctl`` before it confines itself), computed by the parent once so
+    that each child only adds the rules; :func:`package_rules` for generated code."""
+    return interpreter_rules(("aflowctl",), imported=False) + system_rules()
+
+
+def package_rules(packages: Iterable[str]) -> ReadRules:
+    """The code of ``packages`` (names, found without importing), with their vendored
+    libraries (``numpy.libs``)."""
+    rules = ReadRules()
+    for root in dict.fromkeys(r for r in (_package_root(name) for name in packages) if r):
+        rules += code_rules(root)
+        if os.path.isdir(root + ".libs"):
+            rules += code_rules(root + ".libs")
+    return rules
 
 
 def system_rules() -> ReadRules:
