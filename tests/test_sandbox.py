@@ -223,3 +223,23 @@ def test_root_runs_code_as_nobody_when_the_interpreter_allows(tmp_path):
     uid, child_uid, kind = out.stdout.split()
     assert uid == child_uid != "0" and kind == "exception"
     assert not (target / "x").exists()
+
+
+def test_generated_code_imports_sympy_but_reads_no_package_data():
+    """The Programmer prompt offers sympy: its code is readable in the sandbox; the data
+    files packages ship (aflowctl's sample splits, with answers) are not."""
+    import importlib.util
+    from pathlib import Path
+
+    if importlib.util.find_spec("sympy") is None:
+        pytest.skip("sympy is not installed")
+    caps = sandbox.describe()
+    if not caps["ok"]:
+        pytest.skip(f"sandbox unavailable here: {caps['problems']}")
+    res = run_python("import sympy\nprint(sympy.Integer(6) * 7)\n", timeout_s=30)
+    assert res.ok and res.stdout.strip() == "42", res
+    sample = Path(sandbox.__file__).resolve().parents[1] / "benchmarks" / "sample" / "gsm8k_sample.jsonl"
+    res = run_python(f"print(open({str(sample)!r}).read()[:20])\n")
+    assert not res.ok and "PermissionError" in res.stderr and "question" not in res.stdout
+    res = run_python("import pluggy\n")  # site-packages beyond what generated code is offered
+    assert not res.ok and ("PermissionError" in res.stderr or "ModuleNotFoundError" in res.stderr)
