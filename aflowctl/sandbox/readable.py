@@ -218,16 +218,9 @@ def package_rules(packages: Iterable[str]) -> ReadRules:
 
 def system_rules() -> ReadRules:
     """:data:`SYSTEM_READ_PATHS` (by their real paths: ``/lib`` is often ``/usr/lib``),
-    less the system Python's package folders in them (``/usr/lib/python3/dist-packages``)."""
-    import glob
-
+    less this interpreter's package folders in them (a system Python's
+    ``/usr/lib/python3/dist-packages``; another interpreter's cannot be imported)."""
     sites = [os.path.realpath(p) for p in site_dirs()]
-    for pattern in (
-        "/usr/lib/python3*/dist-packages",
-        "/usr/lib/python3*/site-packages",
-        "/usr/lib64/python3*/*-packages",
-    ):
-        sites += [os.path.realpath(p) for p in glob.glob(pattern)]
     rules = ReadRules()
     for p in dict.fromkeys(os.path.realpath(p) for p in SYSTEM_READ_PATHS):
         rules += _without_sites(p, sites) if os.path.isdir(p) else ReadRules(trees=[p])
