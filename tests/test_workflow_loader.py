@@ -333,6 +333,8 @@ HOSTILE_GRAPHS = {
     "methodcaller": ("import operator\nx = operator.methodcaller('x')", "attribute '.methodcaller'"),
     "format fields": ("import random\nx = '{0._os.environ}'.format(random)", "a format string that reads"),
     "format items": ("x = '{0[k]}'.format({'k': 1})", "a format string that reads"),
+    "getattr as a value": ("import functools\nimport dataclasses\n"
+                           "x = functools.reduce(getattr, ('sys', 'modules'), dataclasses)", "'getattr' passed as a value"),
 }
 
 

@@ -151,15 +151,20 @@ def check_untrusted(tree: ast.AST, filename: str) -> None:
     relative imports, the builtins of :data:`FORBIDDEN_NAMES`, dunder attributes (but
     ``__init__``/``__call__``/``__name__``/``__doc__``), the attributes of
     :data:`FORBIDDEN_ATTRS` (frames, code, modules reachable through allowed ones,
-    asyncio's process and network calls), private attributes of imported modules, and
-    ``getattr``-style calls on names that are not plain string constants.
+    asyncio's process and network calls), private attributes of imported modules,
+    ``getattr``-style calls on names that are not plain string constants, ``getattr``
+    and its kin passed as values, ``operator.attrgetter``/``methodcaller``, and
+    constant format strings whose fields read attributes or items.
 
     A first line of defence only: workflow code also runs sandboxed (docs/sandbox.md).
     """
     modules = {
         a.asname or a.name.split(".", 1)[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
     }
+    called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
     for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id in _ATTR_FUNCS and id(node) not in called:
+            raise _refuse(filename, node, f"'{node.id}' passed as a value (e.g. to functools.reduce)")
         if isinstance(node, ast.Import):
             for a in node.names:
                 if a.name.split(".", 1)[0] not in ALLOWED_IMPORTS:
