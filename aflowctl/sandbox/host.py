@@ -83,7 +83,7 @@ def read_rules(read_paths: Iterable[str | os.PathLike] = (), packages: Iterable[
     paths, and ``read_paths`` whole. Cached until imports or ``sys.path`` change."""
     packages = tuple(packages)
     own = _cached(("reads", len(sys.modules), tuple(sys.path), packages), lambda: interpreter_rules(packages))
-    system = _cached(("system",), system_rules)
+    system = _cached(("system", tuple(sys.path)), system_rules)  # less the site folders, found from sys.path
     return own + system + ReadRules(trees=[os.path.abspath(os.fspath(p)) for p in read_paths])
 
 

@@ -189,13 +189,7 @@ def interpreter_rules(packages: Iterable[str] = (), imported: bool = True) -> Re
         )
     roots = [r for m in list(sys.modules.values()) for r in _module_roots(m)] if imported else []
     roots += [r for r in (_package_root(name) for name in packages) if r]
-    roots += [r + ".libs" for r in roots if os.path.isdir(r + ".libs")]  # a wheel's vendored libraries
-    std_trees = rules.trees
-    for root in dict.fromkeys(roots):
-        if any(root == t or root.startswith(t + os.sep) for t in std_trees):
-            continue  # the standard library is given whole already
-        rules += code_rules(root)
-    return rules
+    return rules + _code_of(roots, skip=rules.trees)  # the standard library is given whole already
 
 
 def child_rules() -> ReadRules:
@@ -208,8 +202,16 @@ def child_rules() -> ReadRules:
 def package_rules(packages: Iterable[str]) -> ReadRules:
     """The code of ``packages`` (names, found without importing), with their vendored
     libraries (``numpy.libs``)."""
+    return _code_of([r for r in (_package_root(name) for name in packages) if r])
+
+
+def _code_of(roots: list[str], skip: tuple[str, ...] = ()) -> ReadRules:
+    """:func:`code_rules` of each root and of its wheel's vendored libraries
+    (``numpy.libs`` beside ``numpy``), but for roots inside a tree of ``skip``."""
     rules = ReadRules()
-    for root in dict.fromkeys(r for r in (_package_root(name) for name in packages) if r):
+    for root in dict.fromkeys(roots):
+        if any(root == t or root.startswith(t + os.sep) for t in skip):
+            continue
         rules += code_rules(root)
         if os.path.isdir(root + ".libs"):
             rules += code_rules(root + ".libs")
