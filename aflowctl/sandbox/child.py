@@ -35,17 +35,19 @@ def _status(fd: int, msg: dict) -> None:
         data = data[os.write(fd, data) :]
 
 
+def _read_rules(spec: dict) -> dict:
+    """The parent's read rules (``reads``, and ``package_reads`` for generated code), built
+    once: ``{"generated": ..., "trusted": ...}`` (the judge runs only the trusted test)."""
+    from aflowctl.sandbox.readable import ReadRules
+
+    trusted = ReadRules.from_dict(spec["reads"])
+    return {"trusted": trusted, "generated": trusted + ReadRules.from_dict(spec.get("package_reads") or {})}
+
+
 def _confine(spec: dict, scratch: str, generated: bool = True):
     """Confine this process; ``generated``: it will run generated code, which may import
     the spec's ``packages`` (the judge runs only the trusted test: it gets none)."""
     from aflowctl.sandbox.confine import confine_current_process
-    from aflowctl.sandbox.readable import ReadRules
-
-    rules = None
-    if spec.get("reads"):
-        rules = ReadRules.from_dict(spec["reads"])
-        if generated and spec.get("package_reads"):
-            rules += ReadRules.from_dict(spec["package_reads"])
 
     return confine_current_process(
         scratch_dir=scratch,
@@ -53,8 +55,7 @@ def _confine(spec: dict, scratch: str, generated: bool = True):
         cpu_s=spec["cpu_s"],
         fsize_bytes=spec["fsize"],
         nofile=spec.get("nofile"),
-        read_packages=(spec.get("packages") or ()) if generated else (),
-        rules=rules,
+        rules=spec["rules"]["generated" if generated else "trusted"],
         allow_unsandboxed=spec.get("allow_unsandboxed", False),
     )
 
@@ -67,9 +68,9 @@ def main(spec_fd: int, payload_fd: int, status_fd: int) -> None:
         from aflowctl.sandbox import candidate, judge, wire  # noqa: F401
 
         _preimport(spec.get("prelude", ""))
-    from aflowctl.sandbox.readable import ReadRules
-
-    confine.prepare(ReadRules.from_dict(spec["reads"]) if spec.get("reads") else None)
+    spec["rules"] = _read_rules(spec)  # before the fork, for both sides
+    for rules in spec["rules"].values():
+        confine.prepare(rules)
     if spec["mode"] == "run":
         _run(spec, status_fd)
     else:
