@@ -55,3 +55,20 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data/aflow is not present")
     return SHARED_DATA
+
+
+# `pytest -n 2 --dist loadfile` (the README's command) hands whole files to the two
+# workers in collection order. The README test is the longest serial chain (~2.5 min:
+# it searches, trains and searches again with the embedded model), so it starts first;
+# files with other slow tests follow, the quick ones fill the gaps at the end.
+FIRST = ("tests/test_readme.py",)
+
+
+def pytest_collection_modifyitems(config, items):
+    slow_files = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+
+    def rank(item) -> int:
+        path = item.nodeid.split("::")[0]
+        return 0 if path in FIRST else 1 if path in slow_files else 2
+
+    items.sort(key=rank)  # stable: the order within a rank, and within a file, is kept
