@@ -26,6 +26,18 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 
 
 @pytest.fixture(autouse=True)
+def _ctrl_c_untouched():
+    """A test that leaves Ctrl-C ignored in this process (a worker initialised in-process
+    does that) breaks every later Ctrl-C test that shares the process: fail it instead."""
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    after = signal.getsignal(signal.SIGINT)
+    if after is not before:
+        signal.signal(signal.SIGINT, before)
+        pytest.fail(f"the test changed this process's SIGINT handler ({before!r} -> {after!r})")
+
+
+@pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch, request):
     home = tmp_path_factory.mktemp("aflowctl_home")
     monkeypatch.setenv("AFLOWCTL_HOME", str(home))

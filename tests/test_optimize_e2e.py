@@ -359,9 +359,9 @@ def _wait_for_first_evaluation(db: Path, proc: subprocess.Popen, timeout_s: floa
 
 @pytest.mark.slow
 def test_ctrl_c_leaves_an_interrupted_resumable_run(tmp_path):
-    # 1 s per call: rounds 2-4 take seconds, so the Ctrl-C sent after round 1 lands mid-run
+    # 0.5 s per call: rounds 2-4 take seconds, so the Ctrl-C sent after round 1 lands mid-run
     # even when this test process is slow to notice round 1 (both cores busy under -n 2)
-    server = make_server(latency=1.0)
+    server = make_server(latency=0.5)
     try:
         cfg = write_config(tmp_path, server, optimizer="mutate", rounds=4, extra_opt="check_convergence = false")
         env = {**os.environ, "OPENAI_API_KEY": "sk-test-not-a-real-key-123456", "AFLOWCTL_HOME": str(tmp_path / "home")}

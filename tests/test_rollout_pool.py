@@ -81,8 +81,13 @@ def test_resolve_worker_by_entry_point_and_string():
         resolve_worker("nope")
 
 
-def test_error_envelope_is_plain_json():
+def test_error_envelope_is_plain_json(monkeypatch):
+    from aflowctl.rollout import worker
     from aflowctl.rollout.worker import run_task
+
+    # run_task initialises the process it runs in as a worker (Ctrl-C ignored, logging
+    # replaced): this process is pytest's, so it counts as initialised already
+    monkeypatch.setattr(worker, "_initialized", True)
 
     env = json.loads(run_task(SELFTEST, "k", {"crash": "raise"}))
     assert env["ok"] is False and env["retryable"] is True
