@@ -188,7 +188,7 @@ def interpreter_rules(packages: Iterable[str] = (), imported: bool = True) -> Re
             ],
         )
     roots = [r for m in list(sys.modules.values()) for r in _module_roots(m)] if imported else []
-    roots += [r for r in (_package_root(name) for name in packages) if r]
+    roots += _package_roots(packages)
     return rules + _code_of(roots, skip=rules.trees)  # the standard library is given whole already
 
 
@@ -202,7 +202,7 @@ def child_rules() -> ReadRules:
 def package_rules(packages: Iterable[str]) -> ReadRules:
     """The code of ``packages`` (names, found without importing), with their vendored
     libraries (``numpy.libs``)."""
-    return _code_of([r for r in (_package_root(name) for name in packages) if r])
+    return _code_of(_package_roots(packages))
 
 
 def _code_of(roots: list[str], skip: tuple[str, ...] = ()) -> ReadRules:
@@ -263,6 +263,12 @@ def _module_roots(mod: object) -> list[str]:
         return [os.path.abspath(p) for p in path] if path is not None else []
     f = os.path.abspath(f)
     return [os.path.dirname(f) if os.path.basename(f).startswith("__init__.") else f]
+
+
+def _package_roots(names: Iterable[str]) -> list[str]:
+    """Where each of ``names`` would be imported from, found without importing it (absent
+    names are left out)."""
+    return [r for r in (_package_root(name) for name in names) if r]
 
 
 def _package_root(name: str) -> str | None:
