@@ -83,18 +83,17 @@ def test_resolve_worker_by_entry_point_and_string():
 
 def test_error_envelope_is_plain_json(monkeypatch):
     from aflowctl.rollout import worker
-    from aflowctl.rollout.worker import run_task
 
     # run_task initialises the process it runs in as a worker (Ctrl-C ignored, logging
     # replaced): this process is pytest's, so it counts as initialised already
     monkeypatch.setattr(worker, "_initialized", True)
 
-    env = json.loads(run_task(SELFTEST, "k", {"crash": "raise"}))
+    env = json.loads(worker.run_task(SELFTEST, "k", {"crash": "raise"}))
     assert env["ok"] is False and env["retryable"] is True
     assert env["error"] == "RuntimeError: selftest asked to raise"
-    env = json.loads(run_task(SELFTEST, "k", {"crash": "error"}))
+    env = json.loads(worker.run_task(SELFTEST, "k", {"crash": "error"}))
     assert env["retryable"] is False and env["error_type"] == "AflowctlError"
-    env = json.loads(run_task("aflowctl.rollout.worker:nothing", "k", {}))
+    env = json.loads(worker.run_task("aflowctl.rollout.worker:nothing", "k", {}))
     assert "attribute 'nothing' not found" in env["error"]
 
 
